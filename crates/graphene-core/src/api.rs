@@ -1,0 +1,226 @@
+//! The management API's wire shapes, field for field those of OpenFaaS's
+//! faas-provider, so that faas-cli and existing scripts work unchanged.
+//! graphene's own additions ride in optional fields that OpenFaaS clients
+//! ignore.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub type Map = BTreeMap<String, String>;
+
+/// Body of `POST`/`PUT /system/functions`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionDeployment {
+    pub service: String,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub env_process: String,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub env_vars: Map,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Map>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Map>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<FunctionResources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<FunctionResources>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root_filesystem: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionResources {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub memory: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cpu: String,
+}
+
+/// An item of `GET /system/functions` and the body of
+/// `GET /system/function/<name>`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionStatus {
+    pub name: String,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub env_process: String,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub env_vars: Map,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Map>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Map>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<FunctionResources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<FunctionResources>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root_filesystem: bool,
+    #[serde(default)]
+    pub invocation_count: f64,
+    #[serde(default)]
+    pub replicas: u64,
+    #[serde(default)]
+    pub available_replicas: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created_at: String,
+    /// graphene's runtime view of the function: readiness, restarts, the
+    /// last exit and import error. Absent in OpenFaaS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphene: Option<RuntimeStatus>,
+}
+
+/// What the runtime knows about a function's replicas.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeStatus {
+    pub desired_replicas: u64,
+    pub ready_replicas: u64,
+    pub restarts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_error: Option<String>,
+    #[serde(default)]
+    pub workers_per_replica: u64,
+    #[serde(default)]
+    pub timeout_seconds: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    pub id: String,
+    pub pid: u32,
+    pub ready: bool,
+    pub workers: u64,
+    pub started_at: String,
+}
+
+/// Body of `POST /system/scale-function/<name>`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleServiceRequest {
+    #[serde(default)]
+    pub service_name: String,
+    pub replicas: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+}
+
+/// Body of `DELETE /system/functions`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteFunctionRequest {
+    pub function_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+}
+
+/// Body of `/system/secrets`. `value` is text; `rawValue` is base64 bytes
+/// (Go's encoding of `[]byte`). Listing returns names only.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub raw_value: String,
+}
+
+/// One line of `GET /system/logs` (NDJSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogMessage {
+    pub name: String,
+    pub namespace: String,
+    pub instance: String,
+    pub timestamp: String,
+    pub text: String,
+}
+
+/// `GET /system/info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderInfo {
+    pub provider: ProviderDetails,
+    pub version: VersionInfo,
+    pub arch: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderDetails {
+    pub provider: String,
+    pub orchestration: String,
+    pub version: VersionInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionInfo {
+    #[serde(default)]
+    pub commit_message: String,
+    pub sha: String,
+    pub release: String,
+}
+
+/// graphene's build request header (the handler folder follows as a tar).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BuildRequest {
+    pub image: String,
+    pub lang: String,
+}
+
+/// The last line of a build's progress stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildResult {
+    pub ok: bool,
+    pub image: String,
+    #[serde(default)]
+    pub digest: String,
+    #[serde(default)]
+    pub cached: bool,
+    #[serde(default)]
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployment_round_trips_openfaas_json() {
+        let body = r#"{"service":"echo","image":"echo:latest","namespace":"openfaas-fn",
+            "envProcess":"cat","envVars":{"a":"b"},"secrets":["s"],
+            "labels":{"com.openfaas.scale.min":"1"},"limits":{"memory":"128Mi"},
+            "readOnlyRootFilesystem":true}"#;
+        let d: FunctionDeployment = serde_json::from_str(body).unwrap();
+        assert_eq!(d.service, "echo");
+        assert_eq!(d.env_process, "cat");
+        assert_eq!(d.limits.as_ref().unwrap().memory, "128Mi");
+        assert!(d.read_only_root_filesystem);
+        let back = serde_json::to_value(&d).unwrap();
+        assert_eq!(back["envVars"]["a"], "b");
+        assert_eq!(back["readOnlyRootFilesystem"], true);
+    }
+}
