@@ -388,7 +388,7 @@ functions:
             (GOOD.replace("    colour: blue\n", "    secrets: [Bad]\n"), "line 14: functions.echo.secrets: invalid secret name"),
             (GOOD.replace("lang: python3", "lang: exec"), "functions.echo.fprocess: is required for lang exec"),
             (GOOD.replace("RAW_BODY: true", "RAW_BODY: [1]"), "functions.echo: value of \"RAW_BODY\" must be"),
-            ("functions:\n  echo:\n    lang: [\n".to_string(), "line 4:"),
+            ("functions:\n  echo:\n    lang: [\n".to_string(), "line 3: functions.echo.lang: invalid type"),
         ];
         for (text, want) in cases {
             let e = parse(&text).unwrap_err().to_string();
