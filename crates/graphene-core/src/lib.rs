@@ -13,6 +13,7 @@ pub mod names;
 pub mod provider;
 pub mod settings;
 pub mod stack;
+pub mod time;
 
 /// The namespace a function lands in when none is given (OpenFaaS's default).
 pub const DEFAULT_NAMESPACE: &str = "openfaas-fn";

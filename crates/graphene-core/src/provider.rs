@@ -99,7 +99,11 @@ pub trait Provider: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     /// The runtime state of a deployed function.
-    fn status(&self, namespace: &str, name: &str) -> Result<RuntimeStatus, ProviderError>;
+    fn status(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<RuntimeStatus, ProviderError>> + Send;
 
     fn invoke(
         &self,

@@ -1,1 +1,232 @@
-//! placeholder
+//! graphene-local: the local runtime. Functions run as supervised processes
+//! on this host, no cluster needed.
+//!
+//! Start with [`LocalProvider`] (the `Provider` implementation), then
+//! `function.rs` (how a call reaches a worker), `replica.rs` (the supervised
+//! runner process) and `protocol.rs` (the frames between host and runner).
+//! `images.rs` builds function folders into runnable images; `sandbox.rs`
+//! starts processes inside bubblewrap where available.
+
+mod function;
+mod images;
+mod logs;
+mod pool;
+mod protocol;
+mod replica;
+mod sandbox;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+
+use graphene_core::api::{BuildResult, RuntimeStatus};
+use graphene_core::provider::{
+    BuildInput, Deployment, Invocation, InvocationResult, LogFeed, Progress, Provider, ProviderError,
+};
+use tokio::sync::Notify;
+
+use function::{Current, Function, Shared, SocketNames};
+use images::ImageStore;
+use replica::Launch;
+pub use sandbox::SECRETS_ENV;
+
+pub struct LocalConfig {
+    /// Where images, logs, secrets files and sockets live.
+    pub dir: PathBuf,
+    /// The Python interpreter that creates virtual environments.
+    pub python: String,
+    /// Run functions inside bubblewrap when it works here.
+    pub sandbox: bool,
+}
+
+pub struct LocalProvider {
+    dir: PathBuf,
+    images: ImageStore,
+    sandbox: sandbox::Sandbox,
+    sockets: Arc<SocketNames>,
+    functions: RwLock<HashMap<String, Arc<Function>>>,
+    /// Serialises deploy/scale/remove so two updates of one function can't
+    /// interleave.
+    changes: tokio::sync::Mutex<()>,
+}
+
+fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl LocalProvider {
+    pub fn open(config: LocalConfig) -> std::io::Result<Self> {
+        let dir = config.dir;
+        for sub in ["images", "logs", "secrets"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        restrict(&dir.join("secrets"))?;
+        let sockets = socket_dir(&dir)?;
+        Ok(Self {
+            images: ImageStore::open(dir.join("images"), config.python)?,
+            sandbox: sandbox::Sandbox::detect(config.sandbox),
+            sockets: Arc::new(SocketNames {
+                dir: sockets,
+                next: AtomicU64::new(1),
+            }),
+            dir,
+            functions: RwLock::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn sandboxed(&self) -> bool {
+        self.sandbox.enabled()
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Result<Arc<Function>, ProviderError> {
+        self.functions
+            .read()
+            .expect("lock")
+            .get(&key(namespace, name))
+            .cloned()
+            .ok_or_else(|| ProviderError::NotFound(format!("function {name} not found in namespace {namespace}")))
+    }
+
+    fn write_secrets(&self, d: &Deployment) -> std::io::Result<PathBuf> {
+        let dir = self.dir.join("secrets").join(format!("{}.{}", d.namespace, d.spec.service));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        restrict(&dir)?;
+        for (name, value) in &d.secrets {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.join(name))?;
+            f.write_all(value)?;
+        }
+        Ok(dir)
+    }
+}
+
+fn restrict(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Sockets live in the state directory unless its path is too long for a
+/// Unix socket name.
+fn socket_dir(dir: &Path) -> std::io::Result<PathBuf> {
+    let preferred = dir.join("run");
+    let chosen = if preferred.as_os_str().len() < 80 {
+        preferred
+    } else {
+        std::env::temp_dir().join(format!("graphene-run-{}", std::process::id()))
+    };
+    let _ = std::fs::remove_dir_all(&chosen);
+    std::fs::create_dir_all(&chosen)?;
+    restrict(&chosen)?;
+    Ok(chosen)
+}
+
+impl Provider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "graphene-local"
+    }
+
+    async fn deploy(&self, d: Deployment) -> Result<(), ProviderError> {
+        let _one = self.changes.lock().await;
+        let image = self.images.resolve(&d.spec.image).ok_or_else(|| {
+            ProviderError::Invalid(format!(
+                "image {:?} was not built on this server; build it first with `graphene build` (or `graphene up`)",
+                d.spec.image
+            ))
+        })?;
+        if !image.lang().is_python() && d.spec.env_process.trim().is_empty() {
+            return Err(ProviderError::Invalid(format!(
+                "envProcess: image {:?} is an exec function and needs the command to run (fprocess)",
+                d.spec.image
+            )));
+        }
+        let secrets_dir = self.write_secrets(&d).map_err(|e| ProviderError::Internal(e.to_string()))?;
+        let current = Current {
+            launch: Arc::new(Launch {
+                image,
+                env: d.spec.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                workers: d.settings.workers,
+                run_dir: self.sockets.dir.clone(),
+                secrets_dir,
+                sandbox: self.sandbox.clone(),
+            }),
+            timeout: d.settings.timeout,
+            fprocess: d.spec.env_process.clone(),
+        };
+        let k = key(&d.namespace, &d.spec.service);
+        let existing = self.functions.read().expect("lock").get(&k).cloned();
+        match existing {
+            Some(f) => {
+                let replicas = d
+                    .replicas
+                    .unwrap_or_else(|| f.shared.desired.load(std::sync::atomic::Ordering::Acquire));
+                f.update(current, replicas).await;
+            }
+            None => {
+                let shared = Shared {
+                    name: d.spec.service.clone(),
+                    pool: Default::default(),
+                    desired: AtomicU64::new(0),
+                    ready: AtomicU64::new(0),
+                    restarts: AtomicU64::new(0),
+                    last_exit: Mutex::new(None),
+                    import_error: Mutex::new(None),
+                    changed: Notify::new(),
+                    logs: logs::LogBook::open(self.dir.join("logs"), &d.namespace, &d.spec.service),
+                };
+                let f = Arc::new(Function::new(shared, current, self.sockets.clone()));
+                self.functions.write().expect("lock").insert(k, f.clone());
+                f.scale(d.replicas.unwrap_or(d.settings.min_replicas)).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, namespace: &str, name: &str) -> Result<(), ProviderError> {
+        let _one = self.changes.lock().await;
+        let f = self.get(namespace, name)?;
+        self.functions.write().expect("lock").remove(&key(namespace, name));
+        f.stop().await;
+        f.shared.logs.delete();
+        let _ = std::fs::remove_dir_all(self.dir.join("secrets").join(format!("{namespace}.{name}")));
+        Ok(())
+    }
+
+    async fn scale(&self, namespace: &str, name: &str, replicas: u64) -> Result<(), ProviderError> {
+        let _one = self.changes.lock().await;
+        self.get(namespace, name)?.scale(replicas).await;
+        Ok(())
+    }
+
+    async fn status(&self, namespace: &str, name: &str) -> Result<RuntimeStatus, ProviderError> {
+        Ok(self.get(namespace, name)?.status().await)
+    }
+
+    async fn invoke(&self, namespace: &str, name: &str, call: Invocation) -> Result<InvocationResult, ProviderError> {
+        self.get(namespace, name)?.invoke(call).await
+    }
+
+    fn logs(&self, namespace: &str, name: &str, tail: Option<usize>, follow: bool) -> Result<LogFeed, ProviderError> {
+        let f = self.get(namespace, name)?;
+        let (backlog, live) = f.shared.logs.read(tail, follow);
+        Ok(LogFeed { backlog, live })
+    }
+
+    async fn build(&self, input: BuildInput, progress: Progress) -> Result<BuildResult, ProviderError> {
+        self.images.build(input, progress).await
+    }
+
+    async fn shutdown(&self) {
+        let all: Vec<_> = self.functions.read().expect("lock").values().cloned().collect();
+        for f in all {
+            f.stop().await;
+        }
+    }
+}

@@ -1,0 +1,222 @@
+"""graphene's Python runner: imports a function's handler once, then serves
+calls from the replica host over a Unix socket.
+
+Protocol (language-neutral; see crates/graphene-local/src/protocol.rs):
+every message is a frame: two big-endian u32 (header length, body length),
+a JSON header, then the body bytes. Each connection starts with a hello
+frame from the runner ({"type": "parent"|"worker"|"import_error", "pid"}).
+On a worker connection the host sends a request frame ({"method", "path",
+"query", "headers", "call_id"}) and the worker answers with a response frame
+({"status", "headers", "error"?}), one call at a time.
+
+The parent process imports the handler (the model loads once), then forks
+GRAPHENE_WORKERS workers that share the imported module copy-on-write, and
+re-forks any worker that dies. It exits when the host closes its connection.
+"""
+
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import traceback
+
+HEADER = struct.Struct(">II")
+
+
+def send_frame(sock, header, body=b""):
+    head = json.dumps(header, separators=(",", ":")).encode()
+    sock.sendall(HEADER.pack(len(head), len(body)) + head + body)
+
+
+def recv_exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_frame(sock):
+    raw = recv_exact(sock, HEADER.size)
+    if raw is None:
+        return None, None
+    hlen, blen = HEADER.unpack(raw)
+    head = recv_exact(sock, hlen)
+    body = recv_exact(sock, blen) if blen else b""
+    if head is None or body is None:
+        return None, None
+    return json.loads(head), body
+
+
+def connect(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    return sock
+
+
+def die_with_parent():
+    """Ask the kernel to kill this process when its parent exits (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort off Linux
+        pass
+
+
+class Event:
+    """The python3-http template's event."""
+
+    def __init__(self, header, body):
+        self.body = body
+        self.headers = {k: v for k, v in header.get("headers", [])}
+        self.method = header.get("method", "GET")
+        self.query = _parse_query(header.get("query", ""))
+        self.path = header.get("path", "/")
+
+
+class Context:
+    def __init__(self):
+        self.hostname = os.environ.get("HOSTNAME", "localhost")
+
+
+def _parse_query(q):
+    from urllib.parse import parse_qs
+
+    return {k: v[0] if len(v) == 1 else v for k, v in parse_qs(q, keep_blank_values=True).items()}
+
+
+def _as_bytes(value):
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value).encode()
+
+
+def call_python3(handle, header, body):
+    out = handle(body.decode("utf-8", errors="replace"))
+    return 200, [], _as_bytes(out)
+
+
+def call_python3_http(handle, header, body):
+    out = handle(Event(header, body), Context())
+    if isinstance(out, dict):
+        status = int(out.get("statusCode", 200))
+        headers = [[str(k), str(v)] for k, v in (out.get("headers") or {}).items()]
+        payload = out.get("body", "")
+        if not isinstance(payload, (str, bytes)) and payload is not None:
+            if not any(k.lower() == "content-type" for k, _ in headers):
+                headers.append(["Content-Type", "application/json"])
+        return status, headers, _as_bytes(payload)
+    return 200, [], _as_bytes(out)
+
+
+def serve(sock_path, handle, call):
+    die_with_parent()
+    import random
+
+    random.seed()  # each worker gets its own random state after fork
+    sock = connect(sock_path)
+    send_frame(sock, {"type": "worker", "pid": os.getpid()})
+    while True:
+        header, body = recv_frame(sock)
+        if header is None:
+            os._exit(0)
+        try:
+            status, headers, payload = call(handle, header, body)
+            send_frame(sock, {"status": status, "headers": headers}, payload)
+        except Exception as e:  # noqa: BLE001 - the handler's error goes back to the caller
+            message = f"{type(e).__name__}: {e}"
+            sys.stderr.write(f"call {header.get('call_id', '')} failed:\n{traceback.format_exc()}")
+            sys.stderr.flush()
+            send_frame(sock, {"status": 500, "headers": [], "error": message}, message.encode())
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def main():
+    sock_path = os.environ["GRAPHENE_SOCKET"]
+    lang = os.environ.get("GRAPHENE_LANG", "python3")
+    workers = max(1, int(os.environ.get("GRAPHENE_WORKERS", "1")))
+    sys.path.insert(0, os.environ.get("GRAPHENE_FUNCTION_ROOT", os.path.dirname(os.path.abspath(__file__))))
+    sys.stdout = sys.stderr  # the handler's prints go to the function's logs
+    die_with_parent()
+    try:
+        from function import handler
+    except BaseException as e:  # noqa: BLE001 - reported to the host, then exit
+        traceback.print_exc()
+        sys.stderr.flush()
+        sock = connect(sock_path)
+        send_frame(sock, {"type": "import_error", "pid": os.getpid(), "error": f"{type(e).__name__}: {e}"})
+        os._exit(3)
+    handle = getattr(handler, "handle", None)
+    if not callable(handle):
+        sock = connect(sock_path)
+        send_frame(sock, {"type": "import_error", "pid": os.getpid(),
+                          "error": "function/handler.py defines no handle() function"})
+        os._exit(3)
+    call = call_python3_http if lang == "python3-http" else call_python3
+
+    control = connect(sock_path)
+    send_frame(control, {"type": "parent", "pid": os.getpid(), "workers": workers})
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    children = set()
+
+    def spawn():
+        pid = os.fork()
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.close(wake_r)
+            os.close(wake_w)
+            control.close()
+            try:
+                serve(sock_path, handle, call)
+            finally:
+                os._exit(1)
+        children.add(pid)
+
+    for _ in range(workers):
+        spawn()
+    while True:
+        ready, _, _ = select.select([control, wake_r], [], [])
+        if wake_r in ready:
+            os.read(wake_r, 512)
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            children.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            sys.stderr.write(f"worker {pid} exited ({'signal ' + str(-code) if code < 0 else 'code ' + str(code)}); forking a new one\n")
+            sys.stderr.flush()
+            spawn()
+        if control in ready:
+            message, _ = recv_frame(control)
+            if message is None:  # the host is gone or stops this replica
+                for pid in children:
+                    _kill(pid)
+                os._exit(0)
+            if message.get("type") == "kill" and message.get("pid") in children:
+                _kill(message["pid"])  # a call ran past its timeout; reaped and re-forked above
+
+
+if __name__ == "__main__":
+    main()

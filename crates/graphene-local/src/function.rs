@@ -1,0 +1,371 @@
+//! One deployed function on this host: its replicas, its worker pool, and how
+//! a call reaches a worker (Python) or a fresh process (exec).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use graphene_core::api::{InstanceStatus, RuntimeStatus};
+use graphene_core::provider::{Invocation, InvocationResult, ProviderError};
+use graphene_core::stack::Lang;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::logs::LogBook;
+use crate::pool::{WorkerConn, WorkerPool};
+use crate::protocol::{self, RequestHeader, ResponseHeader};
+use crate::replica::{Launch, Replica};
+use crate::sandbox::Mounts;
+
+/// State shared by a function's replicas and its callers.
+pub struct Shared {
+    pub name: String,
+    pub pool: WorkerPool,
+    pub desired: AtomicU64,
+    pub ready: AtomicU64,
+    pub restarts: AtomicU64,
+    pub last_exit: Mutex<Option<String>>,
+    pub import_error: Mutex<Option<String>>,
+    /// Woken when readiness or an import error changes.
+    pub changed: Notify,
+    pub logs: LogBook,
+}
+
+/// What a call needs to know, swapped whole on update.
+pub struct Current {
+    pub launch: Arc<Launch>,
+    pub timeout: Duration,
+    pub fprocess: String,
+}
+
+pub struct Function {
+    pub shared: Arc<Shared>,
+    current: RwLock<Arc<Current>>,
+    replicas: tokio::sync::Mutex<Vec<Arc<Replica>>>,
+    next_replica: AtomicU64,
+    sockets: Arc<SocketNames>,
+}
+
+/// Unix socket paths are short (108 bytes): replicas get numbered names.
+pub struct SocketNames {
+    pub dir: PathBuf,
+    pub next: AtomicU64,
+}
+
+impl Function {
+    pub fn new(shared: Shared, current: Current, sockets: Arc<SocketNames>) -> Self {
+        Self {
+            shared: Arc::new(shared),
+            current: RwLock::new(Arc::new(current)),
+            replicas: tokio::sync::Mutex::new(Vec::new()),
+            next_replica: AtomicU64::new(1),
+            sockets,
+        }
+    }
+
+    fn current(&self) -> Arc<Current> {
+        self.current.read().expect("lock").clone()
+    }
+
+    fn lang(&self) -> Lang {
+        self.current().launch.image.lang()
+    }
+
+    /// Replaces the version of the function; running replicas are replaced by
+    /// new ones, the old stopping once a new one is ready.
+    pub async fn update(&self, current: Current, replicas: u64) {
+        *self.current.write().expect("lock") = Arc::new(current);
+        let old = std::mem::take(&mut *self.replicas.lock().await);
+        self.scale(replicas).await;
+        if old.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let fresh: Vec<Arc<Replica>> = self.replicas.lock().await.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline && !fresh.is_empty() && !fresh.iter().any(|r| r.is_ready()) {
+                let changed = shared.changed.notified();
+                let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
+            }
+            for r in old {
+                r.stop();
+            }
+        });
+    }
+
+    pub async fn scale(&self, replicas: u64) {
+        self.shared.desired.store(replicas, Ordering::Release);
+        if !self.lang().is_python() {
+            self.shared.changed.notify_waiters();
+            return;
+        }
+        let launch = self.current().launch.clone();
+        let mut running = self.replicas.lock().await;
+        while (running.len() as u64) < replicas {
+            let n = self.next_replica.fetch_add(1, Ordering::Relaxed);
+            let id = format!("{}-{n}", self.shared.name);
+            let socket = self
+                .sockets
+                .dir
+                .join(format!("r{}.sock", self.sockets.next.fetch_add(1, Ordering::Relaxed)));
+            running.push(Replica::start(self.shared.clone(), launch.clone(), id, socket));
+        }
+        while (running.len() as u64) > replicas {
+            if let Some(r) = running.pop() {
+                r.stop();
+            }
+        }
+        self.shared.changed.notify_waiters();
+    }
+
+    pub async fn stop(&self) {
+        self.shared.desired.store(0, Ordering::Release);
+        for r in self.replicas.lock().await.drain(..) {
+            r.stop();
+        }
+        self.shared.changed.notify_waiters();
+    }
+
+    pub async fn status(&self) -> RuntimeStatus {
+        let current = self.current();
+        let desired = self.shared.desired.load(Ordering::Acquire);
+        let python = current.launch.image.lang().is_python();
+        let replicas = self.replicas.lock().await;
+        RuntimeStatus {
+            desired_replicas: desired,
+            ready_replicas: if python {
+                replicas.iter().filter(|r| r.is_ready()).count() as u64
+            } else {
+                desired
+            },
+            restarts: self.shared.restarts.load(Ordering::Relaxed),
+            last_exit: self.shared.last_exit.lock().expect("lock").clone(),
+            import_error: self.shared.import_error.lock().expect("lock").clone(),
+            workers_per_replica: if python { current.launch.workers } else { 0 },
+            timeout_seconds: current.timeout.as_secs_f64(),
+            instances: replicas
+                .iter()
+                .map(|r| InstanceStatus {
+                    id: r.id.clone(),
+                    pid: r.pid.load(Ordering::Relaxed),
+                    ready: r.is_ready(),
+                    workers: r.workers.load(Ordering::Relaxed),
+                    started_at: r.started_at.lock().expect("lock").clone(),
+                })
+                .collect(),
+        }
+    }
+
+    pub async fn invoke(&self, call: Invocation) -> Result<InvocationResult, ProviderError> {
+        let current = self.current();
+        let deadline = Instant::now() + current.timeout;
+        let mut result = if current.launch.image.lang().is_python() {
+            self.invoke_worker(&current, call, deadline).await
+        } else {
+            self.invoke_exec(&current, call, deadline).await
+        }?;
+        if !result.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            result.headers.push(("Content-Type".into(), "text/plain; charset=utf-8".into()));
+        }
+        Ok(result)
+    }
+
+    /// Waits for an idle worker, failing fast when none can come.
+    async fn acquire(&self, deadline: Instant, timeout: Duration) -> Result<WorkerConn, ProviderError> {
+        let s = &self.shared;
+        loop {
+            let changed = s.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if s.desired.load(Ordering::Acquire) == 0 {
+                return Err(ProviderError::Unavailable(format!(
+                    "function {} has 0 replicas; scale it up with `graphene scale {} --replicas 1`",
+                    s.name, s.name
+                )));
+            }
+            if s.ready.load(Ordering::Acquire) == 0 {
+                if let Some(err) = s.import_error.lock().expect("lock").clone() {
+                    return Err(ProviderError::Unavailable(format!(
+                        "function {} failed to import its handler: {err}",
+                        s.name
+                    )));
+                }
+            }
+            tokio::select! {
+                conn = s.pool.take() => return Ok(conn),
+                _ = changed => continue,
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ProviderError::Unavailable(format!(
+                        "no replica of {} was ready within its timeout ({:?})", s.name, timeout
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn invoke_worker(
+        &self,
+        current: &Current,
+        call: Invocation,
+        deadline: Instant,
+    ) -> Result<InvocationResult, ProviderError> {
+        let mut conn = self.acquire(deadline, current.timeout).await?;
+        let header = RequestHeader {
+            method: &call.method,
+            path: &call.path,
+            query: &call.query,
+            headers: &call.headers,
+            call_id: &call.call_id,
+        };
+        let exchange = async {
+            protocol::write_frame(&mut conn.stream, &header, &call.body).await?;
+            let (head, body) = protocol::read_frame(&mut conn.stream)
+                .await?
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+            let head: ResponseHeader = serde_json::from_slice(&head).map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>((head, body))
+        };
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok((head, body))) => {
+                if let Some(error) = &head.error {
+                    tracing::debug!(function = %self.shared.name, call_id = %call.call_id, %error, "handler raised");
+                }
+                self.shared.pool.put(conn);
+                Ok(InvocationResult {
+                    status: head.status,
+                    headers: head.headers,
+                    body: Bytes::from(body),
+                })
+            }
+            Ok(Err(e)) => {
+                conn.replica.workers.fetch_sub(1, Ordering::Relaxed);
+                let reason = match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe => "exited during the call (crashed or was killed)".to_string(),
+                    _ => format!("broke the protocol: {e}"),
+                };
+                Err(ProviderError::Upstream(format!(
+                    "worker {} of replica {} {reason}; see `graphene logs {}`",
+                    conn.pid, conn.replica.id, self.shared.name
+                )))
+            }
+            Err(_) => {
+                conn.replica.workers.fetch_sub(1, Ordering::Relaxed);
+                conn.control.kill_worker(conn.pid).await;
+                self.shared.logs.write(
+                    &conn.replica.id,
+                    &format!(
+                        "call {} ran past the function's timeout ({:?}); worker {} replaced",
+                        call.call_id, current.timeout, conn.pid
+                    ),
+                );
+                Err(ProviderError::Timeout(format!(
+                    "function {} did not answer within its timeout ({:?}); the worker was replaced",
+                    self.shared.name, current.timeout
+                )))
+            }
+        }
+    }
+
+    /// OpenFaaS classic watchdog behaviour: a process per call, the body on
+    /// stdin, stdout as the response, request details as `Http_*` variables.
+    async fn invoke_exec(
+        &self,
+        current: &Current,
+        call: Invocation,
+        deadline: Instant,
+    ) -> Result<InvocationResult, ProviderError> {
+        if self.shared.desired.load(Ordering::Acquire) == 0 {
+            return Err(ProviderError::Unavailable(format!(
+                "function {} has 0 replicas; scale it up with `graphene scale {} --replicas 1`",
+                self.shared.name, self.shared.name
+            )));
+        }
+        let launch = &current.launch;
+        let mut env = launch.env.clone();
+        env.push(("fprocess".into(), current.fprocess.clone()));
+        env.push(("Http_Method".into(), call.method.clone()));
+        env.push(("Http_Path".into(), call.path.clone()));
+        if !call.query.is_empty() {
+            env.push(("Http_Query".into(), call.query.clone()));
+        }
+        for (k, v) in &call.headers {
+            env.push((format!("Http_{}", canonical_env(k)), v.clone()));
+        }
+        let mounts = Mounts {
+            image_dir: &launch.image.dir,
+            run_dir: None,
+            secrets_dir: &launch.secrets_dir,
+        };
+        let mut cmd = launch
+            .sandbox
+            .command(Path::new("/bin/sh"), &["-c", &current.fprocess], &mounts, &env);
+        cmd.stdin(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| ProviderError::Unavailable(format!("could not start {:?}: {e}", current.fprocess)))?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let body = call.body.clone();
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&body).await;
+        });
+        match tokio::time::timeout_at(deadline, child.wait_with_output()).await {
+            Ok(Ok(out)) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                for line in stderr.lines() {
+                    self.shared.logs.write(&self.shared.name, line);
+                }
+                if out.status.success() {
+                    Ok(InvocationResult {
+                        status: 200,
+                        headers: Vec::new(),
+                        body: Bytes::from(out.stdout),
+                    })
+                } else {
+                    let mut body = format!("{}\n", out.status).into_bytes();
+                    body.extend_from_slice(&out.stdout);
+                    body.extend_from_slice(stderr.as_bytes());
+                    Ok(InvocationResult {
+                        status: 500,
+                        headers: Vec::new(),
+                        body: Bytes::from(body),
+                    })
+                }
+            }
+            Ok(Err(e)) => Err(ProviderError::Upstream(format!("{:?} failed: {e}", current.fprocess))),
+            Err(_) => Err(ProviderError::Timeout(format!(
+                "function {} did not finish within its timeout ({:?}); the process was killed",
+                self.shared.name, current.timeout
+            ))),
+        }
+    }
+}
+
+/// `content-type` → `Content_Type`, as Go's canonical header form.
+fn canonical_env(header: &str) -> String {
+    header
+        .split('-')
+        .map(|part| {
+            let mut c = part.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + &c.as_str().to_ascii_lowercase(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn canonical_env_names() {
+        assert_eq!(super::canonical_env("content-type"), "Content_Type");
+        assert_eq!(super::canonical_env("x-call-id"), "X_Call_Id");
+    }
+}

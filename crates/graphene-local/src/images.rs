@@ -1,0 +1,256 @@
+//! Local images: a function folder built into a directory the runtime can
+//! run. A Python image holds the folder, a virtual environment with its
+//! requirements, and the runner. Images are keyed by a digest of their
+//! inputs, so an unchanged folder is not rebuilt; names (`echo:latest`) map
+//! to digests in `index.json`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+
+use graphene_core::api::BuildResult;
+use graphene_core::provider::{BuildInput, Progress, ProviderError};
+use graphene_core::stack::Lang;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+pub const RUNNER: &str = include_str!("../runner/runner.py");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    pub digest: String,
+    pub lang: String,
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+impl Image {
+    pub fn lang(&self) -> Lang {
+        Lang::parse(&self.lang).unwrap_or(Lang::Exec)
+    }
+    pub fn python(&self) -> PathBuf {
+        self.dir.join("venv/bin/python")
+    }
+}
+
+pub struct ImageStore {
+    root: PathBuf,
+    python: String,
+    index: Mutex<BTreeMap<String, String>>,
+    /// One build at a time: pip is heavy and two builds of one digest must
+    /// not race.
+    building: tokio::sync::Mutex<()>,
+}
+
+impl ImageStore {
+    pub fn open(root: PathBuf, python: String) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&root)?;
+        let index = match std::fs::read(root.join("index.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(_) => BTreeMap::new(),
+        };
+        Ok(Self {
+            root,
+            python,
+            index: Mutex::new(index),
+            building: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The built image a name refers to, if any.
+    pub fn resolve(&self, name: &str) -> Option<Image> {
+        let digest = self.index.lock().expect("index lock").get(name).cloned()?;
+        let dir = self.root.join(&digest);
+        if !dir.join(".complete").exists() {
+            return None;
+        }
+        let mut image: Image = serde_json::from_slice(&std::fs::read(dir.join("image.json")).ok()?).ok()?;
+        image.name = name.to_string();
+        image.dir = dir;
+        Some(image)
+    }
+
+    pub async fn build(&self, input: BuildInput, mut progress: Progress) -> Result<BuildResult, ProviderError> {
+        let _one = self.building.lock().await;
+        let staging = self.root.join(format!("staging-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        let archive = input.archive.clone();
+        let unpack_to = staging.join("function");
+        let digest = tokio::task::spawn_blocking(move || -> Result<String, String> {
+            std::fs::create_dir_all(&unpack_to).map_err(|e| e.to_string())?;
+            tar::Archive::new(&archive[..])
+                .unpack(&unpack_to)
+                .map_err(|e| format!("the uploaded function folder is not a valid tar archive: {e}"))?;
+            digest_dir(&unpack_to).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| ProviderError::Internal(e.to_string()))?
+        .map_err(ProviderError::Invalid)?;
+        let digest = {
+            let mut h = Sha256::new();
+            h.update(input.lang.as_str());
+            h.update(RUNNER);
+            h.update(digest);
+            hex(&h.finalize()[..16])
+        };
+        let dir = self.root.join(&digest);
+        let cached = dir.join(".complete").exists();
+        if cached {
+            let _ = std::fs::remove_dir_all(&staging);
+            progress(&format!("{}: unchanged, using the existing build {digest}", input.image));
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&staging, &dir).map_err(internal)?;
+            if let Err(e) = self.prepare(&dir, input.lang, &mut progress).await {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Ok(BuildResult {
+                    ok: false,
+                    image: input.image,
+                    digest,
+                    cached: false,
+                    error: e,
+                });
+            }
+            let meta = Image {
+                name: input.image.clone(),
+                digest: digest.clone(),
+                lang: input.lang.as_str().to_string(),
+                dir: dir.clone(),
+            };
+            std::fs::write(dir.join("image.json"), serde_json::to_vec(&meta).map_err(internal)?).map_err(internal)?;
+            std::fs::write(dir.join(".complete"), b"").map_err(internal)?;
+        }
+        self.tag(&input.image, &digest).map_err(internal)?;
+        Ok(BuildResult {
+            ok: true,
+            image: input.image,
+            digest,
+            cached,
+            error: String::new(),
+        })
+    }
+
+    fn tag(&self, name: &str, digest: &str) -> std::io::Result<()> {
+        let mut index = self.index.lock().expect("index lock");
+        index.insert(name.to_string(), digest.to_string());
+        let tmp = self.root.join("index.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&*index)?)?;
+        std::fs::rename(tmp, self.root.join("index.json"))
+    }
+
+    /// Makes the virtual environment and installs the requirements, streaming
+    /// pip's output. Errors are the text shown to the user.
+    async fn prepare(&self, dir: &Path, lang: Lang, progress: &mut Progress) -> Result<(), String> {
+        if !lang.is_python() {
+            return Ok(());
+        }
+        if !dir.join("function/handler.py").exists() {
+            return Err("the function folder has no handler.py".into());
+        }
+        std::fs::write(dir.join("runner.py"), RUNNER).map_err(|e| e.to_string())?;
+        progress("creating the virtual environment");
+        let venv = dir.join("venv");
+        run(
+            tokio::process::Command::new(&self.python).args(["-m", "venv", "--without-pip"]).arg(&venv),
+            progress,
+        )
+        .await
+        .map_err(|e| format!("could not create the virtual environment with {}: {e}", self.python))?;
+        let requirements = dir.join("function/requirements.txt");
+        let wanted = std::fs::read_to_string(&requirements).unwrap_or_default();
+        if wanted.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            progress("no requirements to install");
+            return Ok(());
+        }
+        progress("installing requirements.txt with pip");
+        run(
+            tokio::process::Command::new(&self.python)
+                .args(["-m", "pip", "--disable-pip-version-check", "--no-input", "--python"])
+                .arg(venv.join("bin/python"))
+                .args(["install", "--progress-bar", "off", "-r"])
+                .arg(&requirements),
+            progress,
+        )
+        .await
+        .map_err(|e| format!("pip install failed ({e}); see pip's output above"))
+    }
+}
+
+/// Runs a command, passing each line of its output to `progress`.
+async fn run(cmd: &mut tokio::process::Command, progress: &mut Progress) -> Result<(), String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for pipe in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    drop(tx);
+    while let Some(line) = rx.recv().await {
+        progress(&line);
+    }
+    let status = child.wait().await.map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(status.to_string())
+    }
+}
+
+fn digest_dir(dir: &Path) -> std::io::Result<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let name = entry.file_name();
+            if name == "__pycache__" || name == ".venv" {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                walk(base, &path, out)?;
+            } else {
+                let rel = path.strip_prefix(base).unwrap_or(&path).to_string_lossy().into_owned();
+                out.push((rel, path));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort();
+    let mut h = Sha256::new();
+    for (rel, path) in files {
+        h.update(rel.as_bytes());
+        h.update([0]);
+        h.update(std::fs::read(path)?);
+        h.update([0]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn internal(e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::Internal(e.to_string())
+}

@@ -1,0 +1,120 @@
+//! A function's logs: the recent lines in memory for `logs` and `--follow`,
+//! and an NDJSON file in the state directory so they survive a restart.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use graphene_core::api::LogMessage;
+use tokio::sync::broadcast;
+
+const KEEP: usize = 2000;
+/// The file is rotated (to `.1`) once it grows past this.
+const MAX_FILE: u64 = 8 << 20;
+
+pub struct LogBook {
+    name: String,
+    namespace: String,
+    path: PathBuf,
+    recent: Mutex<VecDeque<LogMessage>>,
+    live: broadcast::Sender<LogMessage>,
+}
+
+impl LogBook {
+    /// Opens the log of a function, loading what the file already holds.
+    pub fn open(dir: PathBuf, namespace: &str, name: &str) -> Self {
+        let path = dir.join(format!("{namespace}.{name}.log"));
+        let mut recent = VecDeque::new();
+        if let Ok(f) = std::fs::File::open(&path) {
+            for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+                if let Ok(m) = serde_json::from_str::<LogMessage>(&line) {
+                    if recent.len() == KEEP {
+                        recent.pop_front();
+                    }
+                    recent.push_back(m);
+                }
+            }
+        }
+        let (live, _) = broadcast::channel(1024);
+        Self {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            path,
+            recent: Mutex::new(recent),
+            live,
+        }
+    }
+
+    pub fn write(&self, instance: &str, text: &str) {
+        let msg = LogMessage {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            instance: instance.to_string(),
+            timestamp: graphene_core::time::now_rfc3339(),
+            text: text.to_string(),
+        };
+        let mut recent = self.recent.lock().expect("log lock");
+        if let Ok(line) = serde_json::to_string(&msg) {
+            self.append(&line);
+        }
+        if recent.len() == KEEP {
+            recent.pop_front();
+        }
+        recent.push_back(msg.clone());
+        let _ = self.live.send(msg);
+    }
+
+    fn append(&self, line: &str) {
+        if std::fs::metadata(&self.path).map(|m| m.len() > MAX_FILE).unwrap_or(false) {
+            let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path);
+        if let Ok(mut f) = file {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    /// The last `tail` lines (all kept lines if `None`), and a live feed when
+    /// following. Subscribing under the lock means no line falls between.
+    pub fn read(&self, tail: Option<usize>, follow: bool) -> (Vec<LogMessage>, Option<broadcast::Receiver<LogMessage>>) {
+        let recent = self.recent.lock().expect("log lock");
+        let skip = tail.map(|t| recent.len().saturating_sub(t)).unwrap_or(0);
+        let backlog = recent.iter().skip(skip).cloned().collect();
+        (backlog, follow.then(|| self.live.subscribe()))
+    }
+
+    #[cfg(test)]
+    pub fn last_lines(&self, n: usize) -> Vec<String> {
+        self.read(Some(n), false).0.into_iter().map(|m| m.text).collect()
+    }
+
+    pub fn delete(&self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(self.path.with_extension("log.1"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_tail_and_survives_reopen() {
+        let dir = std::env::temp_dir().join(format!("graphene-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let book = LogBook::open(dir.clone(), "ns", "f");
+        let (_, live) = book.read(None, true);
+        let mut live = live.unwrap();
+        for i in 0..5 {
+            book.write("r1", &format!("line {i}"));
+        }
+        assert_eq!(live.try_recv().unwrap().text, "line 0");
+        let (tail, _) = book.read(Some(2), false);
+        assert_eq!(tail.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["line 3", "line 4"]);
+        let again = LogBook::open(dir.clone(), "ns", "f");
+        assert_eq!(again.last_lines(1), ["line 4"]);
+        again.delete();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
