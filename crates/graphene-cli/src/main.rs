@@ -1,1 +1,92 @@
-fn main() {}
+//! The `graphene` binary: `graphene serve` runs the platform; every other
+//! verb is a client of a running gateway. One file per verb in `commands/`.
+
+mod client;
+mod commands;
+mod config;
+mod stackfile;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "graphene",
+    version,
+    about = "Serverless Python functions and ML models as REST endpoints"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with the local runtime.
+    Serve(commands::serve::Serve),
+    /// Create a function folder from a built-in template and add it to the stack file.
+    New(commands::new::New),
+    /// Build the stack file's functions on the server.
+    Build(commands::build::Build),
+    /// Deploy the stack file's functions (already built).
+    Deploy(commands::deploy::Deploy),
+    /// Build and deploy the stack file's functions.
+    Up(commands::up::Up),
+    /// Call a function with stdin as the request body.
+    Invoke(commands::invoke::Invoke),
+    /// List deployed functions.
+    #[command(alias = "ls")]
+    List(commands::list::List),
+    /// Show a function's settings and runtime state.
+    Describe(commands::describe::Describe),
+    /// Show (or follow) a function's logs.
+    Logs(commands::logs::Logs),
+    /// Remove functions.
+    #[command(alias = "remove")]
+    Rm(commands::rm::Rm),
+    /// Set a function's replica count.
+    Scale(commands::scale::Scale),
+    /// Manage secrets.
+    Secret(commands::secret::Secret),
+    /// Store a credential for a gateway.
+    Login(commands::login::Login),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: could not start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(c) => c.run().await,
+            Command::New(c) => c.run(),
+            Command::Build(c) => c.run().await,
+            Command::Deploy(c) => c.run().await,
+            Command::Up(c) => c.run().await,
+            Command::Invoke(c) => c.run().await,
+            Command::List(c) => c.run().await,
+            Command::Describe(c) => c.run().await,
+            Command::Logs(c) => c.run().await,
+            Command::Rm(c) => c.run().await,
+            Command::Scale(c) => c.run().await,
+            Command::Secret(c) => c.run().await,
+            Command::Login(c) => c.run().await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

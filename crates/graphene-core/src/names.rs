@@ -66,8 +66,14 @@ mod tests {
     fn rejects_bad_names_with_reason() {
         let cases = [
             ("", "must not be empty"),
-            ("Echo", "may contain only lower-case letters, digits and '-'"),
-            ("my_fn", "may contain only lower-case letters, digits and '-'"),
+            (
+                "Echo",
+                "may contain only lower-case letters, digits and '-'",
+            ),
+            (
+                "my_fn",
+                "may contain only lower-case letters, digits and '-'",
+            ),
             ("1fn", "must start with a lower-case letter"),
             ("fn-", "must end with a letter or digit"),
         ];

@@ -89,7 +89,11 @@ pub trait Provider: Send + Sync + 'static {
     /// Creates or updates a function.
     fn deploy(&self, d: Deployment) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
-    fn remove(&self, namespace: &str, name: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    fn remove(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     fn scale(
         &self,
@@ -112,7 +116,13 @@ pub trait Provider: Send + Sync + 'static {
         call: Invocation,
     ) -> impl Future<Output = Result<InvocationResult, ProviderError>> + Send;
 
-    fn logs(&self, namespace: &str, name: &str, tail: Option<usize>, follow: bool) -> Result<LogFeed, ProviderError>;
+    fn logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> Result<LogFeed, ProviderError>;
 
     /// Builds a function folder into a named image this provider can run.
     fn build(

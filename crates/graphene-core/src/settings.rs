@@ -48,13 +48,15 @@ pub struct FunctionSettings {
 impl FunctionSettings {
     /// Validates a deployment and derives its settings.
     pub fn from_deployment(d: &FunctionDeployment) -> Result<Self, InvalidField> {
-        names::validate("function", &d.service).map_err(|e| InvalidField::new("service", e.to_string()))?;
+        names::validate("function", &d.service)
+            .map_err(|e| InvalidField::new("service", e.to_string()))?;
         if !d.namespace.is_empty() {
             names::validate("namespace", &d.namespace)
                 .map_err(|e| InvalidField::new("namespace", e.to_string()))?;
         }
         for s in &d.secrets {
-            names::validate("secret", s).map_err(|e| InvalidField::new("secrets", e.to_string()))?;
+            names::validate("secret", s)
+                .map_err(|e| InvalidField::new("secrets", e.to_string()))?;
         }
         for k in d.env_vars.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -70,7 +72,10 @@ impl FunctionSettings {
             match labels.get(key).or_else(|| annotations.get(key)) {
                 None => Ok(default),
                 Some(v) => v.trim().parse::<u64>().map_err(|_| {
-                    InvalidField::new(format!("{field}.{key}"), format!("{v:?} is not a whole number"))
+                    InvalidField::new(
+                        format!("{field}.{key}"),
+                        format!("{v:?} is not a whole number"),
+                    )
                 }),
             }
         };
@@ -89,7 +94,10 @@ impl FunctionSettings {
                 format!("must be between 1 and {MAX_WORKERS}"),
             ));
         }
-        let timeout = match (annotations.get(ANNOTATION_TIMEOUT), d.env_vars.get("exec_timeout")) {
+        let timeout = match (
+            annotations.get(ANNOTATION_TIMEOUT),
+            d.env_vars.get("exec_timeout"),
+        ) {
             (Some(t), _) => duration::parse(t)
                 .map_err(|e| InvalidField::new(format!("annotations.{ANNOTATION_TIMEOUT}"), e))?,
             (None, Some(t)) => {
@@ -115,7 +123,11 @@ mod tests {
     use crate::api::Map;
 
     fn deployment(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> FunctionDeployment {
-        let map = |kv: &[(&str, &str)]| -> Map { kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        let map = |kv: &[(&str, &str)]| -> Map {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         FunctionDeployment {
             service: "echo".into(),
             image: "echo:latest".into(),
@@ -146,12 +158,17 @@ mod tests {
 
     #[test]
     fn names_the_bad_field() {
-        let e = FunctionSettings::from_deployment(&deployment(&[(LABEL_SCALE_MIN, "two")], &[])).unwrap_err();
+        let e = FunctionSettings::from_deployment(&deployment(&[(LABEL_SCALE_MIN, "two")], &[]))
+            .unwrap_err();
         assert_eq!(e.field, "labels.com.openfaas.scale.min");
-        let e = FunctionSettings::from_deployment(&deployment(&[], &[(ANNOTATION_WORKERS, "0")])).unwrap_err();
+        let e = FunctionSettings::from_deployment(&deployment(&[], &[(ANNOTATION_WORKERS, "0")]))
+            .unwrap_err();
         assert_eq!(e.field, "annotations.com.graphene.workers");
         let mut d = deployment(&[], &[]);
         d.service = "Bad_Name".into();
-        assert_eq!(FunctionSettings::from_deployment(&d).unwrap_err().field, "service");
+        assert_eq!(
+            FunctionSettings::from_deployment(&d).unwrap_err().field,
+            "service"
+        );
     }
 }

@@ -177,12 +177,16 @@ pub fn parse(text: &str) -> Result<Parsed, StackError> {
         return Err(StackError {
             line: locate(text, &["version"]),
             field: "version".into(),
-            reason: format!("unsupported version {:?} (graphene reads version 1.0)", stack.version),
+            reason: format!(
+                "unsupported version {:?} (graphene reads version 1.0)",
+                stack.version
+            ),
         });
     }
     for (name, f) in &stack.functions {
         let err = |field: &str, reason: String| StackError {
-            line: locate(text, &["functions", name, field]).or_else(|| locate(text, &["functions", name])),
+            line: locate(text, &["functions", name, field])
+                .or_else(|| locate(text, &["functions", name])),
             field: if field.is_empty() {
                 format!("functions.{name}")
             } else {
@@ -201,14 +205,23 @@ pub fn parse(text: &str) -> Result<Parsed, StackError> {
             Some(lang) => {
                 let lang = Lang::parse(lang).map_err(|e| err("lang", e))?;
                 if f.handler.as_deref().unwrap_or("").is_empty() {
-                    return Err(err("handler", "is required when lang is set (the function's folder)".into()));
+                    return Err(err(
+                        "handler",
+                        "is required when lang is set (the function's folder)".into(),
+                    ));
                 }
                 if lang == Lang::Exec && f.fprocess.as_deref().unwrap_or("").trim().is_empty() {
-                    return Err(err("fprocess", "is required for lang exec (the command to run per call)".into()));
+                    return Err(err(
+                        "fprocess",
+                        "is required for lang exec (the command to run per call)".into(),
+                    ));
                 }
             }
             None if f.image.as_deref().unwrap_or("").is_empty() => {
-                return Err(err("lang", "is required unless the function names a built image".into()));
+                return Err(err(
+                    "lang",
+                    "is required unless the function names a built image".into(),
+                ));
             }
             None => {}
         }
@@ -262,7 +275,8 @@ pub fn parse_environment_file(text: &str) -> Result<Map, StackError> {
 }
 
 fn unknown_fields(text: &str) -> Vec<String> {
-    let Ok(serde_yaml::Value::Mapping(top)) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+    let Ok(serde_yaml::Value::Mapping(top)) = serde_yaml::from_str::<serde_yaml::Value>(text)
+    else {
         return Vec::new();
     };
     let mut warnings = Vec::new();
@@ -271,7 +285,9 @@ fn unknown_fields(text: &str) -> Vec<String> {
             if !known.contains(&key) {
                 let mut full: Vec<&str> = path.to_vec();
                 full.push(key);
-                let at = locate(text, &full).map(|l| format!("line {l}: ")).unwrap_or_default();
+                let at = locate(text, &full)
+                    .map(|l| format!("line {l}: "))
+                    .unwrap_or_default();
                 warnings.push(format!("{at}unknown field {} ignored", full.join(".")));
             }
         }
@@ -308,7 +324,12 @@ pub fn locate(text: &str, path: &[&str]) -> Option<usize> {
             }
         }
         let bare = trimmed.trim_start_matches("- ");
-        let name = bare.split(':').next().unwrap_or("").trim().trim_matches(['"', '\'']);
+        let name = bare
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches(['"', '\'']);
         if name == *key && bare.contains(':') {
             depth = Some(indent);
             match want.next() {
@@ -325,9 +346,13 @@ fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
     let raw: Option<BTreeMap<String, serde_yaml::Value>> = Option::deserialize(d)?;
     raw.unwrap_or_default()
         .into_iter()
-        .map(|(k, v)| scalar_text(&v).map(|s| (k.clone(), s)).ok_or_else(|| {
-            serde::de::Error::custom(format!("value of {k:?} must be a string, number or boolean"))
-        }))
+        .map(|(k, v)| {
+            scalar_text(&v).map(|s| (k.clone(), s)).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "value of {k:?} must be a string, number or boolean"
+                ))
+            })
+        })
         .collect()
 }
 
@@ -374,25 +399,55 @@ functions:
         assert_eq!(f.environment["RAW_BODY"], "true");
         assert_eq!(f.labels["com.openfaas.scale.min"], "2");
         assert_eq!(f.image_name("echo"), "echo:latest");
-        assert_eq!(p.warnings, vec!["line 14: unknown field functions.echo.colour ignored".to_string()]);
+        assert_eq!(
+            p.warnings,
+            vec!["line 14: unknown field functions.echo.colour ignored".to_string()]
+        );
         assert_eq!(p.stack.provider.gateway, "http://127.0.0.1:8080");
     }
 
     #[test]
     fn errors_name_line_and_field() {
         let cases = [
-            (GOOD.replace("  echo:", "  Echo:"), "line 6: functions.Echo: invalid function name"),
-            (GOOD.replace("lang: python3", "lang: cobol"), "line 7: functions.echo.lang: unknown lang \"cobol\""),
-            (GOOD.replace("    handler: ./echo\n", ""), "functions.echo.handler: is required"),
-            (GOOD.replace("version: 1.0", "version: 2.0"), "line 1: version: unsupported version"),
-            (GOOD.replace("    colour: blue\n", "    secrets: [Bad]\n"), "line 14: functions.echo.secrets: invalid secret name"),
-            (GOOD.replace("lang: python3", "lang: exec"), "functions.echo.fprocess: is required for lang exec"),
-            (GOOD.replace("RAW_BODY: true", "RAW_BODY: [1]"), "functions.echo: value of \"RAW_BODY\" must be"),
-            ("functions:\n  echo:\n    lang: [\n".to_string(), "line 3: functions.echo.lang: invalid type"),
+            (
+                GOOD.replace("  echo:", "  Echo:"),
+                "line 6: functions.Echo: invalid function name",
+            ),
+            (
+                GOOD.replace("lang: python3", "lang: cobol"),
+                "line 7: functions.echo.lang: unknown lang \"cobol\"",
+            ),
+            (
+                GOOD.replace("    handler: ./echo\n", ""),
+                "functions.echo.handler: is required",
+            ),
+            (
+                GOOD.replace("version: 1.0", "version: 2.0"),
+                "line 1: version: unsupported version",
+            ),
+            (
+                GOOD.replace("    colour: blue\n", "    secrets: [Bad]\n"),
+                "line 14: functions.echo.secrets: invalid secret name",
+            ),
+            (
+                GOOD.replace("lang: python3", "lang: exec"),
+                "functions.echo.fprocess: is required for lang exec",
+            ),
+            (
+                GOOD.replace("RAW_BODY: true", "RAW_BODY: [1]"),
+                "functions.echo: value of \"RAW_BODY\" must be",
+            ),
+            (
+                "functions:\n  echo:\n    lang: [\n".to_string(),
+                "line 3: functions.echo.lang: invalid type",
+            ),
         ];
         for (text, want) in cases {
             let e = parse(&text).unwrap_err().to_string();
-            assert!(e.starts_with(want) || e.contains(want), "got {e:?}, want {want:?}");
+            assert!(
+                e.starts_with(want) || e.contains(want),
+                "got {e:?}, want {want:?}"
+            );
         }
     }
 

@@ -1,1 +1,190 @@
-//! placeholder
+//! graphene-gateway: the HTTP front door and the control plane.
+//!
+//! Start with [`Gateway::router`]: `/function/*` goes to `invoke.rs` (call a
+//! function through the provider, with OpenFaaS's headers and metrics),
+//! `/system/*` to `system.rs` (the OpenFaaS management API, behind the admin
+//! credential of `auth.rs`). `store.rs` keeps what was accepted in SQLite;
+//! [`Gateway::restore`] brings every stored function back at start-up. The
+//! gateway knows providers only through `graphene_core::provider::Provider`.
+
+mod auth;
+mod error;
+mod invoke;
+mod metrics;
+mod store;
+mod system;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use graphene_core::provider::{Deployment, Provider};
+use graphene_core::settings::FunctionSettings;
+
+pub use auth::TOKEN_FILE;
+use error::{ApiError, ApiResult};
+use store::Store;
+
+pub const DEFAULT_MAX_BODY: usize = 32 << 20;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub state_dir: PathBuf,
+    /// Largest request body accepted, in bytes (413 above).
+    pub max_body: usize,
+}
+
+pub struct Gateway<P> {
+    provider: Arc<P>,
+    store: Store,
+    metrics: metrics::Metrics,
+    config: GatewayConfig,
+}
+
+impl<P: Provider> Gateway<P> {
+    /// Opens the state database and makes the admin credential on first
+    /// start (the returned path says where it was written).
+    pub fn open(
+        config: GatewayConfig,
+        provider: Arc<P>,
+    ) -> anyhow::Result<(Arc<Self>, Option<PathBuf>)> {
+        let store = Store::open(&config.state_dir.join("state.db"))?;
+        let created = auth::ensure_admin(&store, &config.state_dir)?;
+        let gw = Arc::new(Self {
+            provider,
+            store,
+            metrics: Default::default(),
+            config,
+        });
+        Ok((gw, created))
+    }
+
+    /// Deploys every stored function again (after a restart).
+    pub async fn restore(&self) -> anyhow::Result<usize> {
+        let functions = self.store.functions(None)?;
+        let n = functions.len();
+        for f in functions {
+            let name = f.spec.service.clone();
+            match self.deployment(&f.namespace, f.spec, f.replicas) {
+                Ok(d) => {
+                    if let Err(e) = self.provider.deploy(d).await {
+                        tracing::warn!(function = %name, namespace = %f.namespace, error = %e, "could not restore function");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(function = %name, error = %e.message, "could not restore function")
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Validates a spec and resolves its secrets into a deployment.
+    fn deployment(
+        &self,
+        namespace: &str,
+        spec: graphene_core::api::FunctionDeployment,
+        replicas: Option<u64>,
+    ) -> ApiResult<Deployment> {
+        let settings = FunctionSettings::from_deployment(&spec)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let mut secrets = Vec::new();
+        for name in &spec.secrets {
+            let value = self.store.secret(namespace, name)?.ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "secrets: secret {name:?} does not exist in namespace {namespace}; create it with `graphene secret create {name}`"
+                ))
+            })?;
+            secrets.push((name.clone(), value));
+        }
+        Ok(Deployment {
+            namespace: namespace.to_string(),
+            spec,
+            settings,
+            secrets,
+            replicas,
+        })
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        let system = Router::new()
+            .route(
+                "/system/functions",
+                get(system::list::<P>)
+                    .post(system::create::<P>)
+                    .put(system::update::<P>)
+                    .delete(system::delete::<P>),
+            )
+            .route("/system/function/{name}", get(system::describe::<P>))
+            .route("/system/scale-function/{name}", post(system::scale::<P>))
+            .route("/system/namespaces", get(system::namespaces::<P>))
+            .route(
+                "/system/secrets",
+                get(system::secrets::<P>)
+                    .post(system::secret_create::<P>)
+                    .put(system::secret_update::<P>)
+                    .delete(system::secret_delete::<P>),
+            )
+            .route("/system/logs", get(system::logs::<P>))
+            .route("/system/info", get(system::info::<P>))
+            .route("/system/build", post(system::build::<P>))
+            .route_layer(middleware::from_fn_with_state(
+                self.clone(),
+                require_admin::<P>,
+            ));
+        Router::new()
+            .merge(system)
+            .route("/function/{*rest}", any(invoke::invoke::<P>))
+            .route("/healthz", get(|| async { "OK" }))
+            .route("/metrics", get(system::metrics::<P>))
+            .fallback(|| async { ApiError::not_found("no such route") })
+            .with_state(self.clone())
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn serve(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    pub async fn shutdown(&self) {
+        self.provider.shutdown().await;
+    }
+}
+
+async fn require_admin<P: Provider>(
+    State(gw): State<Arc<Gateway<P>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let ok = match (
+        auth::presented(req.headers()),
+        gw.store.credential_hash(auth::ADMIN),
+    ) {
+        (Some(token), Ok(Some(hash))) => auth::matches(&token, &hash),
+        _ => false,
+    };
+    if !ok {
+        let mut r = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong credential; log in with `graphene login` (or faas-cli login)",
+        )
+        .into_response();
+        r.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Basic realm=\"graphene\""),
+        );
+        return r;
+    }
+    next.run(req).await
+}

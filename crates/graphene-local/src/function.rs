@@ -87,7 +87,10 @@ impl Function {
         let fresh: Vec<Arc<Replica>> = self.replicas.lock().await.clone();
         tokio::spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline && !fresh.is_empty() && !fresh.iter().any(|r| r.is_ready()) {
+            while Instant::now() < deadline
+                && !fresh.is_empty()
+                && !fresh.iter().any(|r| r.is_ready())
+            {
                 let changed = shared.changed.notified();
                 let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
             }
@@ -108,11 +111,16 @@ impl Function {
         while (running.len() as u64) < replicas {
             let n = self.next_replica.fetch_add(1, Ordering::Relaxed);
             let id = format!("{}-{n}", self.shared.name);
-            let socket = self
-                .sockets
-                .dir
-                .join(format!("r{}.sock", self.sockets.next.fetch_add(1, Ordering::Relaxed)));
-            running.push(Replica::start(self.shared.clone(), launch.clone(), id, socket));
+            let socket = self.sockets.dir.join(format!(
+                "r{}.sock",
+                self.sockets.next.fetch_add(1, Ordering::Relaxed)
+            ));
+            running.push(Replica::start(
+                self.shared.clone(),
+                launch.clone(),
+                id,
+                socket,
+            ));
         }
         while (running.len() as u64) > replicas {
             if let Some(r) = running.pop() {
@@ -168,14 +176,24 @@ impl Function {
         } else {
             self.invoke_exec(&current, call, deadline).await
         }?;
-        if !result.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
-            result.headers.push(("Content-Type".into(), "text/plain; charset=utf-8".into()));
+        if !result
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            result
+                .headers
+                .push(("Content-Type".into(), "text/plain; charset=utf-8".into()));
         }
         Ok(result)
     }
 
     /// Waits for an idle worker, failing fast when none can come.
-    async fn acquire(&self, deadline: Instant, timeout: Duration) -> Result<WorkerConn, ProviderError> {
+    async fn acquire(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<WorkerConn, ProviderError> {
         let s = &self.shared;
         loop {
             let changed = s.changed.notified();
@@ -226,7 +244,8 @@ impl Function {
             let (head, body) = protocol::read_frame(&mut conn.stream)
                 .await?
                 .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
-            let head: ResponseHeader = serde_json::from_slice(&head).map_err(std::io::Error::other)?;
+            let head: ResponseHeader =
+                serde_json::from_slice(&head).map_err(std::io::Error::other)?;
             Ok::<_, std::io::Error>((head, body))
         };
         match tokio::time::timeout_at(deadline, exchange).await {
@@ -246,7 +265,9 @@ impl Function {
                 let reason = match e.kind() {
                     std::io::ErrorKind::UnexpectedEof
                     | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe => "exited during the call (crashed or was killed)".to_string(),
+                    | std::io::ErrorKind::BrokenPipe => {
+                        "exited during the call (crashed or was killed)".to_string()
+                    }
                     _ => format!("broke the protocol: {e}"),
                 };
                 Err(ProviderError::Upstream(format!(
@@ -302,13 +323,16 @@ impl Function {
             run_dir: None,
             secrets_dir: &launch.secrets_dir,
         };
-        let mut cmd = launch
-            .sandbox
-            .command(Path::new("/bin/sh"), &["-c", &current.fprocess], &mounts, &env);
+        let mut cmd = launch.sandbox.command(
+            Path::new("/bin/sh"),
+            &["-c", &current.fprocess],
+            &mounts,
+            &env,
+        );
         cmd.stdin(std::process::Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| ProviderError::Unavailable(format!("could not start {:?}: {e}", current.fprocess)))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            ProviderError::Unavailable(format!("could not start {:?}: {e}", current.fprocess))
+        })?;
         let mut stdin = child.stdin.take().expect("piped stdin");
         let body = call.body.clone();
         tokio::spawn(async move {
@@ -337,7 +361,10 @@ impl Function {
                     })
                 }
             }
-            Ok(Err(e)) => Err(ProviderError::Upstream(format!("{:?} failed: {e}", current.fprocess))),
+            Ok(Err(e)) => Err(ProviderError::Upstream(format!(
+                "{:?} failed: {e}",
+                current.fprocess
+            ))),
             Err(_) => Err(ProviderError::Timeout(format!(
                 "function {} did not finish within its timeout ({:?}); the process was killed",
                 self.shared.name, current.timeout

@@ -67,13 +67,18 @@ impl ImageStore {
         if !dir.join(".complete").exists() {
             return None;
         }
-        let mut image: Image = serde_json::from_slice(&std::fs::read(dir.join("image.json")).ok()?).ok()?;
+        let mut image: Image =
+            serde_json::from_slice(&std::fs::read(dir.join("image.json")).ok()?).ok()?;
         image.name = name.to_string();
         image.dir = dir;
         Some(image)
     }
 
-    pub async fn build(&self, input: BuildInput, mut progress: Progress) -> Result<BuildResult, ProviderError> {
+    pub async fn build(
+        &self,
+        input: BuildInput,
+        mut progress: Progress,
+    ) -> Result<BuildResult, ProviderError> {
         let _one = self.building.lock().await;
         let staging = self.root.join(format!("staging-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
@@ -83,7 +88,9 @@ impl ImageStore {
             std::fs::create_dir_all(&unpack_to).map_err(|e| e.to_string())?;
             tar::Archive::new(&archive[..])
                 .unpack(&unpack_to)
-                .map_err(|e| format!("the uploaded function folder is not a valid tar archive: {e}"))?;
+                .map_err(|e| {
+                    format!("the uploaded function folder is not a valid tar archive: {e}")
+                })?;
             digest_dir(&unpack_to).map_err(|e| e.to_string())
         })
         .await
@@ -100,7 +107,10 @@ impl ImageStore {
         let cached = dir.join(".complete").exists();
         if cached {
             let _ = std::fs::remove_dir_all(&staging);
-            progress(&format!("{}: unchanged, using the existing build {digest}", input.image));
+            progress(&format!(
+                "{}: unchanged, using the existing build {digest}",
+                input.image
+            ));
         } else {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::rename(&staging, &dir).map_err(internal)?;
@@ -120,7 +130,11 @@ impl ImageStore {
                 lang: input.lang.as_str().to_string(),
                 dir: dir.clone(),
             };
-            std::fs::write(dir.join("image.json"), serde_json::to_vec(&meta).map_err(internal)?).map_err(internal)?;
+            std::fs::write(
+                dir.join("image.json"),
+                serde_json::to_vec(&meta).map_err(internal)?,
+            )
+            .map_err(internal)?;
             std::fs::write(dir.join(".complete"), b"").map_err(internal)?;
         }
         self.tag(&input.image, &digest).map_err(internal)?;
@@ -154,21 +168,37 @@ impl ImageStore {
         progress("creating the virtual environment");
         let venv = dir.join("venv");
         run(
-            tokio::process::Command::new(&self.python).args(["-m", "venv", "--without-pip"]).arg(&venv),
+            tokio::process::Command::new(&self.python)
+                .args(["-m", "venv", "--without-pip"])
+                .arg(&venv),
             progress,
         )
         .await
-        .map_err(|e| format!("could not create the virtual environment with {}: {e}", self.python))?;
+        .map_err(|e| {
+            format!(
+                "could not create the virtual environment with {}: {e}",
+                self.python
+            )
+        })?;
         let requirements = dir.join("function/requirements.txt");
         let wanted = std::fs::read_to_string(&requirements).unwrap_or_default();
-        if wanted.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        if wanted
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
             progress("no requirements to install");
             return Ok(());
         }
         progress("installing requirements.txt with pip");
         run(
             tokio::process::Command::new(&self.python)
-                .args(["-m", "pip", "--disable-pip-version-check", "--no-input", "--python"])
+                .args([
+                    "-m",
+                    "pip",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "--python",
+                ])
                 .arg(venv.join("bin/python"))
                 .args(["install", "--progress-bar", "off", "-r"])
                 .arg(&requirements),
@@ -190,8 +220,14 @@ async fn run(cmd: &mut tokio::process::Command, progress: &mut Progress) -> Resu
         .map_err(|e| e.to_string())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     for pipe in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
     ]
     .into_iter()
     .flatten()
@@ -228,7 +264,11 @@ fn digest_dir(dir: &Path) -> std::io::Result<String> {
             if entry.file_type()?.is_dir() {
                 walk(base, &path, out)?;
             } else {
-                let rel = path.strip_prefix(base).unwrap_or(&path).to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(base)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
                 out.push((rel, path));
             }
         }

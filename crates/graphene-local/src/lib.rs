@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use graphene_core::api::{BuildResult, RuntimeStatus};
 use graphene_core::provider::{
-    BuildInput, Deployment, Invocation, InvocationResult, LogFeed, Progress, Provider, ProviderError,
+    BuildInput, Deployment, Invocation, InvocationResult, LogFeed, Progress, Provider,
+    ProviderError,
 };
 use tokio::sync::Notify;
 
@@ -86,11 +87,18 @@ impl LocalProvider {
             .expect("lock")
             .get(&key(namespace, name))
             .cloned()
-            .ok_or_else(|| ProviderError::NotFound(format!("function {name} not found in namespace {namespace}")))
+            .ok_or_else(|| {
+                ProviderError::NotFound(format!(
+                    "function {name} not found in namespace {namespace}"
+                ))
+            })
     }
 
     fn write_secrets(&self, d: &Deployment) -> std::io::Result<PathBuf> {
-        let dir = self.dir.join("secrets").join(format!("{}.{}", d.namespace, d.spec.service));
+        let dir = self
+            .dir
+            .join("secrets")
+            .join(format!("{}.{}", d.namespace, d.spec.service));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         restrict(&dir)?;
@@ -147,11 +155,18 @@ impl Provider for LocalProvider {
                 d.spec.image
             )));
         }
-        let secrets_dir = self.write_secrets(&d).map_err(|e| ProviderError::Internal(e.to_string()))?;
+        let secrets_dir = self
+            .write_secrets(&d)
+            .map_err(|e| ProviderError::Internal(e.to_string()))?;
         let current = Current {
             launch: Arc::new(Launch {
                 image,
-                env: d.spec.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                env: d
+                    .spec
+                    .env_vars
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 workers: d.settings.workers,
                 run_dir: self.sockets.dir.clone(),
                 secrets_dir,
@@ -192,10 +207,14 @@ impl Provider for LocalProvider {
     async fn remove(&self, namespace: &str, name: &str) -> Result<(), ProviderError> {
         let _one = self.changes.lock().await;
         let f = self.get(namespace, name)?;
-        self.functions.write().expect("lock").remove(&key(namespace, name));
+        self.functions
+            .write()
+            .expect("lock")
+            .remove(&key(namespace, name));
         f.stop().await;
         f.shared.logs.delete();
-        let _ = std::fs::remove_dir_all(self.dir.join("secrets").join(format!("{namespace}.{name}")));
+        let _ =
+            std::fs::remove_dir_all(self.dir.join("secrets").join(format!("{namespace}.{name}")));
         Ok(())
     }
 
@@ -209,22 +228,43 @@ impl Provider for LocalProvider {
         Ok(self.get(namespace, name)?.status().await)
     }
 
-    async fn invoke(&self, namespace: &str, name: &str, call: Invocation) -> Result<InvocationResult, ProviderError> {
+    async fn invoke(
+        &self,
+        namespace: &str,
+        name: &str,
+        call: Invocation,
+    ) -> Result<InvocationResult, ProviderError> {
         self.get(namespace, name)?.invoke(call).await
     }
 
-    fn logs(&self, namespace: &str, name: &str, tail: Option<usize>, follow: bool) -> Result<LogFeed, ProviderError> {
+    fn logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> Result<LogFeed, ProviderError> {
         let f = self.get(namespace, name)?;
         let (backlog, live) = f.shared.logs.read(tail, follow);
         Ok(LogFeed { backlog, live })
     }
 
-    async fn build(&self, input: BuildInput, progress: Progress) -> Result<BuildResult, ProviderError> {
+    async fn build(
+        &self,
+        input: BuildInput,
+        progress: Progress,
+    ) -> Result<BuildResult, ProviderError> {
         self.images.build(input, progress).await
     }
 
     async fn shutdown(&self) {
-        let all: Vec<_> = self.functions.read().expect("lock").values().cloned().collect();
+        let all: Vec<_> = self
+            .functions
+            .read()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect();
         for f in all {
             f.stop().await;
         }

@@ -66,10 +66,16 @@ impl LogBook {
     }
 
     fn append(&self, line: &str) {
-        if std::fs::metadata(&self.path).map(|m| m.len() > MAX_FILE).unwrap_or(false) {
+        if std::fs::metadata(&self.path)
+            .map(|m| m.len() > MAX_FILE)
+            .unwrap_or(false)
+        {
             let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path);
         if let Ok(mut f) = file {
             let _ = writeln!(f, "{line}");
         }
@@ -77,7 +83,11 @@ impl LogBook {
 
     /// The last `tail` lines (all kept lines if `None`), and a live feed when
     /// following. Subscribing under the lock means no line falls between.
-    pub fn read(&self, tail: Option<usize>, follow: bool) -> (Vec<LogMessage>, Option<broadcast::Receiver<LogMessage>>) {
+    pub fn read(
+        &self,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> (Vec<LogMessage>, Option<broadcast::Receiver<LogMessage>>) {
         let recent = self.recent.lock().expect("log lock");
         let skip = tail.map(|t| recent.len().saturating_sub(t)).unwrap_or(0);
         let backlog = recent.iter().skip(skip).cloned().collect();
@@ -86,7 +96,11 @@ impl LogBook {
 
     #[cfg(test)]
     pub fn last_lines(&self, n: usize) -> Vec<String> {
-        self.read(Some(n), false).0.into_iter().map(|m| m.text).collect()
+        self.read(Some(n), false)
+            .0
+            .into_iter()
+            .map(|m| m.text)
+            .collect()
     }
 
     pub fn delete(&self) {
@@ -111,7 +125,10 @@ mod tests {
         }
         assert_eq!(live.try_recv().unwrap().text, "line 0");
         let (tail, _) = book.read(Some(2), false);
-        assert_eq!(tail.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["line 3", "line 4"]);
+        assert_eq!(
+            tail.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+            ["line 3", "line 4"]
+        );
         let again = LogBook::open(dir.clone(), "ns", "f");
         assert_eq!(again.last_lines(1), ["line 4"]);
         again.delete();

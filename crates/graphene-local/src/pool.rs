@@ -57,7 +57,11 @@ impl WorkerPool {
     /// Waits for an idle worker of a live replica.
     pub async fn take(&self) -> WorkerConn {
         loop {
-            self.permits.acquire().await.expect("pool semaphore is never closed").forget();
+            self.permits
+                .acquire()
+                .await
+                .expect("pool semaphore is never closed")
+                .forget();
             let conn = self.idle.lock().expect("pool lock").pop_front();
             match conn {
                 Some(c) if c.alive.is_alive() => return c,

@@ -79,7 +79,9 @@ pub async fn write_frame<W: AsyncWriteExt + Unpin>(
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream before a frame.
-pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+pub async fn read_frame<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
     let mut lens = [0u8; 8];
     match r.read_exact(&mut lens).await {
         Ok(_) => {}
@@ -89,7 +91,10 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<O
     let hlen = u32::from_be_bytes(lens[..4].try_into().expect("4 bytes")) as usize;
     let blen = u32::from_be_bytes(lens[4..].try_into().expect("4 bytes")) as usize;
     if hlen > MAX_FRAME || blen > MAX_FRAME {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
     }
     let mut head = vec![0; hlen];
     r.read_exact(&mut head).await?;
@@ -105,9 +110,13 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip() {
         let (mut a, mut b) = tokio::io::duplex(1024);
-        write_frame(&mut a, &serde_json::json!({"status": 201, "headers": [["a", "b"]]}), b"body")
-            .await
-            .unwrap();
+        write_frame(
+            &mut a,
+            &serde_json::json!({"status": 201, "headers": [["a", "b"]]}),
+            b"body",
+        )
+        .await
+        .unwrap();
         drop(a);
         let (head, body) = read_frame(&mut b).await.unwrap().unwrap();
         let h: ResponseHeader = serde_json::from_slice(&head).unwrap();
@@ -119,7 +128,8 @@ mod tests {
 
     #[test]
     fn parses_hellos() {
-        let h: Hello = serde_json::from_str(r#"{"type":"import_error","pid":3,"error":"boom"}"#).unwrap();
+        let h: Hello =
+            serde_json::from_str(r#"{"type":"import_error","pid":3,"error":"boom"}"#).unwrap();
         assert!(matches!(h, Hello::ImportError { error, .. } if error == "boom"));
     }
 }

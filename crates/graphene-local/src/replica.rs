@@ -60,7 +60,12 @@ pub struct Replica {
 }
 
 impl Replica {
-    pub fn start(shared: Arc<Shared>, launch: Arc<Launch>, id: String, socket: PathBuf) -> Arc<Replica> {
+    pub fn start(
+        shared: Arc<Shared>,
+        launch: Arc<Launch>,
+        id: String,
+        socket: PathBuf,
+    ) -> Arc<Replica> {
         let (stop, stop_rx) = watch::channel(false);
         let replica = Arc::new(Replica {
             id,
@@ -84,7 +89,12 @@ impl Replica {
     }
 }
 
-async fn supervise(shared: Arc<Shared>, launch: Arc<Launch>, replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
+async fn supervise(
+    shared: Arc<Shared>,
+    launch: Arc<Launch>,
+    replica: Arc<Replica>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = MIN_BACKOFF;
     loop {
         if *stop.borrow() {
@@ -128,7 +138,12 @@ async fn run_once(
     let _ = std::fs::remove_file(&replica.socket);
     let listener = match UnixListener::bind(&replica.socket) {
         Ok(l) => l,
-        Err(e) => return Outcome::Exited(format!("could not listen on {}: {e}", replica.socket.display())),
+        Err(e) => {
+            return Outcome::Exited(format!(
+                "could not listen on {}: {e}",
+                replica.socket.display()
+            ))
+        }
     };
     let socket = replica.socket.to_string_lossy().into_owned();
     let mut env = launch.env.clone();
@@ -136,7 +151,10 @@ async fn run_once(
         ("GRAPHENE_SOCKET".to_string(), socket),
         ("GRAPHENE_WORKERS".to_string(), launch.workers.to_string()),
         ("GRAPHENE_LANG".to_string(), launch.image.lang.clone()),
-        ("GRAPHENE_FUNCTION_ROOT".to_string(), launch.image.dir.to_string_lossy().into_owned()),
+        (
+            "GRAPHENE_FUNCTION_ROOT".to_string(),
+            launch.image.dir.to_string_lossy().into_owned(),
+        ),
         ("HOSTNAME".to_string(), replica.id.clone()),
         ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
         ("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()),
@@ -149,7 +167,12 @@ async fn run_once(
     };
     let mut child = match launch
         .sandbox
-        .command(&launch.image.python(), &[&runner.to_string_lossy()], &mounts, &env)
+        .command(
+            &launch.image.python(),
+            &[&runner.to_string_lossy()],
+            &mounts,
+            &env,
+        )
         .spawn()
     {
         Ok(c) => c,
@@ -166,7 +189,13 @@ async fn run_once(
     }
     let alive = Liveness::new();
     let control = Arc::new(Control::default());
-    let acceptor = tokio::spawn(accept(listener, shared.clone(), replica.clone(), alive.clone(), control.clone()));
+    let acceptor = tokio::spawn(accept(
+        listener,
+        shared.clone(),
+        replica.clone(),
+        alive.clone(),
+        control.clone(),
+    ));
     let status = tokio::select! {
         s = child.wait() => Some(s),
         _ = stop.wait_for(|s| *s) => None,
@@ -200,7 +229,10 @@ async fn run_once(
 
 fn kill_group(pid: u32) {
     if pid > 0 {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -225,10 +257,11 @@ async fn accept(
     control: Arc<Control>,
 ) {
     while let Ok((mut stream, _)) = listener.accept().await {
-        let hello = match tokio::time::timeout(HELLO_TIMEOUT, protocol::read_frame(&mut stream)).await {
-            Ok(Ok(Some((head, _)))) => serde_json::from_slice::<Hello>(&head),
-            _ => continue,
-        };
+        let hello =
+            match tokio::time::timeout(HELLO_TIMEOUT, protocol::read_frame(&mut stream)).await {
+                Ok(Ok(Some((head, _)))) => serde_json::from_slice::<Hello>(&head),
+                _ => continue,
+            };
         match hello {
             Ok(Hello::Parent { pid, workers }) => {
                 *control.0.lock().await = Some(stream);
@@ -253,16 +286,25 @@ async fn accept(
                 });
             }
             Ok(Hello::ImportError { error, pid }) => {
-                shared.logs.write(&replica.id, &format!("runner {pid} could not import the handler: {error}"));
+                shared.logs.write(
+                    &replica.id,
+                    &format!("runner {pid} could not import the handler: {error}"),
+                );
                 *shared.import_error.lock().expect("lock") = Some(error);
                 shared.changed.notify_waiters();
             }
-            Err(e) => shared.logs.write(&replica.id, &format!("runner sent a bad hello: {e}")),
+            Err(e) => shared
+                .logs
+                .write(&replica.id, &format!("runner sent a bad hello: {e}")),
         }
     }
 }
 
-fn pipe_to_logs(shared: Arc<Shared>, instance: String, pipe: impl AsyncRead + Unpin + Send + 'static) {
+fn pipe_to_logs(
+    shared: Arc<Shared>,
+    instance: String,
+    pipe: impl AsyncRead + Unpin + Send + 'static,
+) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(pipe).lines();
         while let Ok(Some(line)) = lines.next_line().await {

@@ -37,7 +37,16 @@ impl Sandbox {
         });
         let works = found.as_ref().is_some_and(|b| {
             std::process::Command::new(b)
-                .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "true"])
+                .args([
+                    "--ro-bind",
+                    "/",
+                    "/",
+                    "--dev",
+                    "/dev",
+                    "--proc",
+                    "/proc",
+                    "true",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -72,12 +81,21 @@ impl Sandbox {
                 let mut c = tokio::process::Command::new(bwrap);
                 c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
                 c.args(["--tmpfs", "/tmp", "--tmpfs", "/var"]);
-                c.arg("--ro-bind").arg(mounts.image_dir).arg(mounts.image_dir);
+                c.arg("--ro-bind")
+                    .arg(mounts.image_dir)
+                    .arg(mounts.image_dir);
                 if let Some(run) = mounts.run_dir {
                     c.arg("--bind").arg(run).arg(run);
                 }
-                c.arg("--ro-bind").arg(mounts.secrets_dir).arg(SECRETS_MOUNT);
-                c.args(["--unshare-ipc", "--unshare-uts", "--die-with-parent", "--chdir"]);
+                c.arg("--ro-bind")
+                    .arg(mounts.secrets_dir)
+                    .arg(SECRETS_MOUNT);
+                c.args([
+                    "--unshare-ipc",
+                    "--unshare-uts",
+                    "--die-with-parent",
+                    "--chdir",
+                ]);
                 c.arg(mounts.image_dir.join("function"));
                 c.arg("--").arg(program).args(args);
                 c
@@ -94,7 +112,10 @@ impl Sandbox {
             mounts.secrets_dir.to_string_lossy().into_owned()
         };
         cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            )
             .env("LANG", "C.UTF-8")
             .env("HOME", "/tmp")
             .env(SECRETS_ENV, secrets)

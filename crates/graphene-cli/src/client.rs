@@ -1,0 +1,143 @@
+//! The CLI's HTTP client for the gateway: a base URL and a credential.
+
+use anyhow::{anyhow, bail, Context as _};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client as Hyper};
+use hyper_util::rt::TokioExecutor;
+
+pub struct Client {
+    pub base: String,
+    token: Option<String>,
+    http: Hyper<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+        let base = base.trim_end_matches('/').to_string();
+        if base.starts_with("https://") {
+            bail!(
+                "{base}: this build of the CLI speaks plain HTTP only; use an http:// gateway URL"
+            );
+        }
+        if !base.starts_with("http://") {
+            bail!("{base}: the gateway URL must start with http://");
+        }
+        Ok(Self {
+            base,
+            token,
+            http: Hyper::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+        headers: &[(String, String)],
+    ) -> anyhow::Result<Response<Incoming>> {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let req = req
+            .body(Full::new(body.into()))
+            .context("building the request")?;
+        self.http.request(req).await.map_err(|e| {
+            anyhow!(
+                "could not reach the gateway at {}: {e}; is `graphene serve` running?",
+                self.base
+            )
+        })
+    }
+
+    /// Sends a request and reads the whole answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let resp = self
+            .send(
+                method,
+                path,
+                body,
+                &[("content-type".into(), "application/json".into())],
+            )
+            .await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .context("reading the gateway's answer")?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// Like `call`, failing with the gateway's message on a non-2xx answer.
+    pub async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<Bytes> {
+        let (status, bytes) = self.call(method, path, body).await?;
+        check(status, &bytes)?;
+        Ok(bytes)
+    }
+}
+
+pub fn check(status: StatusCode, body: &[u8]) -> anyhow::Result<()> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(body).trim().to_string();
+    if status == StatusCode::UNAUTHORIZED {
+        bail!("{text} (401: run `graphene login`, or set GRAPHENE_TOKEN)");
+    }
+    bail!("{text} ({status})")
+}
+
+/// The response itself when it is a success; its message as an error if not.
+pub async fn success(resp: Response<Incoming>) -> anyhow::Result<Response<Incoming>> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    check(status, &body)?;
+    unreachable!("check fails on a non-success status")
+}
+
+/// Reads a streamed body line by line.
+pub async fn for_each_line(
+    resp: Response<Incoming>,
+    mut f: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("reading the gateway's stream")?;
+        if let Some(data) = frame.data_ref() {
+            buf.extend_from_slice(data);
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                f(String::from_utf8_lossy(&line[..line.len() - 1]).as_ref())?;
+            }
+        }
+    }
+    if !buf.is_empty() {
+        f(String::from_utf8_lossy(&buf).as_ref())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use graphene_gateway::{Gateway, GatewayConfig};
+use graphene_local::{LocalConfig, LocalProvider};
+
+use super::{StackArgs, Target};
+use crate::client::Client;
+use crate::config;
+use crate::stackfile::StackFile;
+
+#[derive(Args)]
+pub struct Serve {
+    /// Address to listen on
+    #[arg(long, env = "GRAPHENE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// State directory [default: $GRAPHENE_STATE_DIR or ~/.local/share/graphene]
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Build and deploy this stack file once the gateway is up
+    #[arg(long, value_name = "STACK_FILE")]
+    pub deploy: Option<PathBuf>,
+    /// Python interpreter used to create functions' virtual environments
+    #[arg(long, env = "GRAPHENE_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// Largest request body, in bytes
+    #[arg(long, env = "GRAPHENE_MAX_BODY", default_value_t = graphene_gateway::DEFAULT_MAX_BODY)]
+    pub max_body: usize,
+    /// Run functions without the bubblewrap sandbox even where it works
+    #[arg(long)]
+    pub no_sandbox: bool,
+}
+
+impl Serve {
+    pub async fn run(self) -> anyhow::Result<()> {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("GRAPHENE_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+        let state = config::state_dir(self.state_dir.clone());
+        std::fs::create_dir_all(&state)
+            .with_context(|| format!("creating the state directory {}", state.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let provider = Arc::new(
+            LocalProvider::open(LocalConfig {
+                dir: state.join("local"),
+                python: self.python.clone(),
+                sandbox: !self.no_sandbox,
+            })
+            .context("opening the local runtime")?,
+        );
+        let (gateway, created) = Gateway::open(
+            GatewayConfig {
+                state_dir: state.clone(),
+                max_body: self.max_body,
+            },
+            provider.clone(),
+        )?;
+        if let Some(path) = &created {
+            tracing::info!(
+                "created the admin credential; it is in {} (use it with `graphene login --password-stdin < {}`)",
+                path.display(),
+                path.display()
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .with_context(|| format!("listening on {}", self.listen))?;
+        let addr = listener.local_addr()?;
+        let restored = gateway.restore().await?;
+        tracing::info!(
+            state_dir = %state.display(),
+            sandbox = provider.sandboxed(),
+            restored,
+            "graphene listening on http://{addr}"
+        );
+        if let Some(stack) = self.deploy.clone() {
+            let url = format!("http://{addr}");
+            let token = std::fs::read_to_string(state.join(graphene_gateway::TOKEN_FILE))
+                .ok()
+                .map(|t| t.trim().to_string());
+            tokio::spawn(async move {
+                if let Err(e) = deploy_stack(&stack, &url, token).await {
+                    tracing::error!("deploying {}: {e:#}", stack.display());
+                }
+            });
+        }
+        gateway
+            .serve(listener, shutdown_signal())
+            .await
+            .context("serving")?;
+        tracing::info!("stopping functions");
+        gateway.shutdown().await;
+        Ok(())
+    }
+}
+
+async fn deploy_stack(
+    stack: &std::path::Path,
+    url: &str,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let file = StackFile::load(stack)?;
+    let client = Client::new(url, token)?;
+    let args = StackArgs {
+        file: Some(stack.to_path_buf()),
+        filter: None,
+    };
+    super::build::build_all(&client, &file, args.filter.as_deref()).await?;
+    super::deploy::deploy_all(&client, &file, None, &Target::default()).await
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

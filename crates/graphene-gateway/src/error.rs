@@ -1,0 +1,79 @@
+//! One error type for every route: client mistakes get a precise 4xx
+//! message; internal faults get a generic 500 and a log line with the cause.
+//! The `X-Graphene-Layer` header names the layer that failed (gateway,
+//! runtime, or the function itself).
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use graphene_core::provider::ProviderError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub layer: &'static str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            layer: "gateway",
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; the server log has the cause",
+        )
+    }
+}
+
+impl From<ProviderError> for ApiError {
+    fn from(e: ProviderError) -> Self {
+        let (status, layer) = match &e {
+            ProviderError::Invalid(_) => (StatusCode::BAD_REQUEST, "gateway"),
+            ProviderError::NotFound(_) => (StatusCode::NOT_FOUND, "gateway"),
+            ProviderError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "runtime"),
+            ProviderError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "function"),
+            ProviderError::Upstream(_) => (StatusCode::BAD_GATEWAY, "runtime"),
+            ProviderError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "gateway"),
+            ProviderError::Internal(cause) => return ApiError::internal(cause),
+        };
+        Self {
+            status,
+            message: e.to_string(),
+            layer,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApiError::internal(format!("state database: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = self.message;
+        body.push('\n');
+        let mut r = (self.status, body).into_response();
+        r.headers_mut()
+            .insert("x-graphene-layer", HeaderValue::from_static(self.layer));
+        r
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,172 @@
+//! `/function/<name>[.<namespace>][/<path>]`: hands the request to the
+//! provider and the function's answer back, with OpenFaaS's headers
+//! (`X-Call-Id`, `X-Start-Time`, `X-Duration-Seconds`) and metrics.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use graphene_core::provider::{Invocation, Provider};
+use graphene_core::{names, DEFAULT_NAMESPACE};
+use rand::RngCore;
+
+use crate::error::ApiError;
+use crate::Gateway;
+
+/// Headers that belong to one connection and are never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+];
+
+pub async fn invoke<P: Provider>(State(gw): State<Arc<Gateway<P>>>, req: Request) -> Response {
+    let started = Instant::now();
+    let start_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let (parts, body) = req.into_parts();
+    let rest = parts.uri.path().strip_prefix("/function/").unwrap_or("");
+    let (qualified, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (name, ns) = names::split_qualified(qualified);
+    let ns = ns.unwrap_or(DEFAULT_NAMESPACE);
+    let call_id = parts
+        .headers
+        .get("x-call-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(uuid_v4);
+    let function = format!("{name}.{ns}");
+
+    let mut response = match call(&gw, &parts, body, name, ns, path, &call_id, &function).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    let code = response.status().as_u16();
+    let seconds = started.elapsed().as_secs_f64();
+    if code != 404 {
+        gw.metrics.finished(&function, code, seconds);
+    }
+    let h = response.headers_mut();
+    for (k, v) in [
+        ("x-call-id", call_id),
+        ("x-start-time", start_ns.to_string()),
+        ("x-duration-seconds", format!("{seconds:.6}")),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    tracing::debug!(function = %function, code, seconds, "invoked");
+    response
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn call<P: Provider>(
+    gw: &Gateway<P>,
+    parts: &axum::http::request::Parts,
+    body: Body,
+    name: &str,
+    ns: &str,
+    path: &str,
+    call_id: &str,
+    function: &str,
+) -> Result<Response, ApiError> {
+    let unknown = || ApiError::not_found(format!("function {name} not found in namespace {ns}"));
+    if names::validate("function", name).is_err() || names::validate("namespace", ns).is_err() {
+        return Err(unknown());
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is larger than the limit of {} bytes",
+                gw.config.max_body
+            ),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > gw.config.max_body) {
+        return Err(too_large());
+    }
+    let body = axum::body::to_bytes(body, gw.config.max_body)
+        .await
+        .map_err(|_| too_large())?;
+    let mut headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    if !parts.headers.contains_key("x-call-id") {
+        headers.push(("X-Call-Id".into(), call_id.to_string()));
+    }
+    gw.metrics.started(function);
+    let result = gw
+        .provider
+        .invoke(
+            ns,
+            name,
+            Invocation {
+                method: parts.method.as_str().to_string(),
+                path: path.to_string(),
+                query: parts.uri.query().unwrap_or("").to_string(),
+                headers,
+                body,
+                call_id: call_id.to_string(),
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            graphene_core::provider::ProviderError::NotFound(_) => unknown(),
+            other => ApiError::from(other),
+        })?;
+    let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = Response::new(Body::from(result.body));
+    *response.status_mut() = status;
+    for (k, v) in result.headers {
+        if HOP_BY_HOP.contains(&k.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            response.headers_mut().append(k, v);
+        }
+    }
+    Ok(response)
+}
+
+fn uuid_v4() -> String {
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}

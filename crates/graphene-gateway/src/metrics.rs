@@ -1,0 +1,174 @@
+//! Prometheus metrics with OpenFaaS's gateway names and labels, so existing
+//! dashboards work: `gateway_function_invocation_total{function_name,code}`,
+//! `gateway_functions_seconds{function_name,code}` (histogram),
+//! `gateway_function_invocation_started{function_name}` and
+//! `gateway_service_count{function_name}`; plus graphene's own
+//! `graphene_function_ready_replicas` and `graphene_function_restarts_total`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default)]
+struct Series {
+    counts: [u64; BUCKETS.len()],
+    total: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    started: Mutex<BTreeMap<String, u64>>,
+    finished: Mutex<BTreeMap<(String, u16), Series>>,
+}
+
+/// A function's replica view at scrape time.
+pub struct ReplicaGauge {
+    pub function: String,
+    pub desired: u64,
+    pub ready: u64,
+    pub restarts: u64,
+}
+
+impl Metrics {
+    pub fn started(&self, function: &str) {
+        *self
+            .started
+            .lock()
+            .expect("metrics lock")
+            .entry(function.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn finished(&self, function: &str, code: u16, seconds: f64) {
+        let mut map = self.finished.lock().expect("metrics lock");
+        let s = map.entry((function.to_string(), code)).or_default();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                s.counts[i] += 1;
+            }
+        }
+        s.total += 1;
+        s.sum += seconds;
+    }
+
+    /// Completed invocations of one function (for `invocationCount`).
+    pub fn invocations(&self, function: &str) -> u64 {
+        self.finished
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .filter(|((f, _), _)| f == function)
+            .map(|(_, s)| s.total)
+            .sum()
+    }
+
+    pub fn render(&self, replicas: &[ReplicaGauge]) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP gateway_function_invocation_started The total number of function HTTP requests started.\n");
+        out.push_str("# TYPE gateway_function_invocation_started counter\n");
+        for (f, n) in self.started.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "gateway_function_invocation_started{{function_name=\"{f}\"}} {n}"
+            );
+        }
+        let finished = self.finished.lock().expect("metrics lock");
+        out.push_str("# HELP gateway_function_invocation_total Function metrics\n");
+        out.push_str("# TYPE gateway_function_invocation_total counter\n");
+        for ((f, code), s) in finished.iter() {
+            let _ = writeln!(
+                out,
+                "gateway_function_invocation_total{{code=\"{code}\",function_name=\"{f}\"}} {}",
+                s.total
+            );
+        }
+        out.push_str("# HELP gateway_functions_seconds Function time taken\n");
+        out.push_str("# TYPE gateway_functions_seconds histogram\n");
+        for ((f, code), s) in finished.iter() {
+            let labels = format!("code=\"{code}\",function_name=\"{f}\"");
+            for (i, le) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "gateway_functions_seconds_bucket{{{labels},le=\"{le}\"}} {}",
+                    s.counts[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "gateway_functions_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                s.total
+            );
+            let _ = writeln!(out, "gateway_functions_seconds_sum{{{labels}}} {}", s.sum);
+            let _ = writeln!(
+                out,
+                "gateway_functions_seconds_count{{{labels}}} {}",
+                s.total
+            );
+        }
+        let gauges: [(&str, &str, &str, fn(&ReplicaGauge) -> u64); 3] = [
+            (
+                "gateway_service_count",
+                "gauge",
+                "Current count of replicas for function",
+                |g| g.desired,
+            ),
+            (
+                "graphene_function_ready_replicas",
+                "gauge",
+                "Replicas whose handler has imported",
+                |g| g.ready,
+            ),
+            (
+                "graphene_function_restarts_total",
+                "counter",
+                "Replica restarts after an exit",
+                |g| g.restarts,
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for g in replicas {
+                let _ = writeln!(
+                    out,
+                    "{name}{{function_name=\"{}\"}} {}",
+                    g.function,
+                    value(g)
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_openfaas_names() {
+        let m = Metrics::default();
+        m.started("echo.openfaas-fn");
+        m.finished("echo.openfaas-fn", 200, 0.02);
+        m.finished("echo.openfaas-fn", 500, 3.0);
+        let text = m.render(&[ReplicaGauge {
+            function: "echo.openfaas-fn".into(),
+            desired: 2,
+            ready: 1,
+            restarts: 0,
+        }]);
+        assert!(text
+            .contains("gateway_function_invocation_started{function_name=\"echo.openfaas-fn\"} 1"));
+        assert!(text.contains(
+            "gateway_function_invocation_total{code=\"200\",function_name=\"echo.openfaas-fn\"} 1"
+        ));
+        assert!(text.contains("gateway_functions_seconds_bucket{code=\"200\",function_name=\"echo.openfaas-fn\",le=\"0.025\"} 1"));
+        assert!(text.contains("gateway_functions_seconds_bucket{code=\"500\",function_name=\"echo.openfaas-fn\",le=\"2.5\"} 0"));
+        assert!(text.contains("gateway_service_count{function_name=\"echo.openfaas-fn\"} 2"));
+        assert_eq!(m.invocations("echo.openfaas-fn"), 2);
+    }
+}
