@@ -42,6 +42,7 @@ impl Serve {
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
             )
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
         let state = config::state_dir(self.state_dir.clone());
         std::fs::create_dir_all(&state)

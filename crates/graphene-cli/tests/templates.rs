@@ -1,0 +1,115 @@
+//! From `graphene new` to a working endpoint, for each built-in template.
+
+mod util;
+
+use std::time::Duration;
+
+use util::{eventually, Server};
+
+#[test]
+fn new_up_invoke_each_template() {
+    let s = Server::start();
+    s.ok(&["new", "echo", "--lang", "python3"]);
+    s.ok(&["new", "web", "--lang", "python3-http"]);
+    s.ok(&["new", "shout", "--lang", "exec"]);
+    s.write(
+        "web/handler.py",
+        r#"import json
+def handle(event, context):
+    return {
+        "statusCode": 201,
+        "headers": {"X-Seen-Method": event.method, "Content-Type": "application/json"},
+        "body": json.dumps({"path": event.path, "query": event.query,
+                            "body": event.body.decode(), "agent": event.headers.get("x-test", "")}),
+    }
+"#,
+    );
+    let up = s.cli(&["up"]);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let progress = String::from_utf8_lossy(&up.stderr);
+    assert!(progress.contains("[echo] creating the virtual environment"), "{progress}");
+
+    // python3: handle(req: str) -> str, via the CLI.
+    let out = s.cli_stdin(&["invoke", "echo"], b"hello graphene");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello graphene");
+
+    // python3-http: status, headers, path, query and body pass through.
+    let r = s.request("PUT", "/function/web/items/7?colour=red", b"payload", &[("X-Test", "yes")]);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("x-seen-method"), Some("PUT"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["path"], "/items/7");
+    assert_eq!(v["query"]["colour"], "red");
+    assert_eq!(v["body"], "payload");
+    assert_eq!(v["agent"], "yes");
+    // OpenFaaS headers: a generated call id, start time, duration.
+    assert_eq!(r.header("x-call-id").map(str::len), Some(36));
+    assert!(r.header("x-start-time").unwrap().parse::<u128>().is_ok());
+    assert!(r.header("x-duration-seconds").unwrap().parse::<f64>().is_ok());
+    let r = s.request("POST", "/function/web", b"", &[("X-Call-Id", "my-call-1")]);
+    assert_eq!(r.header("x-call-id"), Some("my-call-1"));
+
+    // exec: stdin to stdout, a process per call, Http_* variables.
+    let r = s.post("/function/shout", "make me loud");
+    assert_eq!((r.status, r.body.as_str()), (200, "MAKE ME LOUD"));
+    s.write("shout/run.sh", "#!/bin/sh\necho \"$Http_Method $Http_Path $Http_Query $Http_X_Thing\"\n");
+    s.ok(&["up", "--filter", "shout"]);
+    let r = s.request("GET", "/function/shout/a/b?q=1", b"", &[("X-Thing", "th")]);
+    assert_eq!(r.body.trim(), "GET /a/b q=1 th");
+
+    // An unchanged folder is not rebuilt.
+    let again = s.cli(&["build", "--filter", "echo"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("unchanged"));
+}
+
+#[test]
+fn warm_start_and_concurrent_workers() {
+    let s = Server::start();
+    s.function(
+        "model",
+        "python3",
+        r#"import os, time
+LOADED_AT = time.time()  # a "model" loaded once per replica
+CALLS = 0
+
+def handle(req):
+    global CALLS
+    CALLS += 1
+    started = time.time()
+    if req.startswith("slow"):
+        time.sleep(0.4)
+    return f"{LOADED_AT} {os.getpid()} {CALLS} {started} {time.time()}"
+"#,
+        "    annotations:\n      com.graphene.workers: \"3\"\n",
+    );
+    s.ok(&["up"]);
+    s.wait_ready("model");
+    let loaded: Vec<String> = (0..6)
+        .map(|_| s.post("/function/model", "x").body.split(' ').next().unwrap().to_string())
+        .collect();
+    assert!(loaded.iter().all(|l| *l == loaded[0]), "the handler was imported again: {loaded:?}");
+
+    // Three slow calls at once are served by three different workers whose
+    // calls overlap in time.
+    let replies: Vec<Vec<f64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3).map(|_| scope.spawn(|| s.post("/function/model", "slow").body)).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().split(' ').map(|x| x.parse().unwrap()).collect())
+            .collect()
+    });
+    let pids: std::collections::BTreeSet<u64> = replies.iter().map(|r| r[1] as u64).collect();
+    assert_eq!(pids.len(), 3, "calls were not spread over the workers: {replies:?}");
+    let latest_start = replies.iter().map(|r| r[3]).fold(f64::MIN, f64::max);
+    let earliest_end = replies.iter().map(|r| r[4]).fold(f64::MAX, f64::min);
+    assert!(latest_start < earliest_end, "calls did not overlap: {replies:?}");
+    assert!(replies.iter().all(|r| r[0] == replies[0][0]), "workers share the imported module");
+
+    let d = s.describe("model");
+    assert_eq!(d["graphene"]["workersPerReplica"], 3);
+    eventually("invocation count", Duration::from_secs(5), || {
+        (s.describe("model")["invocationCount"].as_f64() >= Some(9.0)).then_some(())
+    });
+}
