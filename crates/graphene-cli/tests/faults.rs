@@ -1,0 +1,120 @@
+//! Faults: a handler that raises, runs too long, crashes, fails to import;
+//! a replica that dies; a server killed with SIGKILL.
+
+mod util;
+
+use std::time::Duration;
+
+use util::{eventually, Server};
+
+const HANDLER: &str = r#"import os, time
+def handle(req):
+    if req.startswith("raise"):
+        raise ValueError("bad input: " + req)
+    if req.startswith("sleep"):
+        time.sleep(float(req.split()[1]))
+    if req.startswith("crash"):
+        os._exit(9)
+    if req.startswith("secret"):
+        with open(os.path.join(os.environ["GRAPHENE_SECRETS_DIR"], "api-key")) as f:
+            return f.read()
+    return "ok " + str(os.getppid())
+"#;
+
+#[test]
+fn handler_errors_timeouts_and_crashes() {
+    let s = Server::start();
+    s.function(
+        "f",
+        "python3",
+        HANDLER,
+        "    annotations:\n      com.graphene.timeout: 1s\n      com.graphene.workers: \"1\"\n",
+    );
+    s.ok(&["up"]);
+    s.wait_ready("f");
+
+    // An exception: 500 with its message, the traceback in the logs, and the
+    // replica keeps serving.
+    let r = s.post("/function/f", "raise now");
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("ValueError: bad input: raise now"), "{}", r.body);
+    eventually("the traceback in the logs", Duration::from_secs(10), || {
+        s.ok(&["logs", "f"]).contains("Traceback (most recent call last)").then_some(())
+    });
+    assert_eq!(s.post("/function/f", "x").status, 200);
+
+    // Over the timeout: 504 naming the function's timeout; the worker is
+    // replaced and the next call works.
+    let r = s.post("/function/f", "sleep 5");
+    assert_eq!(r.status, 504);
+    assert!(r.body.contains("within its timeout (1s)"), "{}", r.body);
+    assert_eq!(r.header("x-graphene-layer"), Some("function"));
+    s.wait_ready("f");
+
+    // A worker that dies mid-call: 502 naming the crash, others unaffected.
+    let r = s.post("/function/f", "crash");
+    assert_eq!(r.status, 502);
+    assert!(r.body.contains("exited during the call"), "{}", r.body);
+    s.wait_ready("f");
+
+    // The whole replica dies: it is restarted with backoff and describe
+    // shows the restart and the exit reason.
+    let parent: i32 = s.post("/function/f", "x").body.trim_start_matches("ok ").parse().unwrap();
+    std::process::Command::new("kill").args(["-9", &parent.to_string()]).status().unwrap();
+    eventually("the restart to be recorded", Duration::from_secs(20), || {
+        let d = s.describe("f");
+        (d["graphene"]["restarts"].as_u64() >= Some(1)).then_some(d)
+    });
+    s.wait_ready("f");
+    let d = s.describe("f");
+    assert!(d["graphene"]["lastExit"].as_str().unwrap().contains("killed by signal 9"), "{d}");
+    let text = s.ok(&["describe", "f"]);
+    assert!(text.contains("Restarts:") && text.contains("Last exit:"), "{text}");
+}
+
+#[test]
+fn import_error_is_reported() {
+    let s = Server::start();
+    s.function("broken", "python3", "import no_such_module_here\n\ndef handle(req):\n    return req\n", "");
+    s.ok(&["up"]);
+    let d = eventually("the import error", Duration::from_secs(20), || {
+        let d = s.describe("broken");
+        d["graphene"]["importError"].as_str().map(str::to_string)
+    });
+    assert!(d.contains("ModuleNotFoundError"), "{d}");
+    let r = s.post("/function/broken", "x");
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("failed to import its handler: ModuleNotFoundError"), "{}", r.body);
+    assert!(s.ok(&["describe", "broken"]).contains("Import error:"));
+    assert!(s.ok(&["logs", "broken"]).contains("No module named 'no_such_module_here'"));
+
+    // Fixing the handler and deploying again brings it up.
+    s.write("broken/handler.py", "def handle(req):\n    return 'fixed'\n");
+    s.ok(&["up"]);
+    eventually("the fixed handler", Duration::from_secs(30), || {
+        (s.post("/function/broken", "x").body == "fixed").then_some(())
+    });
+}
+
+#[test]
+fn state_survives_sigkill() {
+    let s = Server::start();
+    s.ok(&["secret", "create", "api-key", "--from-literal", "s3cr3t-value"]);
+    s.function("f", "python3", HANDLER, "    secrets: [api-key]\n");
+    s.ok(&["up"]);
+    s.wait_ready("f");
+    assert_eq!(s.post("/function/f", "secret").body, "s3cr3t-value");
+    s.ok(&["scale", "f", "--replicas", "2"]);
+    let token = s.token();
+
+    let s = s.kill_and_restart();
+    assert_eq!(s.token(), token, "the admin credential is kept");
+    s.wait_ready("f");
+    assert_eq!(s.post("/function/f", "secret").body, "s3cr3t-value");
+    assert!(s.ok(&["secret", "list"]).contains("api-key"));
+    eventually("both replicas back", Duration::from_secs(30), || {
+        (s.describe("f")["availableReplicas"] == 2).then_some(())
+    });
+    // The secret's value never reaches the server's log.
+    assert!(!s.log.lock().unwrap().iter().any(|l| l.contains("s3cr3t-value")));
+}
