@@ -31,6 +31,8 @@ use error::{ApiError, ApiResult};
 use store::Store;
 
 pub const DEFAULT_MAX_BODY: usize = 32 << 20;
+/// Largest function folder `/system/build` accepts (models can be big).
+pub const MAX_BUILD_UPLOAD: usize = 1 << 30;
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {

@@ -448,12 +448,12 @@ pub async fn build<P: Provider>(
             "image: must be a name such as echo:latest",
         ));
     }
-    let archive = axum::body::to_bytes(request.into_body(), gw.config.max_body)
+    let archive = axum::body::to_bytes(request.into_body(), crate::MAX_BUILD_UPLOAD)
         .await
         .map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "the function folder is larger than the server's body limit",
+                format!("the function folder is larger than {} bytes", crate::MAX_BUILD_UPLOAD),
             )
         })?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
