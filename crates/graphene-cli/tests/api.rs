@@ -9,28 +9,52 @@ use util::{eventually, Server};
 
 fn basic(user: &str, pass: &str) -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
 }
 
 #[test]
 fn openfaas_management_api() {
     let s = Server::start();
-    s.function("echo", "python3", "def handle(req):\n    print('got', req)\n    return req\n", "");
+    s.function(
+        "echo",
+        "python3",
+        "def handle(req):\n    print('got', req)\n    return req\n",
+        "",
+    );
     s.ok(&["build"]);
 
     // faas-cli style deploy body: labels/annotations may be null.
     let body = r#"{"service":"echo","image":"echo:latest","namespace":"team-a","envVars":{"A":"1"},
                    "labels":null,"annotations":null}"#;
-    assert_eq!(s.admin("PUT", "/system/functions", body).status, 404, "update of a missing function");
+    assert_eq!(
+        s.admin("PUT", "/system/functions", body).status,
+        404,
+        "update of a missing function"
+    );
     assert_eq!(s.admin("POST", "/system/functions", body).status, 202);
     assert_eq!(s.admin("PUT", "/system/functions", body).status, 202);
     eventually("echo.team-a", Duration::from_secs(20), || {
         (s.post("/function/echo.team-a", "ns").body == "ns").then_some(())
     });
-    assert_eq!(s.post("/function/echo", "x").status, 404, "not in the default namespace");
+    assert_eq!(
+        s.post("/function/echo", "x").status,
+        404,
+        "not in the default namespace"
+    );
 
-    let list: serde_json::Value = serde_json::from_str(&s.admin("GET", "/system/functions?namespace=team-a", "").body).unwrap();
+    let list: serde_json::Value = serde_json::from_str(
+        &s.admin("GET", "/system/functions?namespace=team-a", "")
+            .body,
+    )
+    .unwrap();
     let f = &list[0];
+    assert_eq!(
+        f["graphene"]["instances"][0]["id"], "echo-1",
+        "an unchanged update keeps the replica"
+    );
     assert_eq!(f["name"], "echo");
     assert_eq!(f["namespace"], "team-a");
     assert_eq!(f["image"], "echo:latest");
@@ -39,40 +63,79 @@ fn openfaas_management_api() {
     assert_eq!(f["availableReplicas"], 1);
     assert!(f["createdAt"].as_str().unwrap().ends_with('Z'));
     assert_eq!(f["invocationCount"], 1.0);
-    let ns: Vec<String> = serde_json::from_str(&s.admin("GET", "/system/namespaces", "").body).unwrap();
+    let ns: Vec<String> =
+        serde_json::from_str(&s.admin("GET", "/system/namespaces", "").body).unwrap();
     assert!(ns.contains(&"team-a".to_string()) && ns.contains(&"openfaas-fn".to_string()));
 
     // Basic auth as faas-cli login sends it.
-    let r = s.request("GET", "/system/function/echo?namespace=team-a", b"", &[("Authorization", &basic("admin", &s.token()))]);
+    let r = s.request(
+        "GET",
+        "/system/function/echo?namespace=team-a",
+        b"",
+        &[("Authorization", &basic("admin", &s.token()))],
+    );
     assert_eq!(r.status, 200);
-    assert_eq!(s.admin("GET", "/system/function/nope?namespace=team-a", "").status, 404);
+    assert_eq!(
+        s.admin("GET", "/system/function/nope?namespace=team-a", "")
+            .status,
+        404
+    );
 
     // Scale, logs as NDJSON, info, healthz.
     let scale = r#"{"serviceName":"echo","replicas":2,"namespace":"team-a"}"#;
-    assert_eq!(s.admin("POST", "/system/scale-function/echo", scale).status, 202);
+    assert_eq!(
+        s.admin("POST", "/system/scale-function/echo", scale).status,
+        202
+    );
     eventually("two ready replicas", Duration::from_secs(20), || {
         (s.describe("echo.team-a")["availableReplicas"] == 2).then_some(())
     });
-    let logs = s.admin("GET", "/system/logs?name=echo&namespace=team-a&tail=-1&follow=false", "");
+    let logs = s.admin(
+        "GET",
+        "/system/logs?name=echo&namespace=team-a&tail=-1&follow=false",
+        "",
+    );
     assert_eq!(logs.header("content-type"), Some("application/x-ndjson"));
-    let lines: Vec<serde_json::Value> = logs.body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(lines.iter().any(|l| l["text"] == "got ns" && l["namespace"] == "team-a" && l["name"] == "echo"));
-    let info: serde_json::Value = serde_json::from_str(&s.admin("GET", "/system/info", "").body).unwrap();
+    let lines: Vec<serde_json::Value> = logs
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines
+        .iter()
+        .any(|l| l["text"] == "got ns" && l["namespace"] == "team-a" && l["name"] == "echo"));
+    let info: serde_json::Value =
+        serde_json::from_str(&s.admin("GET", "/system/info", "").body).unwrap();
     assert_eq!(info["provider"]["provider"], "graphene-local");
     assert!(info["version"]["release"].is_string());
     assert_eq!(s.get("/healthz").status, 200);
 
     // Metrics with OpenFaaS's names.
     let m = s.get("/metrics").body;
-    assert!(m.contains("gateway_function_invocation_total{code=\"200\",function_name=\"echo.team-a\"} 1"), "{m}");
-    assert!(m.contains("gateway_functions_seconds_count{code=\"200\",function_name=\"echo.team-a\"} 1"));
+    assert!(
+        m.contains(
+            "gateway_function_invocation_total{code=\"200\",function_name=\"echo.team-a\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("gateway_functions_seconds_count{code=\"200\",function_name=\"echo.team-a\"} 1")
+    );
     assert!(m.contains("gateway_function_invocation_started{function_name=\"echo.team-a\"} 1"));
     assert!(m.contains("gateway_service_count{function_name=\"echo.team-a\"} 2"));
 
     // Delete, then it is gone.
     let del = r#"{"functionName":"echo"}"#;
-    assert_eq!(s.admin("DELETE", "/system/functions?namespace=team-a", del).status, 202);
-    assert_eq!(s.admin("DELETE", "/system/functions?namespace=team-a", del).status, 404);
+    assert_eq!(
+        s.admin("DELETE", "/system/functions?namespace=team-a", del)
+            .status,
+        202
+    );
+    assert_eq!(
+        s.admin("DELETE", "/system/functions?namespace=team-a", del)
+            .status,
+        404
+    );
     assert_eq!(s.post("/function/echo.team-a", "x").status, 404);
 }
 
@@ -83,8 +146,16 @@ fn secrets_api_never_shows_values() {
     assert_eq!(s.admin("POST", "/system/secrets", create).status, 202);
     assert_eq!(s.admin("POST", "/system/secrets", create).status, 409);
     let list = s.admin("GET", "/system/secrets", "");
-    assert!(list.body.contains("db-pass") && !list.body.contains("hunter2"), "{}", list.body);
-    assert_eq!(s.admin("PUT", "/system/secrets", r#"{"name":"other","value":"x"}"#).status, 404);
+    assert!(
+        list.body.contains("db-pass") && !list.body.contains("hunter2"),
+        "{}",
+        list.body
+    );
+    assert_eq!(
+        s.admin("PUT", "/system/secrets", r#"{"name":"other","value":"x"}"#)
+            .status,
+        404
+    );
 
     s.function(
         "reader",
@@ -96,7 +167,15 @@ fn secrets_api_never_shows_values() {
     s.wait_ready("reader");
     assert_eq!(s.post("/function/reader", "").body, "hunter2-secret");
     // Updating the value reaches the function.
-    assert_eq!(s.admin("PUT", "/system/secrets", r#"{"name":"db-pass","value":"new-value"}"#).status, 202);
+    assert_eq!(
+        s.admin(
+            "PUT",
+            "/system/secrets",
+            r#"{"name":"db-pass","value":"new-value"}"#
+        )
+        .status,
+        202
+    );
     eventually("the new secret value", Duration::from_secs(30), || {
         (s.post("/function/reader", "").body == "new-value").then_some(())
     });
@@ -105,8 +184,16 @@ fn secrets_api_never_shows_values() {
     assert_eq!(r.status, 409);
     assert!(r.body.contains("used by reader"));
     // Values never show in describe or the server log.
-    assert!(!s.admin("GET", "/system/function/reader", "").body.contains("new-value"));
-    assert!(!s.log.lock().unwrap().iter().any(|l| l.contains("hunter2") || l.contains("new-value")));
+    assert!(!s
+        .admin("GET", "/system/function/reader", "")
+        .body
+        .contains("new-value"));
+    assert!(!s
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("hunter2") || l.contains("new-value")));
 }
 
 #[test]
@@ -116,15 +203,40 @@ fn bad_input_gets_clear_errors() {
     let r = s.get("/system/functions");
     assert_eq!(r.status, 401);
     assert!(r.header("www-authenticate").is_some());
-    let r = s.request("GET", "/system/functions", b"", &[("Authorization", &basic("admin", "wrong"))]);
+    let r = s.request(
+        "GET",
+        "/system/functions",
+        b"",
+        &[("Authorization", &basic("admin", "wrong"))],
+    );
     assert_eq!(r.status, 401);
 
     // API bodies: the field and reason are named.
     let cases = [
-        ("POST", "/system/functions", "{not json", "invalid JSON body"),
-        ("POST", "/system/functions", r#"{"image":"x"}"#, "missing field `service`"),
-        ("POST", "/system/functions", r#"{"service":"Bad_Name","image":"x"}"#, "service: invalid function name"),
-        ("POST", "/system/functions", r#"{"service":"ok","image":"never-built:1"}"#, "was not built on this server"),
+        (
+            "POST",
+            "/system/functions",
+            "{not json",
+            "invalid JSON body",
+        ),
+        (
+            "POST",
+            "/system/functions",
+            r#"{"image":"x"}"#,
+            "missing field `service`",
+        ),
+        (
+            "POST",
+            "/system/functions",
+            r#"{"service":"Bad_Name","image":"x"}"#,
+            "service: invalid function name",
+        ),
+        (
+            "POST",
+            "/system/functions",
+            r#"{"service":"ok","image":"never-built:1"}"#,
+            "was not built on this server",
+        ),
         (
             "POST",
             "/system/functions",
@@ -137,20 +249,48 @@ fn bad_input_gets_clear_errors() {
             r#"{"service":"ok","image":"x","labels":{"com.openfaas.scale.min":"many"}}"#,
             "labels.com.openfaas.scale.min",
         ),
-        ("POST", "/system/secrets", r#"{"name":"x","value":""}"#, "value: must not be empty"),
-        ("POST", "/system/secrets", r#"{"name":"A B","value":"v"}"#, "name: invalid secret name"),
+        (
+            "POST",
+            "/system/secrets",
+            r#"{"name":"x","value":""}"#,
+            "value: must not be empty",
+        ),
+        (
+            "POST",
+            "/system/secrets",
+            r#"{"name":"A B","value":"v"}"#,
+            "name: invalid secret name",
+        ),
         ("GET", "/system/logs", "", "name: the function whose logs"),
         ("GET", "/system/logs?name=x&tail=lots", "", "tail:"),
-        ("POST", "/system/build?image=x&lang=cobol", "", "lang: unknown lang \"cobol\""),
-        ("POST", "/system/functions?namespace=Bad", r#"{"service":"ok","image":"x"}"#, "namespace: invalid namespace name"),
+        (
+            "POST",
+            "/system/build?image=x&lang=cobol",
+            "",
+            "lang: unknown lang \"cobol\"",
+        ),
+        (
+            "POST",
+            "/system/functions?namespace=Bad",
+            r#"{"service":"ok","image":"x"}"#,
+            "namespace: invalid namespace name",
+        ),
     ];
     for (method, path, body, want) in cases {
         let r = s.admin(method, path, body);
         assert_eq!(r.status, 400, "{method} {path} {body}: {}", r.body);
-        assert!(r.body.contains(want), "{method} {path} {body}: got {:?}, want {want:?}", r.body);
+        assert!(
+            r.body.contains(want),
+            "{method} {path} {body}: got {:?}, want {want:?}",
+            r.body
+        );
     }
     assert_eq!(s.admin("GET", "/system/logs?name=nope", "").status, 404);
-    assert_eq!(s.admin("POST", "/system/scale-function/nope", r#"{"replicas":1}"#).status, 404);
+    assert_eq!(
+        s.admin("POST", "/system/scale-function/nope", r#"{"replicas":1}"#)
+            .status,
+        404
+    );
 
     // Invocation: unknown function 404, body too large 413.
     assert_eq!(s.post("/function/nope", "x").status, 404);
@@ -165,38 +305,76 @@ fn bad_input_gets_clear_errors() {
 #[test]
 fn cli_errors_name_the_problem() {
     let s = Server::start();
-    s.write("stack.yml", "version: 1.0\nfunctions:\n  Echo:\n    lang: python3\n    handler: ./echo\n");
+    s.write(
+        "stack.yml",
+        "version: 1.0\nfunctions:\n  Echo:\n    lang: python3\n    handler: ./echo\n",
+    );
     let e = s.fails(&["up"]);
-    assert!(e.contains("line 3: functions.Echo: invalid function name"), "{e}");
-    s.write("stack.yml", "version: 1.0\nfunctions:\n  echo:\n    lang: ruby\n    handler: ./echo\n");
+    assert!(
+        e.contains("line 3: functions.Echo: invalid function name"),
+        "{e}"
+    );
+    s.write(
+        "stack.yml",
+        "version: 1.0\nfunctions:\n  echo:\n    lang: ruby\n    handler: ./echo\n",
+    );
     let e = s.fails(&["up"]);
-    assert!(e.contains("line 4: functions.echo.lang: unknown lang \"ruby\""), "{e}");
+    assert!(
+        e.contains("line 4: functions.echo.lang: unknown lang \"ruby\""),
+        "{e}"
+    );
     s.write("stack.yml", "version: 1.0\nfunctions:\n  echo:\n    lang: python3\n    handler: ./missing\n    color: red\n");
     let e = s.fails(&["up"]);
-    assert!(e.contains("functions.echo.handler: folder") && e.contains("does not exist"), "{e}");
-    assert!(e.contains("unknown field functions.echo.color ignored"), "{e}");
+    assert!(
+        e.contains("functions.echo.handler: folder") && e.contains("does not exist"),
+        "{e}"
+    );
+    assert!(
+        e.contains("unknown field functions.echo.color ignored"),
+        "{e}"
+    );
     s.write("stack.yml", "version: 1.0\nfunctions:\n  echo:\n    lang: python3\n    handler: ./echo\n    secrets: [nope]\n");
     s.write("echo/handler.py", "def handle(req):\n    return req\n");
     let e = s.fails(&["up"]);
     assert!(e.contains("secret \"nope\" does not exist"), "{e}");
-    assert!(s.fails(&["new", "Bad_Name"]).contains("invalid function name"));
-    assert!(s.fails(&["new", "x", "--lang", "cobol"]).contains("unknown lang"));
-    assert!(s.fails(&["describe", "ghost"]).contains("function ghost not found"));
+    assert!(s
+        .fails(&["new", "Bad_Name"])
+        .contains("invalid function name"));
+    assert!(s
+        .fails(&["new", "x", "--lang", "cobol"])
+        .contains("unknown lang"));
+    assert!(s
+        .fails(&["describe", "ghost"])
+        .contains("function ghost not found"));
 
     // pip's own error is shown, and nothing is deployed.
-    s.write("stack.yml", "version: 1.0\nfunctions:\n  deps:\n    lang: python3\n    handler: ./deps\n");
+    s.write(
+        "stack.yml",
+        "version: 1.0\nfunctions:\n  deps:\n    lang: python3\n    handler: ./deps\n",
+    );
     s.write("deps/handler.py", "def handle(req):\n    return req\n");
     s.write("deps/requirements.txt", "this is not a requirement ===\n");
     let e = s.fails(&["up"]);
-    assert!(e.contains("[deps]") && e.contains("pip install failed"), "{e}");
-    assert!(e.to_lowercase().contains("invalid requirement"), "pip's own message: {e}");
+    assert!(
+        e.contains("[deps]") && e.contains("pip install failed"),
+        "{e}"
+    );
+    assert!(
+        e.to_lowercase().contains("invalid requirement"),
+        "pip's own message: {e}"
+    );
     assert_eq!(s.admin("GET", "/system/functions", "").body, "[]");
 }
 
 #[test]
 fn logs_follow_streams_new_lines() {
     let s = Server::start();
-    s.function("talk", "python3", "def handle(req):\n    print('said', req)\n    return req\n", "");
+    s.function(
+        "talk",
+        "python3",
+        "def handle(req):\n    print('said', req)\n    return req\n",
+        "",
+    );
     s.ok(&["up"]);
     s.wait_ready("talk");
     let mut child = std::process::Command::new(util::BIN)
@@ -235,7 +413,11 @@ fn login_stores_the_credential() {
         .stdin(std::fs::File::open(s.state.join("admin-token")).unwrap())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Later calls use the stored credential.
     let list = std::process::Command::new(util::BIN)
         .args(["list", "--gateway", &s.url])
@@ -245,7 +427,11 @@ fn login_stores_the_credential() {
         .env("GRAPHENE_STATE_DIR", s.work.path().join("elsewhere"))
         .output()
         .unwrap();
-    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
     let bad = std::process::Command::new(util::BIN)
         .args(["login", "--password", "wrong", "--gateway", &s.url])
         .env("HOME", s.work.path())

@@ -37,9 +37,15 @@ fn handler_errors_timeouts_and_crashes() {
     // replica keeps serving.
     let r = s.post("/function/f", "raise now");
     assert_eq!(r.status, 500);
-    assert!(r.body.contains("ValueError: bad input: raise now"), "{}", r.body);
+    assert!(
+        r.body.contains("ValueError: bad input: raise now"),
+        "{}",
+        r.body
+    );
     eventually("the traceback in the logs", Duration::from_secs(10), || {
-        s.ok(&["logs", "f"]).contains("Traceback (most recent call last)").then_some(())
+        s.ok(&["logs", "f"])
+            .contains("Traceback (most recent call last)")
+            .then_some(())
     });
     assert_eq!(s.post("/function/f", "x").status, 200);
 
@@ -59,23 +65,49 @@ fn handler_errors_timeouts_and_crashes() {
 
     // The whole replica dies: it is restarted with backoff and describe
     // shows the restart and the exit reason.
-    let parent: i32 = s.post("/function/f", "x").body.trim_start_matches("ok ").parse().unwrap();
-    std::process::Command::new("kill").args(["-9", &parent.to_string()]).status().unwrap();
-    eventually("the restart to be recorded", Duration::from_secs(20), || {
-        let d = s.describe("f");
-        (d["graphene"]["restarts"].as_u64() >= Some(1)).then_some(d)
-    });
+    let parent: i32 = s
+        .post("/function/f", "x")
+        .body
+        .trim_start_matches("ok ")
+        .parse()
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &parent.to_string()])
+        .status()
+        .unwrap();
+    eventually(
+        "the restart to be recorded",
+        Duration::from_secs(20),
+        || {
+            let d = s.describe("f");
+            (d["graphene"]["restarts"].as_u64() >= Some(1)).then_some(d)
+        },
+    );
     s.wait_ready("f");
     let d = s.describe("f");
-    assert!(d["graphene"]["lastExit"].as_str().unwrap().contains("killed by signal 9"), "{d}");
+    assert!(
+        d["graphene"]["lastExit"]
+            .as_str()
+            .unwrap()
+            .contains("killed by signal 9"),
+        "{d}"
+    );
     let text = s.ok(&["describe", "f"]);
-    assert!(text.contains("Restarts:") && text.contains("Last exit:"), "{text}");
+    assert!(
+        text.contains("Restarts:") && text.contains("Last exit:"),
+        "{text}"
+    );
 }
 
 #[test]
 fn import_error_is_reported() {
     let s = Server::start();
-    s.function("broken", "python3", "import no_such_module_here\n\ndef handle(req):\n    return req\n", "");
+    s.function(
+        "broken",
+        "python3",
+        "import no_such_module_here\n\ndef handle(req):\n    return req\n",
+        "",
+    );
     s.ok(&["up"]);
     let d = eventually("the import error", Duration::from_secs(20), || {
         let d = s.describe("broken");
@@ -84,12 +116,22 @@ fn import_error_is_reported() {
     assert!(d.contains("ModuleNotFoundError"), "{d}");
     let r = s.post("/function/broken", "x");
     assert_eq!(r.status, 503);
-    assert!(r.body.contains("failed to import its handler: ModuleNotFoundError"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("failed to import its handler: ModuleNotFoundError"),
+        "{}",
+        r.body
+    );
     assert!(s.ok(&["describe", "broken"]).contains("Import error:"));
-    assert!(s.ok(&["logs", "broken"]).contains("No module named 'no_such_module_here'"));
+    assert!(s
+        .ok(&["logs", "broken"])
+        .contains("No module named 'no_such_module_here'"));
 
     // Fixing the handler and deploying again brings it up.
-    s.write("broken/handler.py", "def handle(req):\n    return 'fixed'\n");
+    s.write(
+        "broken/handler.py",
+        "def handle(req):\n    return 'fixed'\n",
+    );
     s.ok(&["up"]);
     eventually("the fixed handler", Duration::from_secs(30), || {
         (s.post("/function/broken", "x").body == "fixed").then_some(())
@@ -99,7 +141,13 @@ fn import_error_is_reported() {
 #[test]
 fn state_survives_sigkill() {
     let s = Server::start();
-    s.ok(&["secret", "create", "api-key", "--from-literal", "s3cr3t-value"]);
+    s.ok(&[
+        "secret",
+        "create",
+        "api-key",
+        "--from-literal",
+        "s3cr3t-value",
+    ]);
     s.function("f", "python3", HANDLER, "    secrets: [api-key]\n");
     s.ok(&["up"]);
     s.wait_ready("f");
@@ -116,5 +164,10 @@ fn state_survives_sigkill() {
         (s.describe("f")["availableReplicas"] == 2).then_some(())
     });
     // The secret's value never reaches the server's log.
-    assert!(!s.log.lock().unwrap().iter().any(|l| l.contains("s3cr3t-value")));
+    assert!(!s
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("s3cr3t-value")));
 }

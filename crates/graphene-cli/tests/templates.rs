@@ -25,9 +25,16 @@ def handle(event, context):
 "#,
     );
     let up = s.cli(&["up"]);
-    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
     let progress = String::from_utf8_lossy(&up.stderr);
-    assert!(progress.contains("[echo] creating the virtual environment"), "{progress}");
+    assert!(
+        progress.contains("[echo] creating the virtual environment"),
+        "{progress}"
+    );
 
     // python3: handle(req: str) -> str, via the CLI.
     let out = s.cli_stdin(&["invoke", "echo"], b"hello graphene");
@@ -35,7 +42,12 @@ def handle(event, context):
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello graphene");
 
     // python3-http: status, headers, path, query and body pass through.
-    let r = s.request("PUT", "/function/web/items/7?colour=red", b"payload", &[("X-Test", "yes")]);
+    let r = s.request(
+        "PUT",
+        "/function/web/items/7?colour=red",
+        b"payload",
+        &[("X-Test", "yes")],
+    );
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.header("x-seen-method"), Some("PUT"));
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -47,14 +59,21 @@ def handle(event, context):
     // OpenFaaS headers: a generated call id, start time, duration.
     assert_eq!(r.header("x-call-id").map(str::len), Some(36));
     assert!(r.header("x-start-time").unwrap().parse::<u128>().is_ok());
-    assert!(r.header("x-duration-seconds").unwrap().parse::<f64>().is_ok());
+    assert!(r
+        .header("x-duration-seconds")
+        .unwrap()
+        .parse::<f64>()
+        .is_ok());
     let r = s.request("POST", "/function/web", b"", &[("X-Call-Id", "my-call-1")]);
     assert_eq!(r.header("x-call-id"), Some("my-call-1"));
 
     // exec: stdin to stdout, a process per call, Http_* variables.
     let r = s.post("/function/shout", "make me loud");
     assert_eq!((r.status, r.body.as_str()), (200, "MAKE ME LOUD"));
-    s.write("shout/run.sh", "#!/bin/sh\necho \"$Http_Method $Http_Path $Http_Query $Http_X_Thing\"\n");
+    s.write(
+        "shout/run.sh",
+        "#!/bin/sh\necho \"$Http_Method $Http_Path $Http_Query $Http_X_Thing\"\n",
+    );
     s.ok(&["up", "--filter", "shout"]);
     let r = s.request("GET", "/function/shout/a/b?q=1", b"", &[("X-Thing", "th")]);
     assert_eq!(r.body.trim(), "GET /a/b q=1 th");
@@ -87,25 +106,53 @@ def handle(req):
     s.ok(&["up"]);
     s.wait_ready("model");
     let loaded: Vec<String> = (0..6)
-        .map(|_| s.post("/function/model", "x").body.split(' ').next().unwrap().to_string())
+        .map(|_| {
+            s.post("/function/model", "x")
+                .body
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    assert!(loaded.iter().all(|l| *l == loaded[0]), "the handler was imported again: {loaded:?}");
+    assert!(
+        loaded.iter().all(|l| *l == loaded[0]),
+        "the handler was imported again: {loaded:?}"
+    );
 
     // Three slow calls at once are served by three different workers whose
     // calls overlap in time.
     let replies: Vec<Vec<f64>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..3).map(|_| scope.spawn(|| s.post("/function/model", "slow").body)).collect();
+        let handles: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| s.post("/function/model", "slow").body))
+            .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap().split(' ').map(|x| x.parse().unwrap()).collect())
+            .map(|h| {
+                h.join()
+                    .unwrap()
+                    .split(' ')
+                    .map(|x| x.parse().unwrap())
+                    .collect()
+            })
             .collect()
     });
     let pids: std::collections::BTreeSet<u64> = replies.iter().map(|r| r[1] as u64).collect();
-    assert_eq!(pids.len(), 3, "calls were not spread over the workers: {replies:?}");
+    assert_eq!(
+        pids.len(),
+        3,
+        "calls were not spread over the workers: {replies:?}"
+    );
     let latest_start = replies.iter().map(|r| r[3]).fold(f64::MIN, f64::max);
     let earliest_end = replies.iter().map(|r| r[4]).fold(f64::MAX, f64::min);
-    assert!(latest_start < earliest_end, "calls did not overlap: {replies:?}");
-    assert!(replies.iter().all(|r| r[0] == replies[0][0]), "workers share the imported module");
+    assert!(
+        latest_start < earliest_end,
+        "calls did not overlap: {replies:?}"
+    );
+    assert!(
+        replies.iter().all(|r| r[0] == replies[0][0]),
+        "workers share the imported module"
+    );
 
     let d = s.describe("model");
     assert_eq!(d["graphene"]["workersPerReplica"], 3);

@@ -453,7 +453,10 @@ pub async fn build<P: Provider>(
         .map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the function folder is larger than {} bytes", crate::MAX_BUILD_UPLOAD),
+                format!(
+                    "the function folder is larger than {} bytes",
+                    crate::MAX_BUILD_UPLOAD
+                ),
             )
         })?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();

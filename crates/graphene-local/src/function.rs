@@ -36,6 +36,9 @@ pub struct Shared {
 
 /// What a call needs to know, swapped whole on update.
 pub struct Current {
+    /// Identifies what the replicas run: a deploy with the same fingerprint
+    /// leaves running replicas alone.
+    pub fingerprint: String,
     pub launch: Arc<Launch>,
     pub timeout: Duration,
     pub fprocess: String,
@@ -64,6 +67,10 @@ impl Function {
             next_replica: AtomicU64::new(1),
             sockets,
         }
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.current().fingerprint.clone()
     }
 
     fn current(&self) -> Arc<Current> {

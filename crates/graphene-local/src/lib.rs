@@ -116,6 +116,29 @@ impl LocalProvider {
     }
 }
 
+/// What a function's replicas run, hashed: the image, environment, secrets,
+/// command and settings.
+fn fingerprint(image_digest: &str, d: &Deployment) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    field(image_digest.as_bytes());
+    field(d.spec.env_process.as_bytes());
+    for (k, v) in &d.spec.env_vars {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    for (name, value) in &d.secrets {
+        field(name.as_bytes());
+        field(value);
+    }
+    field(format!("{:?} {}", d.settings.timeout, d.settings.workers).as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn restrict(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
@@ -155,10 +178,20 @@ impl Provider for LocalProvider {
                 d.spec.image
             )));
         }
+        let fingerprint = fingerprint(&image.digest, &d);
+        let k = key(&d.namespace, &d.spec.service);
+        let existing = self.functions.read().expect("lock").get(&k).cloned();
+        if let Some(f) = existing.as_ref().filter(|f| f.fingerprint() == fingerprint) {
+            if let Some(n) = d.replicas {
+                f.scale(n).await;
+            }
+            return Ok(());
+        }
         let secrets_dir = self
             .write_secrets(&d)
             .map_err(|e| ProviderError::Internal(e.to_string()))?;
         let current = Current {
+            fingerprint,
             launch: Arc::new(Launch {
                 image,
                 env: d
@@ -175,8 +208,6 @@ impl Provider for LocalProvider {
             timeout: d.settings.timeout,
             fprocess: d.spec.env_process.clone(),
         };
-        let k = key(&d.namespace, &d.spec.service);
-        let existing = self.functions.read().expect("lock").get(&k).cloned();
         match existing {
             Some(f) => {
                 let replicas = d

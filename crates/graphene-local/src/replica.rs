@@ -242,7 +242,9 @@ fn describe_exit(status: std::io::Result<ExitStatus>) -> String {
         Ok(s) => match (s.code(), s.signal()) {
             (Some(3), _) => "exited with code 3 (the handler failed to import)".to_string(),
             // A sandboxed process reports its signal as 128 + N through bwrap.
-            (Some(c), _) if (129..=192).contains(&c) => format!("was killed by signal {} (exit code {c})", c - 128),
+            (Some(c), _) if (129..=192).contains(&c) => {
+                format!("was killed by signal {} (exit code {c})", c - 128)
+            }
             (Some(c), _) => format!("exited with code {c}"),
             (_, Some(sig)) => format!("was killed by signal {sig}"),
             _ => "exited".to_string(),

@@ -167,7 +167,10 @@ impl Server {
     /// Runs the CLI expecting failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(!out.status.success(), "graphene {args:?} should have failed");
+        assert!(
+            !out.status.success(),
+            "graphene {args:?} should have failed"
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
@@ -204,8 +207,15 @@ impl Server {
         self.request(method, path, body.as_bytes(), &[("Authorization", &auth)])
     }
 
-    pub fn request(&self, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
-        let mut req = ureq::request(method, &format!("{}{path}", self.url)).timeout(Duration::from_secs(60));
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req =
+            ureq::request(method, &format!("{}{path}", self.url)).timeout(Duration::from_secs(60));
         for (k, v) in headers {
             req = req.set(k, v);
         }
@@ -231,13 +241,20 @@ impl Server {
 
     /// Waits until a function answers 200 to `body`.
     pub fn wait_ready(&self, name: &str) {
-        eventually(&format!("{name} to answer"), Duration::from_secs(60), || {
-            (self.post(&format!("/function/{name}"), "ping").status == 200).then_some(())
-        });
+        eventually(
+            &format!("{name} to answer"),
+            Duration::from_secs(60),
+            || (self.post(&format!("/function/{name}"), "ping").status == 200).then_some(()),
+        );
     }
 
     pub fn describe(&self, name: &str) -> serde_json::Value {
-        serde_json::from_str(&self.admin("GET", &format!("/system/function/{name}"), "").body).unwrap()
+        serde_json::from_str(
+            &self
+                .admin("GET", &format!("/system/function/{name}"), "")
+                .body,
+        )
+        .unwrap()
     }
 }
 
