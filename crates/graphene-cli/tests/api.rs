@@ -399,6 +399,7 @@ fn logs_follow_streams_new_lines() {
     });
     assert!(line.contains("said hello-follow"), "{line}");
     let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]

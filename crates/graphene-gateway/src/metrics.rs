@@ -26,6 +26,14 @@ pub struct Metrics {
     finished: Mutex<BTreeMap<(String, u16), Series>>,
 }
 
+/// Name, type, help text and value of a per-function gauge.
+type Gauge = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ReplicaGauge) -> u64,
+);
+
 /// A function's replica view at scrape time.
 pub struct ReplicaGauge {
     pub function: String,
@@ -110,7 +118,7 @@ impl Metrics {
                 s.total
             );
         }
-        let gauges: [(&str, &str, &str, fn(&ReplicaGauge) -> u64); 3] = [
+        let gauges: [Gauge; 3] = [
             (
                 "gateway_service_count",
                 "gauge",

@@ -122,7 +122,6 @@ impl New {
 /// appended as text (keeping the user's comments and layout).
 fn functions_last(text: &str) -> bool {
     text.lines()
-        .filter(|l| !l.is_empty() && !l.starts_with([' ', '\t', '#', '-']))
-        .last()
+        .rfind(|l| !l.is_empty() && !l.starts_with([' ', '\t', '#', '-']))
         .is_some_and(|l| l.starts_with("functions:"))
 }
