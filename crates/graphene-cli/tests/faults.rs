@@ -140,7 +140,8 @@ fn import_error_is_reported() {
 
 #[test]
 fn state_survives_sigkill() {
-    let s = Server::start();
+    // Also covers the unsandboxed runtime: secrets come from GRAPHENE_SECRETS_DIR.
+    let s = Server::start_with(&["--no-sandbox"]);
     s.ok(&[
         "secret",
         "create",

@@ -1,0 +1,3 @@
+def handle(req):
+    """Answers with the request body."""
+    return req
