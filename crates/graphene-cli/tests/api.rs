@@ -165,10 +165,18 @@ fn secrets_api_never_shows_values() {
     );
     s.ok(&["up"]);
     s.wait_ready("reader");
-    let (value, dir) = s.post("/function/reader", "").body.split_once('|').map(|(a, b)| (a.to_string(), b.to_string())).unwrap();
+    let (value, dir) = s
+        .post("/function/reader", "")
+        .body
+        .split_once('|')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .unwrap();
     assert_eq!(value, "hunter2-secret");
     if s.sandboxed() {
-        assert_eq!(dir, "/var/openfaas/secrets", "inside the sandbox secrets are where OpenFaaS puts them");
+        assert_eq!(
+            dir, "/var/openfaas/secrets",
+            "inside the sandbox secrets are where OpenFaaS puts them"
+        );
     }
     // Updating the value reaches the function.
     assert_eq!(
@@ -181,7 +189,10 @@ fn secrets_api_never_shows_values() {
         202
     );
     eventually("the new secret value", Duration::from_secs(30), || {
-        s.post("/function/reader", "").body.starts_with("new-value|").then_some(())
+        s.post("/function/reader", "")
+            .body
+            .starts_with("new-value|")
+            .then_some(())
     });
     // A secret in use can't be removed.
     let r = s.admin("DELETE", "/system/secrets", r#"{"name":"db-pass"}"#);

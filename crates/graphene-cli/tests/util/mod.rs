@@ -114,7 +114,11 @@ impl Server {
 
     /// Whether the server runs functions inside bubblewrap.
     pub fn sandboxed(&self) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains("sandbox=true"))
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("sandbox=true"))
     }
 
     pub fn token(&self) -> String {
