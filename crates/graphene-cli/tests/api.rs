@@ -140,6 +140,32 @@ fn openfaas_management_api() {
 }
 
 #[test]
+fn upstream_functions_proxy_to_an_http_service() {
+    let s = Server::start();
+    // The gateway's own /healthz serves as the upstream HTTP service.
+    let body = format!(
+        r#"{{"service":"up","image":"external","annotations":{{"com.graphene.upstream":"{}"}}}}"#,
+        s.url
+    );
+    assert_eq!(s.admin("POST", "/system/functions", &body).status, 202);
+    let r = s.get("/function/up/healthz");
+    assert_eq!((r.status, r.body.as_str()), (200, "OK"));
+    assert!(r.header("x-call-id").is_some());
+    let r = s.get("/function/up/no-such-route");
+    assert_eq!(r.status, 404, "the upstream's own status passes through");
+    // An upstream that does not answer: 502 naming it.
+    let dead = r#"{"service":"dead","image":"x","annotations":{"com.graphene.upstream":"http://127.0.0.1:9"}}"#;
+    assert_eq!(s.admin("POST", "/system/functions", dead).status, 202);
+    let r = s.get("/function/dead");
+    assert_eq!(r.status, 502);
+    assert!(
+        r.body.contains("upstream http://127.0.0.1:9 failed"),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
 fn secrets_api_never_shows_values() {
     let s = Server::start();
     let create = r#"{"name":"db-pass","value":"hunter2-secret"}"#;

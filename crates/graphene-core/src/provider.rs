@@ -102,6 +102,9 @@ pub trait Provider: Send + Sync + 'static {
         replicas: u64,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
+    /// Whether a function is deployed (cheap: checked on every call).
+    fn has(&self, namespace: &str, name: &str) -> bool;
+
     /// The runtime state of a deployed function.
     fn status(
         &self,

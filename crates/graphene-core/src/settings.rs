@@ -13,6 +13,8 @@ pub const LABEL_SCALE_MIN: &str = "com.openfaas.scale.min";
 pub const LABEL_SCALE_MAX: &str = "com.openfaas.scale.max";
 /// Worker processes per Python replica, forked after the handler imported.
 pub const ANNOTATION_WORKERS: &str = "com.graphene.workers";
+/// An HTTP service that serves the function's calls instead of a built image.
+pub const ANNOTATION_UPSTREAM: &str = "com.graphene.upstream";
 /// The function's timeout: the one number a user sets.
 pub const ANNOTATION_TIMEOUT: &str = "com.graphene.timeout";
 
@@ -43,6 +45,8 @@ pub struct FunctionSettings {
     pub max_replicas: u64,
     pub workers: u64,
     pub timeout: Duration,
+    /// `http://host:port[/prefix]` when calls go to an existing HTTP service.
+    pub upstream: Option<String>,
 }
 
 impl FunctionSettings {
@@ -108,7 +112,27 @@ impl FunctionSettings {
         if timeout.is_zero() {
             return Err(InvalidField::new("timeout", "must be greater than zero"));
         }
+        let upstream = match annotations.get(ANNOTATION_UPSTREAM) {
+            None => None,
+            Some(u) => {
+                let rest = u.strip_prefix("http://").ok_or_else(|| {
+                    InvalidField::new(
+                        format!("annotations.{ANNOTATION_UPSTREAM}"),
+                        format!("{u:?} must be an http:// URL"),
+                    )
+                })?;
+                let host = rest.split('/').next().unwrap_or("");
+                if host.is_empty() || host.contains(['?', '#', ' ', '@']) {
+                    return Err(InvalidField::new(
+                        format!("annotations.{ANNOTATION_UPSTREAM}"),
+                        format!("{u:?} has no valid host"),
+                    ));
+                }
+                Some(u.clone())
+            }
+        };
         Ok(Self {
+            upstream,
             min_replicas,
             max_replicas,
             workers,
@@ -154,6 +178,24 @@ mod tests {
         let s = FunctionSettings::from_deployment(&d).unwrap();
         assert_eq!((s.min_replicas, s.max_replicas, s.workers), (2, 4, 3));
         assert_eq!(s.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn upstream_must_be_http() {
+        let ok = deployment(&[], &[(ANNOTATION_UPSTREAM, "http://127.0.0.1:9000/v1")]);
+        assert_eq!(
+            FunctionSettings::from_deployment(&ok)
+                .unwrap()
+                .upstream
+                .as_deref(),
+            Some("http://127.0.0.1:9000/v1")
+        );
+        for bad in ["ftp://x", "http:///path", "127.0.0.1:80"] {
+            let e =
+                FunctionSettings::from_deployment(&deployment(&[], &[(ANNOTATION_UPSTREAM, bad)]))
+                    .unwrap_err();
+            assert_eq!(e.field, "annotations.com.graphene.upstream", "{bad}");
+        }
     }
 
     #[test]

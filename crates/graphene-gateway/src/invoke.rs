@@ -57,7 +57,7 @@ pub async fn invoke<P: Provider>(State(gw): State<Arc<Gateway<P>>>, req: Request
     };
     let code = response.status().as_u16();
     let seconds = started.elapsed().as_secs_f64();
-    if code != 404 {
+    if gw.provider.has(ns, name) {
         gw.metrics.finished(&function, code, seconds);
     }
     let h = response.headers_mut();
@@ -86,7 +86,10 @@ async fn call<P: Provider>(
     function: &str,
 ) -> Result<Response, ApiError> {
     let unknown = || ApiError::not_found(format!("function {name} not found in namespace {ns}"));
-    if names::validate("function", name).is_err() || names::validate("namespace", ns).is_err() {
+    if names::validate("function", name).is_err()
+        || names::validate("namespace", ns).is_err()
+        || !gw.provider.has(ns, name)
+    {
         return Err(unknown());
     }
     let too_large = || {

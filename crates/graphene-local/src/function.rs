@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use graphene_core::api::{InstanceStatus, RuntimeStatus};
 use graphene_core::provider::{Invocation, InvocationResult, ProviderError};
-use graphene_core::stack::Lang;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -34,12 +33,22 @@ pub struct Shared {
     pub logs: LogBook,
 }
 
+/// What serves a function's calls.
+pub enum Target {
+    /// Replicas of the Python runner, each with forked workers.
+    Python(Arc<Launch>),
+    /// A process per call (`fprocess`).
+    Exec(Arc<Launch>),
+    /// An HTTP service that runs elsewhere; calls are proxied to it.
+    Upstream(crate::upstream::Upstream),
+}
+
 /// What a call needs to know, swapped whole on update.
 pub struct Current {
     /// Identifies what the replicas run: a deploy with the same fingerprint
     /// leaves running replicas alone.
     pub fingerprint: String,
-    pub launch: Arc<Launch>,
+    pub target: Target,
     pub timeout: Duration,
     pub fprocess: String,
 }
@@ -77,10 +86,6 @@ impl Function {
         self.current.read().expect("lock").clone()
     }
 
-    fn lang(&self) -> Lang {
-        self.current().launch.image.lang()
-    }
-
     /// Replaces the version of the function; running replicas are replaced by
     /// new ones, the old stopping once a new one is ready.
     pub async fn update(&self, current: Current, replicas: u64) {
@@ -109,11 +114,11 @@ impl Function {
 
     pub async fn scale(&self, replicas: u64) {
         self.shared.desired.store(replicas, Ordering::Release);
-        if !self.lang().is_python() {
+        let current = self.current();
+        let Target::Python(launch) = &current.target else {
             self.shared.changed.notify_waiters();
             return;
-        }
-        let launch = self.current().launch.clone();
+        };
         let mut running = self.replicas.lock().await;
         while (running.len() as u64) < replicas {
             let n = self.next_replica.fetch_add(1, Ordering::Relaxed);
@@ -148,11 +153,14 @@ impl Function {
     pub async fn status(&self) -> RuntimeStatus {
         let current = self.current();
         let desired = self.shared.desired.load(Ordering::Acquire);
-        let python = current.launch.image.lang().is_python();
+        let python = match &current.target {
+            Target::Python(launch) => Some(launch.workers),
+            _ => None,
+        };
         let replicas = self.replicas.lock().await;
         RuntimeStatus {
             desired_replicas: desired,
-            ready_replicas: if python {
+            ready_replicas: if python.is_some() {
                 replicas.iter().filter(|r| r.is_ready()).count() as u64
             } else {
                 desired
@@ -160,7 +168,7 @@ impl Function {
             restarts: self.shared.restarts.load(Ordering::Relaxed),
             last_exit: self.shared.last_exit.lock().expect("lock").clone(),
             import_error: self.shared.import_error.lock().expect("lock").clone(),
-            workers_per_replica: if python { current.launch.workers } else { 0 },
+            workers_per_replica: python.unwrap_or(0),
             timeout_seconds: current.timeout.as_secs_f64(),
             instances: replicas
                 .iter()
@@ -178,10 +186,16 @@ impl Function {
     pub async fn invoke(&self, call: Invocation) -> Result<InvocationResult, ProviderError> {
         let current = self.current();
         let deadline = Instant::now() + current.timeout;
-        let mut result = if current.launch.image.lang().is_python() {
-            self.invoke_worker(&current, call, deadline).await
-        } else {
-            self.invoke_exec(&current, call, deadline).await
+        let mut result = match &current.target {
+            Target::Python(_) => self.invoke_worker(&current, call, deadline).await,
+            Target::Exec(launch) => self.invoke_exec(&current, launch, call, deadline).await,
+            Target::Upstream(u) => {
+                if self.shared.desired.load(Ordering::Acquire) == 0 {
+                    return Err(self.no_replicas());
+                }
+                u.call(&self.shared.name, call, deadline, current.timeout)
+                    .await
+            }
         }?;
         if !result
             .headers
@@ -193,6 +207,13 @@ impl Function {
                 .push(("Content-Type".into(), "text/plain; charset=utf-8".into()));
         }
         Ok(result)
+    }
+
+    fn no_replicas(&self) -> ProviderError {
+        ProviderError::Unavailable(format!(
+            "function {0} has 0 replicas; scale it up with `graphene scale {0} --replicas 1`",
+            self.shared.name
+        ))
     }
 
     /// Waits for an idle worker, failing fast when none can come.
@@ -207,10 +228,7 @@ impl Function {
             tokio::pin!(changed);
             changed.as_mut().enable();
             if s.desired.load(Ordering::Acquire) == 0 {
-                return Err(ProviderError::Unavailable(format!(
-                    "function {} has 0 replicas; scale it up with `graphene scale {} --replicas 1`",
-                    s.name, s.name
-                )));
+                return Err(self.no_replicas());
             }
             if s.ready.load(Ordering::Acquire) == 0 {
                 if let Some(err) = s.import_error.lock().expect("lock").clone() {
@@ -305,16 +323,13 @@ impl Function {
     async fn invoke_exec(
         &self,
         current: &Current,
+        launch: &Launch,
         call: Invocation,
         deadline: Instant,
     ) -> Result<InvocationResult, ProviderError> {
         if self.shared.desired.load(Ordering::Acquire) == 0 {
-            return Err(ProviderError::Unavailable(format!(
-                "function {} has 0 replicas; scale it up with `graphene scale {} --replicas 1`",
-                self.shared.name, self.shared.name
-            )));
+            return Err(self.no_replicas());
         }
-        let launch = &current.launch;
         let mut env = launch.env.clone();
         env.push(("fprocess".into(), current.fprocess.clone()));
         env.push(("Http_Method".into(), call.method.clone()));

@@ -14,6 +14,7 @@ mod pool;
 mod protocol;
 mod replica;
 mod sandbox;
+mod upstream;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use graphene_core::provider::{
 };
 use tokio::sync::Notify;
 
-use function::{Current, Function, Shared, SocketNames};
+use function::{Current, Function, Shared, SocketNames, Target};
 use images::ImageStore;
 use replica::Launch;
 pub use sandbox::SECRETS_ENV;
@@ -135,7 +136,13 @@ fn fingerprint(image_digest: &str, d: &Deployment) -> String {
         field(name.as_bytes());
         field(value);
     }
-    field(format!("{:?} {}", d.settings.timeout, d.settings.workers).as_bytes());
+    field(
+        format!(
+            "{:?} {} {:?}",
+            d.settings.timeout, d.settings.workers, d.settings.upstream
+        )
+        .as_bytes(),
+    );
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -166,19 +173,24 @@ impl Provider for LocalProvider {
 
     async fn deploy(&self, d: Deployment) -> Result<(), ProviderError> {
         let _one = self.changes.lock().await;
-        let image = self.images.resolve(&d.spec.image).ok_or_else(|| {
-            ProviderError::Invalid(format!(
-                "image {:?} was not built on this server; build it first with `graphene build` (or `graphene up`)",
-                d.spec.image
-            ))
-        })?;
-        if !image.lang().is_python() && d.spec.env_process.trim().is_empty() {
+        let image = match &d.settings.upstream {
+            Some(_) => None,
+            None => Some(self.images.resolve(&d.spec.image).ok_or_else(|| {
+                ProviderError::Invalid(format!(
+                    "image {:?} was not built on this server; build it first with `graphene build` (or `graphene up`)",
+                    d.spec.image
+                ))
+            })?),
+        };
+        if image.as_ref().is_some_and(|i| !i.lang().is_python())
+            && d.spec.env_process.trim().is_empty()
+        {
             return Err(ProviderError::Invalid(format!(
                 "envProcess: image {:?} is an exec function and needs the command to run (fprocess)",
                 d.spec.image
             )));
         }
-        let fingerprint = fingerprint(&image.digest, &d);
+        let fingerprint = fingerprint(image.as_ref().map_or("", |i| i.digest.as_str()), &d);
         let k = key(&d.namespace, &d.spec.service);
         let existing = self.functions.read().expect("lock").get(&k).cloned();
         if let Some(f) = existing.as_ref().filter(|f| f.fingerprint() == fingerprint) {
@@ -187,24 +199,37 @@ impl Provider for LocalProvider {
             }
             return Ok(());
         }
-        let secrets_dir = self
-            .write_secrets(&d)
-            .map_err(|e| ProviderError::Internal(e.to_string()))?;
+        let target = match (image, &d.settings.upstream) {
+            (_, Some(url)) => Target::Upstream(upstream::Upstream::new(url)),
+            (None, None) => return Err(ProviderError::Internal("no image and no upstream".into())),
+            (Some(image), None) => {
+                let secrets_dir = self
+                    .write_secrets(&d)
+                    .map_err(|e| ProviderError::Internal(e.to_string()))?;
+                let python = image.lang().is_python();
+                let launch = Arc::new(Launch {
+                    image,
+                    env: d
+                        .spec
+                        .env_vars
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    workers: d.settings.workers,
+                    run_dir: self.sockets.dir.clone(),
+                    secrets_dir,
+                    sandbox: self.sandbox.clone(),
+                });
+                if python {
+                    Target::Python(launch)
+                } else {
+                    Target::Exec(launch)
+                }
+            }
+        };
         let current = Current {
             fingerprint,
-            launch: Arc::new(Launch {
-                image,
-                env: d
-                    .spec
-                    .env_vars
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                workers: d.settings.workers,
-                run_dir: self.sockets.dir.clone(),
-                secrets_dir,
-                sandbox: self.sandbox.clone(),
-            }),
+            target,
             timeout: d.settings.timeout,
             fprocess: d.spec.env_process.clone(),
         };
@@ -253,6 +278,13 @@ impl Provider for LocalProvider {
         let _one = self.changes.lock().await;
         self.get(namespace, name)?.scale(replicas).await;
         Ok(())
+    }
+
+    fn has(&self, namespace: &str, name: &str) -> bool {
+        self.functions
+            .read()
+            .expect("lock")
+            .contains_key(&key(namespace, name))
     }
 
     async fn status(&self, namespace: &str, name: &str) -> Result<RuntimeStatus, ProviderError> {

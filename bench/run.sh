@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Measures, in one run on this machine:
+#  (a) a trivial Python echo function through graphene vs the same handler
+#      served directly by waitress+flask (what OpenFaaS's python3-http runs);
+#  (b) the proxy alone: graphene vs nginx, each proxying to the same fast
+#      upstream (nginx answering a fixed body).
+# Needs wrk, nginx and python3 (installed with apt/pip when missing).
+set -euo pipefail
+cd "$(dirname "$0")"
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-32}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+for tool in wrk nginx; do
+  command -v $tool >/dev/null || as_root apt-get install -y -qq "$([ $tool = nginx ] && echo nginx-light || echo wrk)"
+done
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -c 'import flask, waitress' 2>/dev/null || .venv/bin/pip install -q flask waitress
+
+cargo build --release --quiet --manifest-path ../Cargo.toml
+BIN=../target/release/graphene
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 200); do curl -fs -o /dev/null -X POST -d x "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+# Prints "req/s p50 p99" for a POST with a small body.
+load() {
+  cat > "$WORK/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = "hello"
+LUA
+  wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$1" > "$WORK/wrk.txt"
+  local rps p50 p99 errors
+  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")
+  p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.txt")
+  p99=$(awk '$1=="99%" {print $2}' "$WORK/wrk.txt")
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' "$WORK/wrk.txt" | tr '\n' ' ')
+  echo "$rps $p50 $p99 $errors"
+}
+ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
+
+G_PORT=$(free_port); F_PORT=$(free_port); U_PORT=$(free_port); N_PORT=$(free_port)
+
+# graphene with the echo function (python3-http, 2 workers: one per core).
+GRAPHENE_LOG=warn $BIN serve --listen 127.0.0.1:$G_PORT --state-dir "$WORK/state" > "$WORK/graphene.log" 2>&1 &
+PIDS+=($!)
+sleep 0.5
+GRAPHENE_URL=http://127.0.0.1:$G_PORT GRAPHENE_TOKEN=$(cat "$WORK/state/admin-token") $BIN up -f stack.yml > /dev/null 2>&1
+wait_http "http://127.0.0.1:$G_PORT/function/echo-http"
+
+# The same handler under waitress+flask.
+.venv/bin/python flask_app.py "$F_PORT" > "$WORK/flask.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$F_PORT/"
+
+# nginx: a fast upstream, and a reverse proxy to it.
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+error_log $WORK/nginx/error.log;
+pid $WORK/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx;
+  proxy_temp_path $WORK/nginx;
+  upstream fast { server 127.0.0.1:$U_PORT; keepalive 64; }
+  server { listen 127.0.0.1:$U_PORT; location / { return 200 "ok"; } }
+  server {
+    listen 127.0.0.1:$N_PORT;
+    location / { proxy_pass http://fast; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$N_PORT/"
+curl -fs -X POST -H "Authorization: Bearer $(cat "$WORK/state/admin-token")" \
+  -d "{\"service\":\"fast\",\"image\":\"external\",\"annotations\":{\"com.graphene.upstream\":\"http://127.0.0.1:$U_PORT\"}}" \
+  "http://127.0.0.1:$G_PORT/system/functions"
+wait_http "http://127.0.0.1:$G_PORT/function/fast"
+
+echo "wrk: 2 threads, $CONNS connections, $DURATION each, POST 5 bytes; $(nproc) cores shared with the load generator"
+printf '%-44s %10s %9s %9s\n' "target" "req/s" "p50" "p99"
+read -r g_rps g_p50 g_p99 g_err < <(load "http://127.0.0.1:$G_PORT/function/echo-http")
+printf '%-44s %10s %9s %9s %s\n' "(a) graphene -> python echo (2 workers)" "$g_rps" "$g_p50" "$g_p99" "$g_err"
+read -r f_rps f_p50 f_p99 f_err < <(load "http://127.0.0.1:$F_PORT/")
+printf '%-44s %10s %9s %9s %s\n' "(a) waitress+flask, same handler" "$f_rps" "$f_p50" "$f_p99" "$f_err"
+read -r p_rps p_p50 p_p99 p_err < <(load "http://127.0.0.1:$G_PORT/function/fast")
+printf '%-44s %10s %9s %9s %s\n' "(b) graphene -> nginx upstream" "$p_rps" "$p_p50" "$p_p99" "$p_err"
+read -r n_rps n_p50 n_p99 n_err < <(load "http://127.0.0.1:$N_PORT/")
+printf '%-44s %10s %9s %9s %s\n' "(b) nginx -> nginx upstream" "$n_rps" "$n_p50" "$n_p99" "$n_err"
+echo "(a) graphene / waitress+flask throughput: $(ratio "$g_rps" "$f_rps")x (target >= 2x)"
+echo "(b) graphene / nginx proxy throughput:     $(ratio "$p_rps" "$n_rps")x (target >= 1x)"
