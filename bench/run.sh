@@ -56,33 +56,37 @@ wait_http "http://127.0.0.1:$G_PORT/function/echo-http"
 PIDS+=($!)
 wait_http "http://127.0.0.1:$F_PORT/"
 
-# nginx: a fast upstream, and a reverse proxy to it.
-mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx/nginx.conf" <<NGINX
-worker_processes 1;
-error_log $WORK/nginx/error.log;
-pid $WORK/nginx/nginx.pid;
+# nginx: a fast upstream (one worker), and nginx as a reverse proxy to it
+# (one worker per core, as graphene uses one thread per core), in separate
+# processes as graphene and its upstream are.
+nginx_conf() { # name workers server-block
+  mkdir -p "$WORK/$1"
+  cat > "$WORK/$1/nginx.conf" <<NGINX
+worker_processes $2;
+error_log $WORK/$1/error.log;
+pid $WORK/$1/nginx.pid;
 events { worker_connections 1024; }
 http {
   access_log off;
-  client_body_temp_path $WORK/nginx;
-  proxy_temp_path $WORK/nginx;
-  upstream fast { server 127.0.0.1:$U_PORT; keepalive 64; }
-  server { listen 127.0.0.1:$U_PORT; location / { return 200 "ok"; } }
-  server {
-    listen 127.0.0.1:$N_PORT;
-    location / { proxy_pass http://fast; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
+  client_body_temp_path $WORK/$1;
+  proxy_temp_path $WORK/$1;
+  $3
 }
 NGINX
-nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+  nginx -c "$WORK/$1/nginx.conf" -g 'daemon off;' &
+  PIDS+=($!)
+}
+nginx_conf upstream 1 "server { listen 127.0.0.1:$U_PORT; location / { return 200 \"ok\"; } }"
+nginx_conf proxy "$(nproc)" "upstream fast { server 127.0.0.1:$U_PORT; keepalive 64; }
+  server { listen 127.0.0.1:$N_PORT; location / { proxy_pass http://fast; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 wait_http "http://127.0.0.1:$N_PORT/"
 curl -fs -X POST -H "Authorization: Bearer $(cat "$WORK/state/admin-token")" \
   -d "{\"service\":\"fast\",\"image\":\"external\",\"annotations\":{\"com.graphene.upstream\":\"http://127.0.0.1:$U_PORT\"}}" \
   "http://127.0.0.1:$G_PORT/system/functions"
 wait_http "http://127.0.0.1:$G_PORT/function/fast"
 
+G_PID=$(pgrep -f "serve --listen 127.0.0.1:$G_PORT" | head -1)
+echo "graphene gateway RSS, idle with 2 functions deployed: $(awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$G_PID/status) (target < 20 MiB)"
 echo "wrk: 2 threads, $CONNS connections, $DURATION each, POST 5 bytes; $(nproc) cores shared with the load generator"
 printf '%-44s %10s %9s %9s\n' "target" "req/s" "p50" "p99"
 read -r g_rps g_p50 g_p99 g_err < <(load "http://127.0.0.1:$G_PORT/function/echo-http")

@@ -23,7 +23,8 @@ struct Series {
 #[derive(Default)]
 pub struct Metrics {
     started: Mutex<BTreeMap<String, u64>>,
-    finished: Mutex<BTreeMap<(String, u16), Series>>,
+    /// Per function, per status code.
+    finished: Mutex<BTreeMap<String, BTreeMap<u16, Series>>>,
 }
 
 /// Name, type, help text and value of a per-function gauge.
@@ -44,17 +45,25 @@ pub struct ReplicaGauge {
 
 impl Metrics {
     pub fn started(&self, function: &str) {
-        *self
-            .started
-            .lock()
-            .expect("metrics lock")
-            .entry(function.to_string())
-            .or_default() += 1;
+        let mut map = self.started.lock().expect("metrics lock");
+        match map.get_mut(function) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert(function.to_string(), 1);
+            }
+        }
     }
 
     pub fn finished(&self, function: &str, code: u16, seconds: f64) {
         let mut map = self.finished.lock().expect("metrics lock");
-        let s = map.entry((function.to_string(), code)).or_default();
+        if !map.contains_key(function) {
+            map.insert(function.to_string(), BTreeMap::new());
+        }
+        let s = map
+            .get_mut(function)
+            .expect("inserted above")
+            .entry(code)
+            .or_default();
         for (i, le) in BUCKETS.iter().enumerate() {
             if seconds <= *le {
                 s.counts[i] += 1;
@@ -69,10 +78,8 @@ impl Metrics {
         self.finished
             .lock()
             .expect("metrics lock")
-            .iter()
-            .filter(|((f, _), _)| f == function)
-            .map(|(_, s)| s.total)
-            .sum()
+            .get(function)
+            .map_or(0, |codes| codes.values().map(|s| s.total).sum())
     }
 
     pub fn render(&self, replicas: &[ReplicaGauge]) -> String {
@@ -88,7 +95,10 @@ impl Metrics {
         let finished = self.finished.lock().expect("metrics lock");
         out.push_str("# HELP gateway_function_invocation_total Function metrics\n");
         out.push_str("# TYPE gateway_function_invocation_total counter\n");
-        for ((f, code), s) in finished.iter() {
+        for (f, code, s) in finished
+            .iter()
+            .flat_map(|(f, codes)| codes.iter().map(move |(c, s)| (f, c, s)))
+        {
             let _ = writeln!(
                 out,
                 "gateway_function_invocation_total{{code=\"{code}\",function_name=\"{f}\"}} {}",
@@ -97,7 +107,10 @@ impl Metrics {
         }
         out.push_str("# HELP gateway_functions_seconds Function time taken\n");
         out.push_str("# TYPE gateway_functions_seconds histogram\n");
-        for ((f, code), s) in finished.iter() {
+        for (f, code, s) in finished
+            .iter()
+            .flat_map(|(f, codes)| codes.iter().map(move |(c, s)| (f, c, s)))
+        {
             let labels = format!("code=\"{code}\",function_name=\"{f}\"");
             for (i, le) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(
