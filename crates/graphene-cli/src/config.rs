@@ -84,9 +84,47 @@ pub fn token(gateway: &str) -> Option<String> {
     env("GRAPHENE_TOKEN")
         .or_else(|| load_saved().tokens.get(gateway).cloned())
         .or_else(|| {
+            // The local server's credential is only ever sent to a local
+            // gateway, never to one a stack file names elsewhere.
+            if !is_loopback(gateway) {
+                return None;
+            }
             let file = state_dir(None).join(graphene_gateway::TOKEN_FILE);
             std::fs::read_to_string(file)
                 .ok()
                 .map(|t| t.trim().to_string())
         })
+}
+
+fn is_loopback(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_only() {
+        assert!(super::is_loopback("http://127.0.0.1:8080"));
+        assert!(super::is_loopback("http://localhost:8080/"));
+        assert!(super::is_loopback("http://[::1]:8080"));
+        assert!(!super::is_loopback("http://gateway.example.com:8080"));
+        assert!(!super::is_loopback("http://127.0.0.1.evil.com"));
+        assert!(!super::is_loopback("http://user@evil.com"));
+        assert!(!super::is_loopback("https://127.0.0.1:8080"));
+    }
 }

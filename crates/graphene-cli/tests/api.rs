@@ -87,6 +87,14 @@ fn openfaas_management_api() {
         s.admin("POST", "/system/scale-function/echo", scale).status,
         202
     );
+    let too_many = r#"{"serviceName":"echo","replicas":21,"namespace":"team-a"}"#;
+    let r = s.admin("POST", "/system/scale-function/echo", too_many);
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("above the function's maximum (20"),
+        "{}",
+        r.body
+    );
     eventually("two ready replicas", Duration::from_secs(20), || {
         (s.describe("echo.team-a")["availableReplicas"] == 2).then_some(())
     });
@@ -327,6 +335,17 @@ fn bad_input_gets_clear_errors() {
         );
     }
     assert_eq!(s.admin("GET", "/system/logs?name=nope", "").status, 404);
+    let r = s.admin(
+        "POST",
+        "/system/functions",
+        r#"{"service":"ok","image":"x","annotations":{"com.graphene.timeout":"99999999999999999999"}}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("annotations.com.graphene.timeout"),
+        "{}",
+        r.body
+    );
     assert_eq!(
         s.admin("POST", "/system/scale-function/nope", r#"{"replicas":1}"#)
             .status,

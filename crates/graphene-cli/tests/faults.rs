@@ -65,12 +65,11 @@ fn handler_errors_timeouts_and_crashes() {
 
     // The whole replica dies: it is restarted with backoff and describe
     // shows the restart and the exit reason.
-    let parent: i32 = s
-        .post("/function/f", "x")
-        .body
-        .trim_start_matches("ok ")
-        .parse()
+    // The replica's process (as the host sees it) is in describe.
+    let parent = s.describe("f")["graphene"]["instances"][0]["pid"]
+        .as_u64()
         .unwrap();
+    assert!(parent > 1);
     std::process::Command::new("kill")
         .args(["-9", &parent.to_string()])
         .status()
@@ -97,6 +96,59 @@ fn handler_errors_timeouts_and_crashes() {
         text.contains("Restarts:") && text.contains("Last exit:"),
         "{text}"
     );
+}
+
+#[test]
+fn a_caller_that_gives_up_frees_its_worker() {
+    let s = Server::start();
+    s.function(
+        "slow",
+        "python3",
+        "import time\ndef handle(req):\n    if req == 'hang':\n        time.sleep(600)\n    return 'done'\n",
+        "    annotations:\n      com.graphene.workers: \"1\"\n      com.graphene.timeout: 20m\n",
+    );
+    s.ok(&["up"]);
+    s.wait_ready("slow");
+    // The caller gives up after half a second; the only worker is stuck.
+    let gave_up = ureq::post(&format!("{}/function/slow", s.url))
+        .timeout(Duration::from_millis(500))
+        .send_string("hang");
+    assert!(gave_up.is_err());
+    // The stuck worker is replaced, so the next call is served long before
+    // the handler's sleep would end.
+    eventually("a fresh worker", Duration::from_secs(30), || {
+        (s.post("/function/slow", "x").body == "done").then_some(())
+    });
+}
+
+#[test]
+fn a_broken_update_keeps_the_old_version_serving() {
+    let s = Server::start();
+    s.function("svc", "python3", "def handle(req):\n    return 'v1'\n", "");
+    s.ok(&["up"]);
+    s.wait_ready("svc");
+    s.write(
+        "svc/handler.py",
+        "import not_installed_anywhere\ndef handle(req):\n    return 'v2'\n",
+    );
+    s.ok(&["up"]);
+    eventually(
+        "the new version's import error",
+        Duration::from_secs(20),
+        || {
+            s.describe("svc")["graphene"]["importError"]
+                .as_str()
+                .map(str::to_string)
+        },
+    );
+    for _ in 0..5 {
+        let r = s.post("/function/svc", "x");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "v1"),
+            "the old version keeps serving"
+        );
+    }
 }
 
 #[test]

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+const MAX_SECONDS: f64 = 366.0 * 86_400.0;
+
 pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
@@ -26,6 +28,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{text:?} is not a valid duration"));
     }
+    if secs > MAX_SECONDS {
+        return Err(format!("{text:?} is longer than a year"));
+    }
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -42,5 +47,8 @@ mod tests {
         assert_eq!(parse("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse("ten").unwrap_err().contains("not a duration"));
         assert!(parse("5d").unwrap_err().contains("unknown unit"));
+        assert!(parse("99999999999999999999999")
+            .unwrap_err()
+            .contains("longer than a year"));
     }
 }

@@ -19,6 +19,7 @@ pub const ANNOTATION_UPSTREAM: &str = "com.graphene.upstream";
 pub const ANNOTATION_TIMEOUT: &str = "com.graphene.timeout";
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_WORKERS: u64 = 2;
 pub const MAX_WORKERS: u64 = 64;
 pub const DEFAULT_MAX_REPLICAS: u64 = 20;
@@ -109,8 +110,14 @@ impl FunctionSettings {
             }
             (None, None) => DEFAULT_TIMEOUT,
         };
-        if timeout.is_zero() {
-            return Err(InvalidField::new("timeout", "must be greater than zero"));
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            return Err(InvalidField::new(
+                "timeout",
+                format!(
+                    "must be greater than zero and at most {}h",
+                    MAX_TIMEOUT.as_secs() / 3600
+                ),
+            ));
         }
         let upstream = match annotations.get(ANNOTATION_UPSTREAM) {
             None => None,

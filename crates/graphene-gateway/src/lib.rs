@@ -31,6 +31,8 @@ use error::{ApiError, ApiResult};
 use store::Store;
 
 pub const DEFAULT_MAX_BODY: usize = 32 << 20;
+/// How long requests in flight may finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest function folder `/system/build` accepts (models can be big).
 pub const MAX_BUILD_UPLOAD: usize = 1 << 30;
 
@@ -148,15 +150,31 @@ impl<P: Provider> Gateway<P> {
             .with_state(self.clone())
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes, then lets requests in flight
+    /// finish for up to [`SHUTDOWN_GRACE`] (followed log streams never do).
     pub async fn serve(
         self: &Arc<Self>,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        });
+        let mut stopping = rx.clone();
+        let graceful = async move {
+            let mut rx = rx;
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let server = axum::serve(listener, self.router()).with_graceful_shutdown(graceful);
+        tokio::select! {
+            r = server => r,
+            _ = async {
+                let _ = stopping.wait_for(|s| *s).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => Ok(()),
+        }
     }
 
     pub async fn shutdown(&self) {

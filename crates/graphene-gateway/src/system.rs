@@ -193,14 +193,23 @@ pub async fn scale<P: Provider>(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: ScaleServiceRequest = parse(&body)?;
-    let ns = namespace(&req.namespace, &q)?;
-    if gw.store.function(&ns, &name)?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "function {name} not found in namespace {ns}"
+    let (name, in_path) = names::split_qualified(&name);
+    let ns = namespace(in_path.unwrap_or(&req.namespace), &q)?;
+    let f = gw.store.function(&ns, name)?.ok_or_else(|| {
+        ApiError::not_found(format!("function {name} not found in namespace {ns}"))
+    })?;
+    let settings = graphene_core::settings::FunctionSettings::from_deployment(&f.spec)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if req.replicas > settings.max_replicas {
+        return Err(ApiError::bad_request(format!(
+            "replicas: {} is above the function's maximum ({} from {})",
+            req.replicas,
+            settings.max_replicas,
+            graphene_core::settings::LABEL_SCALE_MAX
         )));
     }
-    gw.provider.scale(&ns, &name, req.replicas).await?;
-    gw.store.set_replicas(&ns, &name, req.replicas)?;
+    gw.provider.scale(&ns, name, req.replicas).await?;
+    gw.store.set_replicas(&ns, name, req.replicas)?;
     tracing::info!(function = %name, namespace = %ns, replicas = req.replicas, "scaled");
     Ok(accepted())
 }
@@ -357,7 +366,7 @@ pub async fn logs<P: Provider>(State(gw): Gw<P>, Query(q): Query<LogQuery>) -> A
     let since = match q.since.as_deref() {
         None | Some("") => None,
         Some(s) if s.len() >= 20 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b'T' => {
-            Some(s[..19].to_string())
+            s.get(..19).map(str::to_string)
         }
         Some(s) => {
             return Err(ApiError::bad_request(format!(

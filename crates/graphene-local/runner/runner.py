@@ -21,6 +21,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 import traceback
 
 HEADER = struct.Struct(">II")
@@ -177,7 +178,8 @@ def main():
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    children = set()
+    children = {}  # pid -> fork time
+    delay = 0.0  # grows while workers die right after starting
 
     def spawn():
         pid = os.fork()
@@ -191,7 +193,7 @@ def main():
                 serve(sock_path, handle, call)
             finally:
                 os._exit(1)
-        children.add(pid)
+        children[pid] = time.monotonic()
 
     for _ in range(workers):
         spawn()
@@ -203,7 +205,10 @@ def main():
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 break
-            children.discard(pid)
+            lived = time.monotonic() - children.pop(pid, 0.0)
+            delay = 0.0 if lived > 10 else min(max(delay * 2, 0.1), 5.0) if lived < 1 else delay
+            if delay:
+                time.sleep(delay)  # not a hot loop when workers die at start
             code = os.waitstatus_to_exitcode(status)
             sys.stderr.write(f"worker {pid} exited ({'signal ' + str(-code) if code < 0 else 'code ' + str(code)}); forking a new one\n")
             sys.stderr.flush()

@@ -43,6 +43,15 @@ pub enum Target {
     Upstream(crate::upstream::Upstream),
 }
 
+impl Target {
+    pub fn launch(&self) -> Option<&Arc<Launch>> {
+        match self {
+            Target::Python(l) | Target::Exec(l) => Some(l),
+            Target::Upstream(_) => None,
+        }
+    }
+}
+
 /// What a call needs to know, swapped whole on update.
 pub struct Current {
     /// Identifies what the replicas run: a deploy with the same fingerprint
@@ -89,25 +98,41 @@ impl Function {
     /// Replaces the version of the function; running replicas are replaced by
     /// new ones, the old stopping once a new one is ready.
     pub async fn update(&self, current: Current, replicas: u64) {
-        *self.current.write().expect("lock") = Arc::new(current);
+        let previous =
+            std::mem::replace(&mut *self.current.write().expect("lock"), Arc::new(current));
+        self.shared.import_error.lock().expect("lock").take();
         let old = std::mem::take(&mut *self.replicas.lock().await);
         self.scale(replicas).await;
-        if old.is_empty() {
-            return;
-        }
-        let shared = self.shared.clone();
         let fresh: Vec<Arc<Replica>> = self.replicas.lock().await.clone();
+        let new_secrets = self
+            .current()
+            .target
+            .launch()
+            .map(|l| l.secrets_dir.clone());
+        let shared = self.shared.clone();
         tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline
-                && !fresh.is_empty()
-                && !fresh.iter().any(|r| r.is_ready())
-            {
+            // The old version serves until a new replica is ready, or until
+            // the new ones are themselves stopped (another update, a scale
+            // to zero, removal).
+            loop {
                 let changed = shared.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if fresh.is_empty()
+                    || fresh.iter().any(|r| r.is_ready())
+                    || fresh.iter().all(|r| r.is_stopped())
+                {
+                    break;
+                }
                 let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
             }
             for r in old {
                 r.stop();
+            }
+            if let Some(launch) = previous.target.launch() {
+                if Some(&launch.secrets_dir) != new_secrets.as_ref() {
+                    let _ = std::fs::remove_dir_all(&launch.secrets_dir);
+                }
             }
         });
     }
@@ -123,10 +148,16 @@ impl Function {
         while (running.len() as u64) < replicas {
             let n = self.next_replica.fetch_add(1, Ordering::Relaxed);
             let id = format!("{}-{n}", self.shared.name);
-            let socket = self.sockets.dir.join(format!(
-                "r{}.sock",
-                self.sockets.next.fetch_add(1, Ordering::Relaxed)
-            ));
+            // A folder per replica: only its own socket is mounted into its
+            // sandbox, so no function can reach another's socket.
+            let socket = self
+                .sockets
+                .dir
+                .join(format!(
+                    "r{}",
+                    self.sockets.next.fetch_add(1, Ordering::Relaxed)
+                ))
+                .join("runner.sock");
             running.push(Replica::start(
                 self.shared.clone(),
                 launch.clone(),
@@ -250,13 +281,14 @@ impl Function {
         }
     }
 
+    /// Sends a call to an idle worker. The wait for a worker and the call
+    /// itself each get the function's timeout.
     async fn invoke_worker(
         &self,
         current: &Current,
         call: Invocation,
-        deadline: Instant,
+        wait_deadline: Instant,
     ) -> Result<InvocationResult, ProviderError> {
-        let mut conn = self.acquire(deadline, current.timeout).await?;
         let header = RequestHeader {
             method: &call.method,
             path: &call.path,
@@ -264,58 +296,89 @@ impl Function {
             headers: &call.headers,
             call_id: &call.call_id,
         };
-        let exchange = async {
-            protocol::write_frame(&mut conn.stream, &header, &call.body).await?;
-            let (head, body) = protocol::read_frame(&mut conn.stream)
-                .await?
-                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
-            let head: ResponseHeader =
-                serde_json::from_slice(&head).map_err(std::io::Error::other)?;
-            Ok::<_, std::io::Error>((head, body))
-        };
-        match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(Ok((head, body))) => {
-                if let Some(error) = &head.error {
-                    tracing::debug!(function = %self.shared.name, call_id = %call.call_id, %error, "handler raised");
+        loop {
+            let conn = self.acquire(wait_deadline, current.timeout).await?;
+            let deadline = Instant::now() + current.timeout;
+            // Until disarmed, dropping this (the caller went away, or the
+            // timeout) has the worker replaced: it may still be running the
+            // call, and must not take another.
+            let mut in_flight = InFlight(Some(conn));
+            let conn = in_flight.0.as_mut().expect("armed");
+            let sent = tokio::time::timeout_at(
+                deadline,
+                protocol::write_frame(&mut conn.stream, &header, &call.body),
+            )
+            .await;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    // The worker was gone before it got the call (it died
+                    // while idle): try another one.
+                    in_flight.disarm();
+                    continue;
                 }
-                self.shared.pool.put(conn);
-                Ok(InvocationResult {
-                    status: head.status,
-                    headers: head.headers,
-                    body: Bytes::from(body),
-                })
+                Err(_) => return Err(self.timed_out(in_flight, current, &call)),
             }
-            Ok(Err(e)) => {
-                conn.replica.workers.fetch_sub(1, Ordering::Relaxed);
-                let reason = match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe => {
-                        "exited during the call (crashed or was killed)".to_string()
+            let answer = async {
+                let (head, body) = protocol::read_frame(&mut conn.stream)
+                    .await?
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                let head: ResponseHeader =
+                    serde_json::from_slice(&head).map_err(std::io::Error::other)?;
+                Ok::<_, std::io::Error>((head, body))
+            };
+            return match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok((head, body))) => {
+                    if let Some(error) = &head.error {
+                        tracing::debug!(function = %self.shared.name, call_id = %call.call_id, %error, "handler raised");
                     }
-                    _ => format!("broke the protocol: {e}"),
-                };
-                Err(ProviderError::Upstream(format!(
-                    "worker {} of replica {} {reason}; see `graphene logs {}`",
-                    conn.pid, conn.replica.id, self.shared.name
-                )))
-            }
-            Err(_) => {
-                conn.replica.workers.fetch_sub(1, Ordering::Relaxed);
-                conn.control.kill_worker(conn.pid).await;
-                self.shared.logs.write(
-                    &conn.replica.id,
-                    &format!(
-                        "call {} ran past the function's timeout ({:?}); worker {} replaced",
-                        call.call_id, current.timeout, conn.pid
-                    ),
-                );
-                Err(ProviderError::Timeout(format!(
-                    "function {} did not answer within its timeout ({:?}); the worker was replaced",
-                    self.shared.name, current.timeout
-                )))
-            }
+                    self.shared.pool.put(in_flight.disarm());
+                    Ok(InvocationResult {
+                        status: head.status,
+                        headers: head.headers,
+                        body: Bytes::from(body),
+                    })
+                }
+                Ok(Err(e)) => {
+                    let conn = in_flight.disarm();
+                    let reason = match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe => {
+                            "exited during the call (crashed or was killed)".to_string()
+                        }
+                        _ => format!("broke the protocol: {e}"),
+                    };
+                    Err(ProviderError::Upstream(format!(
+                        "worker {} of replica {} {reason}; see `graphene logs {}`",
+                        conn.pid, conn.replica.id, self.shared.name
+                    )))
+                }
+                Err(_) => Err(self.timed_out(in_flight, current, &call)),
+            };
         }
+    }
+
+    fn timed_out(
+        &self,
+        in_flight: InFlight,
+        current: &Current,
+        call: &Invocation,
+    ) -> ProviderError {
+        if let Some(conn) = &in_flight.0 {
+            self.shared.logs.write(
+                &conn.replica.id,
+                &format!(
+                    "call {} ran past the function's timeout ({:?}); worker {} replaced",
+                    call.call_id, current.timeout, conn.pid
+                ),
+            );
+        }
+        drop(in_flight); // replaces the worker
+        ProviderError::Timeout(format!(
+            "function {} did not answer within its timeout ({:?}); the worker was replaced",
+            self.shared.name, current.timeout
+        ))
     }
 
     /// OpenFaaS classic watchdog behaviour: a process per call, the body on
@@ -355,6 +418,9 @@ impl Function {
         let mut child = cmd.spawn().map_err(|e| {
             ProviderError::Unavailable(format!("could not start {:?}: {e}", current.fprocess))
         })?;
+        // Whatever the call started dies with it: on timeout, when the caller
+        // goes away, or when it leaves background processes behind.
+        let _group = GroupKiller(child.id().unwrap_or(0));
         let mut stdin = child.stdin.take().expect("piped stdin");
         let body = call.body.clone();
         tokio::spawn(async move {
@@ -391,6 +457,34 @@ impl Function {
                 "function {} did not finish within its timeout ({:?}); the process was killed",
                 self.shared.name, current.timeout
             ))),
+        }
+    }
+}
+
+struct GroupKiller(u32);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        crate::replica::kill_group(self.0);
+    }
+}
+
+/// A worker connection with a call on it. Dropped while armed, it asks the
+/// runner to replace the worker.
+struct InFlight(Option<WorkerConn>);
+
+impl InFlight {
+    fn disarm(&mut self) -> WorkerConn {
+        self.0.take().expect("disarmed once")
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { conn.control.kill_worker(conn.pid).await });
+            }
         }
     }
 }

@@ -86,11 +86,7 @@ impl ImageStore {
         let unpack_to = staging.join("function");
         let digest = tokio::task::spawn_blocking(move || -> Result<String, String> {
             std::fs::create_dir_all(&unpack_to).map_err(|e| e.to_string())?;
-            tar::Archive::new(&archive[..])
-                .unpack(&unpack_to)
-                .map_err(|e| {
-                    format!("the uploaded function folder is not a valid tar archive: {e}")
-                })?;
+            unpack(&archive, &unpack_to)?;
             digest_dir(&unpack_to).map_err(|e| e.to_string())
         })
         .await
@@ -250,6 +246,31 @@ async fn run(cmd: &mut tokio::process::Command, progress: &mut Progress) -> Resu
     } else {
         Err(status.to_string())
     }
+}
+
+/// Unpacks a function folder, accepting only plain files and folders (no
+/// links or devices), each inside the target (the tar crate refuses `..`).
+fn unpack(archive: &[u8], to: &Path) -> Result<(), String> {
+    let bad =
+        |e: std::io::Error| format!("the uploaded function folder is not a valid tar archive: {e}");
+    let mut tar = tar::Archive::new(archive);
+    for entry in tar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            let path = entry
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(format!(
+                "the function folder may hold only files and folders; {path} is a link or special file"
+            ));
+        }
+        if !entry.unpack_in(to).map_err(bad)? {
+            return Err("the uploaded function folder has a path outside the folder".into());
+        }
+    }
+    Ok(())
 }
 
 fn digest_dir(dir: &Path) -> std::io::Result<String> {

@@ -40,6 +40,8 @@ pub struct LocalConfig {
     pub python: String,
     /// Run functions inside bubblewrap when it works here.
     pub sandbox: bool,
+    /// Folders functions must not see (the server's whole state directory).
+    pub hidden: Vec<PathBuf>,
 }
 
 pub struct LocalProvider {
@@ -67,7 +69,7 @@ impl LocalProvider {
         let sockets = socket_dir(&dir)?;
         Ok(Self {
             images: ImageStore::open(dir.join("images"), config.python)?,
-            sandbox: sandbox::Sandbox::detect(config.sandbox),
+            sandbox: sandbox::Sandbox::detect(config.sandbox, config.hidden),
             sockets: Arc::new(SocketNames {
                 dir: sockets,
                 next: AtomicU64::new(1),
@@ -95,11 +97,14 @@ impl LocalProvider {
             })
     }
 
-    fn write_secrets(&self, d: &Deployment) -> std::io::Result<PathBuf> {
+    /// Writes a deployment's secrets to a folder of their own: replicas of
+    /// the version before keep theirs until they stop.
+    fn write_secrets(&self, d: &Deployment, fingerprint: &str) -> std::io::Result<PathBuf> {
         let dir = self
             .dir
             .join("secrets")
-            .join(format!("{}.{}", d.namespace, d.spec.service));
+            .join(format!("{}.{}", d.namespace, d.spec.service))
+            .join(&fingerprint[..16]);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         restrict(&dir)?;
@@ -155,13 +160,27 @@ fn restrict(dir: &Path) -> std::io::Result<()> {
 /// Unix socket name.
 fn socket_dir(dir: &Path) -> std::io::Result<PathBuf> {
     let preferred = dir.join("run");
-    let chosen = if preferred.as_os_str().len() < 80 {
-        preferred
-    } else {
-        std::env::temp_dir().join(format!("graphene-run-{}", std::process::id()))
-    };
-    let _ = std::fs::remove_dir_all(&chosen);
-    std::fs::create_dir_all(&chosen)?;
+    if preferred.as_os_str().len() < 80 {
+        let _ = std::fs::remove_dir_all(&preferred);
+        std::fs::create_dir_all(&preferred)?;
+        restrict(&preferred)?;
+        return Ok(preferred);
+    }
+    // A fresh, unguessable folder that this process creates itself (never
+    // one that someone else could have prepared).
+    use sha2::{Digest, Sha256};
+    let seed = format!(
+        "{}{:?}{:?}",
+        dir.display(),
+        std::time::SystemTime::now(),
+        std::thread::current().id()
+    );
+    let tag: String = Sha256::digest(seed.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let chosen = std::env::temp_dir().join(format!("graphene-run-{}-{tag}", std::process::id()));
+    std::fs::create_dir(&chosen)?;
     restrict(&chosen)?;
     Ok(chosen)
 }
@@ -204,7 +223,7 @@ impl Provider for LocalProvider {
             (None, None) => return Err(ProviderError::Internal("no image and no upstream".into())),
             (Some(image), None) => {
                 let secrets_dir = self
-                    .write_secrets(&d)
+                    .write_secrets(&d, &fingerprint)
                     .map_err(|e| ProviderError::Internal(e.to_string()))?;
                 let python = image.lang().is_python();
                 let launch = Arc::new(Launch {

@@ -33,6 +33,19 @@ pub struct WorkerConn {
     pub control: Arc<crate::replica::Control>,
 }
 
+/// A connection leaves the count of its replica's workers when it goes
+/// (worker died, timed out, replaced); a stopped replica's count is reset
+/// as a whole.
+impl Drop for WorkerConn {
+    fn drop(&mut self) {
+        if self.alive.is_alive() {
+            self.replica
+                .workers
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 pub struct WorkerPool {
     idle: Mutex<VecDeque<WorkerConn>>,
     permits: Semaphore,

@@ -84,6 +84,10 @@ impl Replica {
         let _ = self.stop.send(true);
     }
 
+    pub fn is_stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -121,7 +125,9 @@ async fn supervise(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-    let _ = std::fs::remove_file(&replica.socket);
+    if let Some(dir) = replica.socket.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 enum Outcome {
@@ -135,7 +141,15 @@ async fn run_once(
     replica: &Arc<Replica>,
     stop: &mut watch::Receiver<bool>,
 ) -> Outcome {
-    let _ = std::fs::remove_file(&replica.socket);
+    let run_dir = replica
+        .socket
+        .parent()
+        .unwrap_or(&launch.run_dir)
+        .to_path_buf();
+    let _ = std::fs::remove_dir_all(&run_dir);
+    if let Err(e) = std::fs::create_dir_all(&run_dir) {
+        return Outcome::Exited(format!("could not create {}: {e}", run_dir.display()));
+    }
     let listener = match UnixListener::bind(&replica.socket) {
         Ok(l) => l,
         Err(e) => {
@@ -162,7 +176,7 @@ async fn run_once(
     let runner = launch.image.dir.join("runner.py");
     let mounts = Mounts {
         image_dir: &launch.image.dir,
-        run_dir: Some(&launch.run_dir),
+        run_dir: Some(&run_dir),
         secrets_dir: &launch.secrets_dir,
     };
     let mut child = match launch
@@ -227,7 +241,7 @@ async fn run_once(
     Outcome::Exited(describe_exit(status))
 }
 
-fn kill_group(pid: u32) {
+pub(crate) fn kill_group(pid: u32) {
     if pid > 0 {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid as i32),

@@ -1,6 +1,9 @@
 //! How a function's processes are started: inside bubblewrap where it works
 //! (its secrets mounted at /var/openfaas/secrets, a private /tmp), or as plain
-//! child processes with a warning where it does not. Either way the process
+//! child processes with a warning where it does not. Inside the sandbox the
+//! state directory (credentials, database, other functions' files) is hidden
+//! behind an empty tmpfs, other processes are invisible (own PID namespace)
+//! and capabilities are dropped. Either way the process
 //! gets a clean environment: nothing of the server's own (tokens, paths)
 //! leaks into a function.
 
@@ -15,6 +18,8 @@ pub const SECRETS_ENV: &str = "GRAPHENE_SECRETS_DIR";
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     bwrap: Option<PathBuf>,
+    /// Folders hidden from functions (the state directory).
+    hidden: Vec<PathBuf>,
 }
 
 /// What one process of a function needs to see.
@@ -26,9 +31,12 @@ pub struct Mounts<'a> {
 
 impl Sandbox {
     /// Uses bubblewrap if it is installed and works here, unless disabled.
-    pub fn detect(enabled: bool) -> Self {
+    pub fn detect(enabled: bool, hidden: Vec<PathBuf>) -> Self {
         if !enabled {
-            return Self { bwrap: None };
+            return Self {
+                bwrap: None,
+                hidden,
+            };
         }
         let found = std::env::var_os("PATH").and_then(|paths| {
             std::env::split_paths(&paths)
@@ -60,6 +68,7 @@ impl Sandbox {
         }
         Self {
             bwrap: found.filter(|_| works),
+            hidden,
         }
     }
 
@@ -81,6 +90,9 @@ impl Sandbox {
                 let mut c = tokio::process::Command::new(bwrap);
                 c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
                 c.args(["--tmpfs", "/tmp", "--tmpfs", "/var"]);
+                for dir in &self.hidden {
+                    c.arg("--tmpfs").arg(dir);
+                }
                 c.arg("--ro-bind")
                     .arg(mounts.image_dir)
                     .arg(mounts.image_dir);
@@ -93,6 +105,10 @@ impl Sandbox {
                 c.args([
                     "--unshare-ipc",
                     "--unshare-uts",
+                    "--unshare-pid",
+                    "--new-session",
+                    "--cap-drop",
+                    "ALL",
                     "--die-with-parent",
                     "--chdir",
                 ]);

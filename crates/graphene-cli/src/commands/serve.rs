@@ -51,11 +51,14 @@ impl Serve {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))?;
         }
+        // Absolute, so that the sandbox can hide it whatever the working folder.
+        let state = state.canonicalize()?;
         let provider = Arc::new(
             LocalProvider::open(LocalConfig {
                 dir: state.join("local"),
                 python: self.python.clone(),
                 sandbox: !self.no_sandbox,
+                hidden: vec![state.clone()],
             })
             .context("opening the local runtime")?,
         );
