@@ -4,7 +4,7 @@ calls from the replica host over a Unix socket.
 Protocol (language-neutral; see crates/graphene-local/src/protocol.rs):
 every message is a frame: two big-endian u32 (header length, body length),
 a JSON header, then the body bytes. Each connection starts with a hello
-frame from the runner ({"type": "parent"|"worker"|"import_error", "pid"}).
+frame from the runner ({"type": "parent"|"worker"|"import_error", "pid", "token"}).
 On a worker connection the host sends a request frame ({"method", "path",
 "query", "headers", "call_id"}) and the worker answers with a response frame
 ({"status", "headers", "error"?}), one call at a time.
@@ -25,6 +25,9 @@ import time
 import traceback
 
 HEADER = struct.Struct(">II")
+# Proves to the host that connections come from this runner; kept out of the
+# handler's environment.
+TOKEN = os.environ.pop("GRAPHENE_RUNNER_TOKEN", "")
 
 
 def send_frame(sock, header, body=b""):
@@ -126,7 +129,7 @@ def serve(sock_path, handle, call):
 
     random.seed()  # each worker gets its own random state after fork
     sock = connect(sock_path)
-    send_frame(sock, {"type": "worker", "pid": os.getpid()})
+    send_frame(sock, {"type": "worker", "pid": os.getpid(), "token": TOKEN})
     while True:
         header, body = recv_frame(sock)
         if header is None:
@@ -161,18 +164,19 @@ def main():
         traceback.print_exc()
         sys.stderr.flush()
         sock = connect(sock_path)
-        send_frame(sock, {"type": "import_error", "pid": os.getpid(), "error": f"{type(e).__name__}: {e}"})
+        send_frame(sock, {"type": "import_error", "pid": os.getpid(), "token": TOKEN,
+                          "error": f"{type(e).__name__}: {e}"})
         os._exit(3)
     handle = getattr(handler, "handle", None)
     if not callable(handle):
         sock = connect(sock_path)
-        send_frame(sock, {"type": "import_error", "pid": os.getpid(),
+        send_frame(sock, {"type": "import_error", "pid": os.getpid(), "token": TOKEN,
                           "error": "function/handler.py defines no handle() function"})
         os._exit(3)
     call = call_python3_http if lang == "python3-http" else call_python3
 
     control = connect(sock_path)
-    send_frame(control, {"type": "parent", "pid": os.getpid(), "workers": workers})
+    send_frame(control, {"type": "parent", "pid": os.getpid(), "workers": workers, "token": TOKEN})
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)

@@ -3,7 +3,9 @@
 //!
 //! Every message is a frame: two big-endian `u32` (header length, body
 //! length), a JSON header, then the body bytes. A runner connects to the Unix
-//! socket named by `GRAPHENE_SOCKET` and opens each connection with a hello:
+//! socket named by `GRAPHENE_SOCKET` and opens each connection with a hello
+//! that carries `"token"`, the value of `GRAPHENE_RUNNER_TOKEN` (connections
+//! without it are refused):
 //!
 //! - `{"type":"parent","pid":P,"workers":N}`: the handler imported (the model
 //!   is loaded); the connection stays open as the replica's control channel.
@@ -21,6 +23,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Frames larger than this are a protocol error, not an allocation.
 pub const MAX_FRAME: usize = 1 << 30;
+
+/// A hello carries the token the host gave this runner incarnation
+/// (`GRAPHENE_RUNNER_TOKEN`), so that nothing else that reaches the socket
+/// can pose as one of its workers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Envelope {
+    #[serde(default)]
+    pub token: String,
+    #[serde(flatten)]
+    pub hello: Hello,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -128,8 +141,10 @@ mod tests {
 
     #[test]
     fn parses_hellos() {
-        let h: Hello =
-            serde_json::from_str(r#"{"type":"import_error","pid":3,"error":"boom"}"#).unwrap();
-        assert!(matches!(h, Hello::ImportError { error, .. } if error == "boom"));
+        let h: Envelope =
+            serde_json::from_str(r#"{"type":"import_error","pid":3,"error":"boom","token":"t"}"#)
+                .unwrap();
+        assert_eq!(h.token, "t");
+        assert!(matches!(h.hello, Hello::ImportError { error, .. } if error == "boom"));
     }
 }

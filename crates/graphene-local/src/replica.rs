@@ -160,9 +160,11 @@ async fn run_once(
         }
     };
     let socket = replica.socket.to_string_lossy().into_owned();
+    let token = new_token();
     let mut env = launch.env.clone();
     env.extend([
         ("GRAPHENE_SOCKET".to_string(), socket),
+        ("GRAPHENE_RUNNER_TOKEN".to_string(), token.clone()),
         ("GRAPHENE_WORKERS".to_string(), launch.workers.to_string()),
         ("GRAPHENE_LANG".to_string(), launch.image.lang.clone()),
         (
@@ -209,6 +211,7 @@ async fn run_once(
         replica.clone(),
         alive.clone(),
         control.clone(),
+        token,
     ));
     let status = tokio::select! {
         s = child.wait() => Some(s),
@@ -239,6 +242,16 @@ async fn run_once(
     };
     kill_group(pid);
     Outcome::Exited(describe_exit(status))
+}
+
+/// 128 random bits, hex.
+fn new_token() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 pub(crate) fn kill_group(pid: u32) {
@@ -273,13 +286,25 @@ async fn accept(
     replica: Arc<Replica>,
     alive: Arc<Liveness>,
     control: Arc<Control>,
+    token: String,
 ) {
     while let Ok((mut stream, _)) = listener.accept().await {
-        let hello =
-            match tokio::time::timeout(HELLO_TIMEOUT, protocol::read_frame(&mut stream)).await {
-                Ok(Ok(Some((head, _)))) => serde_json::from_slice::<Hello>(&head),
-                _ => continue,
-            };
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, protocol::read_frame(&mut stream))
+            .await
+        {
+            Ok(Ok(Some((head, _)))) => match serde_json::from_slice::<protocol::Envelope>(&head) {
+                Ok(e) if e.token == token => Ok(e.hello),
+                Ok(_) => {
+                    shared.logs.write(
+                        &replica.id,
+                        "refused a runner connection with a wrong token",
+                    );
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
+            _ => continue,
+        };
         match hello {
             Ok(Hello::Parent { pid, workers }) => {
                 *control.0.lock().await = Some(stream);
