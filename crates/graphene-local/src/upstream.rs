@@ -2,33 +2,56 @@
 //! `com.graphene.upstream`): graphene adds its routing, headers, timeouts and
 //! metrics in front of, say, an existing model server.
 //!
-//! Connections are kept in a small pool and driven by the task of the call
-//! that uses them (no connection task, no channel between tasks), so a
-//! proxied call costs little more than the two socket round trips.
+//! The forwarding path is a small HTTP/1.1 client of its own: pooled
+//! keep-alive connections, each used by one call at a time and driven by
+//! that call's task, the request written with one system call, the answer
+//! parsed in place (`httparse`), bodies by `Content-Length`, chunked
+//! encoding, or until the upstream closes.
 
+use std::io;
 use std::sync::Mutex;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use graphene_core::provider::{Invocation, InvocationResult, ProviderError};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-type Conn = (
-    SendRequest<Full<Bytes>>,
-    Connection<TokioIo<TcpStream>, Full<Bytes>>,
-);
-
 /// Idle connections kept per upstream.
 const MAX_IDLE: usize = 256;
+const MAX_HEADERS: usize = 100;
+const MAX_HEAD_BYTES: usize = 64 << 10;
+
+/// Request headers that describe one connection, not the call.
+const NOT_FORWARDED: [&str; 9] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+];
+
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
 
 pub struct Upstream {
     base: String,
     authority: String,
     prefix: String,
     idle: Mutex<Vec<Conn>>,
+}
+
+/// An exchange that failed; `stale` when nothing of an answer arrived on a
+/// reused connection, so that the call can be sent again on a fresh one.
+struct Failed {
+    error: io::Error,
+    stale: bool,
 }
 
 impl Upstream {
@@ -40,7 +63,10 @@ impl Upstream {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        let authority = if authority.contains(':') {
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
             authority.to_string()
         } else {
             format!("{authority}:80")
@@ -53,84 +79,145 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, String> {
-        let stream = TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())
+    async fn connect(&self) -> io::Result<Conn> {
+        let stream = TcpStream::connect(&self.authority).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(8192),
+        })
     }
 
-    fn request(&self, call: &Invocation) -> Result<hyper::Request<Full<Bytes>>, ProviderError> {
-        let mut uri =
-            String::with_capacity(self.prefix.len() + call.path.len() + call.query.len() + 1);
-        uri.push_str(&self.prefix);
-        uri.push_str(&call.path);
+    /// The request head and body as one buffer.
+    fn encode(&self, call: &Invocation) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + call.body.len());
+        out.extend_from_slice(call.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.extend_from_slice(call.path.as_bytes());
         if !call.query.is_empty() {
-            uri.push('?');
-            uri.push_str(&call.query);
+            out.push(b'?');
+            out.extend_from_slice(call.query.as_bytes());
         }
-        let mut req = hyper::Request::builder()
-            .method(call.method.as_str())
-            .uri(uri)
-            .header(hyper::header::HOST, &self.authority);
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        out.extend_from_slice(self.authority.as_bytes());
+        out.extend_from_slice(b"\r\n");
         for (k, v) in &call.headers {
-            if !k.eq_ignore_ascii_case("host") {
-                req = req.header(k, v);
+            if NOT_FORWARDED.iter().any(|h| k.eq_ignore_ascii_case(h))
+                || k.contains(['\r', '\n'])
+                || v.contains(['\r', '\n'])
+            {
+                continue;
             }
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
-        req.body(Full::new(call.body.clone()))
-            .map_err(|e| ProviderError::Invalid(format!("request can't be forwarded: {e}")))
+        out.extend_from_slice(b"Content-Length: ");
+        out.extend_from_slice(call.body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(&call.body);
+        out
     }
 
-    /// One exchange on one connection, driving the connection meanwhile.
-    /// Returns the connection when it can be reused.
+    /// One request and its answer on one connection. Returns the answer and
+    /// whether the connection can carry another request.
     async fn exchange(
-        mut conn: Conn,
-        req: hyper::Request<Full<Bytes>>,
-    ) -> Result<(InvocationResult, Option<Conn>), (String, bool)> {
-        let (sender, driver) = &mut conn;
-        // The connection only moves on while it is polled, so wait for it to
-        // be ready while driving it.
-        let ready = tokio::select! {
-            r = sender.ready() => r.is_ok(),
-            _ = &mut *driver => false,
+        conn: &mut Conn,
+        request: &[u8],
+        head_only: bool,
+        reused: bool,
+    ) -> Result<(InvocationResult, bool), Failed> {
+        let stale = |error: io::Error| Failed {
+            error,
+            stale: reused,
         };
-        if !ready {
-            return Err(("connection closed".into(), true));
-        }
-        let sent = sender.send_request(req);
-        tokio::pin!(sent);
-        let resp = tokio::select! {
-            r = &mut sent => r.map_err(|e| {
-                let retry = e.is_canceled() || e.is_closed() || e.is_incomplete_message();
-                (e.to_string(), retry)
-            })?,
-            r = &mut *driver => return Err((match r {
-                Ok(()) => "the upstream closed the connection".to_string(),
-                Err(e) => e.to_string(),
-            }, true)),
+        conn.stream.write_all(request).await.map_err(stale)?;
+        conn.buf.clear();
+        // The head.
+        let (status, headers, head_len, length, chunked, close) = loop {
+            if conn.stream.read_buf(&mut conn.buf).await.map_err(stale)? == 0 {
+                return Err(stale(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upstream closed the connection",
+                )));
+            }
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut slots);
+            match resp.parse(&conn.buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let status = resp.code.unwrap_or(502);
+                    let mut length = None;
+                    let mut chunked = false;
+                    let mut close = resp.version == Some(0);
+                    let mut headers = Vec::with_capacity(resp.headers.len());
+                    for h in resp.headers.iter() {
+                        let value = String::from_utf8_lossy(h.value).into_owned();
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            length = Some(value.trim().parse::<usize>().map_err(|_| Failed {
+                                error: io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    "bad Content-Length",
+                                ),
+                                stale: false,
+                            })?);
+                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            chunked = value.to_ascii_lowercase().contains("chunked");
+                        } else if h.name.eq_ignore_ascii_case("connection") {
+                            let v = value.to_ascii_lowercase();
+                            close = v.contains("close") || (close && !v.contains("keep-alive"));
+                        }
+                        if !NOT_FORWARDED.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+                            headers.push((h.name.to_string(), value));
+                        }
+                    }
+                    break (status, headers, n, length, chunked, close);
+                }
+                Ok(httparse::Status::Partial) if conn.buf.len() < MAX_HEAD_BYTES => continue,
+                Ok(httparse::Status::Partial) => {
+                    return Err(Failed {
+                        error: io::Error::new(io::ErrorKind::InvalidData, "answer head too large"),
+                        stale: false,
+                    })
+                }
+                Err(e) => {
+                    return Err(Failed {
+                        error: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("bad answer: {e}"),
+                        ),
+                        stale: false,
+                    })
+                }
+            }
         };
-        let status = resp.status().as_u16();
-        let reusable = !resp
-            .headers()
-            .get(hyper::header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        let headers = resp
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
-        let collected = resp.into_body().collect();
-        tokio::pin!(collected);
-        let body = tokio::select! {
-            b = &mut collected => b.map_err(|e| (e.to_string(), false))?.to_bytes(),
-            r = &mut *driver => match r {
-                Ok(()) => collected.await.map_err(|e| (e.to_string(), false))?.to_bytes(),
-                Err(e) => return Err((e.to_string(), false)),
-            },
+        conn.buf.advance(head_len);
+        let fail = |error: io::Error| Failed {
+            error,
+            stale: false,
+        };
+        let no_body = head_only || status == 204 || status == 304 || (100..200).contains(&status);
+        let (body, reusable) = if no_body {
+            (Bytes::new(), !close && conn.buf.is_empty())
+        } else if chunked {
+            let body = read_chunked(conn).await.map_err(fail)?;
+            (body, !close && conn.buf.is_empty())
+        } else if let Some(n) = length {
+            while conn.buf.len() < n {
+                if conn.stream.read_buf(&mut conn.buf).await.map_err(fail)? == 0 {
+                    return Err(fail(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed mid-answer",
+                    )));
+                }
+            }
+            let body = conn.buf.split_to(n).freeze();
+            (body, !close && conn.buf.is_empty())
+        } else {
+            // No length: the body runs until the upstream closes.
+            while conn.stream.read_buf(&mut conn.buf).await.map_err(fail)? > 0 {}
+            (conn.buf.split().freeze(), false)
         };
         Ok((
             InvocationResult {
@@ -138,7 +225,7 @@ impl Upstream {
                 headers,
                 body,
             },
-            reusable.then_some(conn),
+            reusable,
         ))
     }
 
@@ -149,31 +236,31 @@ impl Upstream {
         deadline: Instant,
         timeout: std::time::Duration,
     ) -> Result<InvocationResult, ProviderError> {
+        let request = self.encode(&call);
+        let head_only = call.method.eq_ignore_ascii_case("HEAD");
         let attempt = async {
-            // A pooled connection may have been closed by the upstream while
-            // idle; such a failure is retried once on a fresh connection.
             let pooled = self.idle.lock().expect("pool lock").pop();
-            let fresh = pooled.is_none();
-            let conn = match pooled {
+            let reused = pooled.is_some();
+            let mut conn = match pooled {
                 Some(c) => c,
                 None => self.connect().await?,
             };
-            let outcome =
-                match Self::exchange(conn, self.request(&call).map_err(|e| e.to_string())?).await {
-                    Err((_, true)) if !fresh => {
-                        let conn = self.connect().await?;
-                        Self::exchange(conn, self.request(&call).map_err(|e| e.to_string())?).await
-                    }
-                    other => other,
-                };
-            let (result, reusable) = outcome.map_err(|(e, _)| e)?;
-            if let Some(conn) = reusable {
+            let outcome = match Self::exchange(&mut conn, &request, head_only, reused).await {
+                // A kept-alive connection the upstream had closed meanwhile.
+                Err(Failed { stale: true, .. }) => {
+                    conn = self.connect().await?;
+                    Self::exchange(&mut conn, &request, head_only, false).await
+                }
+                other => other,
+            };
+            let (result, reusable) = outcome.map_err(|f| f.error)?;
+            if reusable {
                 let mut idle = self.idle.lock().expect("pool lock");
                 if idle.len() < MAX_IDLE {
                     idle.push(conn);
                 }
             }
-            Ok::<_, String>(result)
+            Ok::<_, io::Error>(result)
         };
         match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(r)) => Ok(r),
@@ -186,5 +273,139 @@ impl Upstream {
                 self.base
             ))),
         }
+    }
+}
+
+/// Decodes a chunked body (trailers are read and dropped).
+async fn read_chunked(conn: &mut Conn) -> io::Result<Bytes> {
+    let mut body = BytesMut::new();
+    loop {
+        let line_end = loop {
+            if let Some(i) = conn.buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            if conn.buf.len() > MAX_HEAD_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "bad chunk size line",
+                ));
+            }
+            if conn.stream.read_buf(&mut conn.buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        };
+        let line = std::str::from_utf8(&conn.buf[..line_end]).unwrap_or("");
+        let size_text = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+        conn.buf.advance(line_end + 2);
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                if let Some(i) = conn.buf.windows(2).position(|w| w == b"\r\n") {
+                    conn.buf.advance(i + 2);
+                    if i == 0 {
+                        return Ok(body.freeze());
+                    }
+                    continue;
+                }
+                if conn.stream.read_buf(&mut conn.buf).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        while conn.buf.len() < size + 2 {
+            if conn.stream.read_buf(&mut conn.buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        body.extend_from_slice(&conn.buf[..size]);
+        conn.buf.advance(size + 2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-shot upstream that answers each request with `answer`.
+    async fn upstream(answers: Vec<&'static [u8]>) -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            for a in answers {
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+                s.write_all(a).await.unwrap();
+            }
+            seen
+        });
+        (url, task)
+    }
+
+    fn call(path: &str) -> Invocation {
+        Invocation {
+            method: "POST".into(),
+            path: path.into(),
+            query: "a=1".into(),
+            headers: vec![
+                ("X-Test".into(), "yes".into()),
+                ("Connection".into(), "close".into()),
+            ],
+            body: Bytes::from_static(b"hello"),
+            call_id: "c".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn content_length_chunked_and_reuse() {
+        let (url, seen) = upstream(vec![
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Up: 1\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+        ])
+        .await;
+        let up = Upstream::new(&format!("{url}/base"));
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let t = std::time::Duration::from_secs(5);
+        let r = up.call("f", call("/x"), deadline, t).await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (201, &b"ok"[..]));
+        assert!(r.headers.iter().any(|(k, v)| k == "X-Up" && v == "1"));
+        let r = up.call("f", call("/y"), deadline, t).await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"abcde"[..]));
+        let seen = String::from_utf8(seen.await.unwrap()).unwrap();
+        assert!(seen.starts_with("POST /base/x?a=1 HTTP/1.1\r\n"), "{seen}");
+        assert!(
+            seen.contains("X-Test: yes\r\n") && seen.contains("Content-Length: 5\r\n\r\nhello")
+        );
+        assert!(
+            !seen.contains("Connection: close"),
+            "hop-by-hop headers stay behind"
+        );
+        assert_eq!(
+            seen.matches("POST ").count(),
+            2,
+            "one connection carried both calls"
+        );
+    }
+
+    #[tokio::test]
+    async fn body_until_close_and_bad_answers() {
+        let (url, _seen) = upstream(vec![b"HTTP/1.0 200 OK\r\n\r\nstreamed"]).await;
+        let up = Upstream::new(&url);
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let t = std::time::Duration::from_secs(5);
+        // The test upstream closes after its answers.
+        let r = up.call("f", call("/"), deadline, t).await.unwrap();
+        assert_eq!(&r.body[..], b"streamed");
+        let (url, _seen) = upstream(vec![b"garbage\r\n\r\n"]).await;
+        let e = Upstream::new(&url)
+            .call("f", call("/"), deadline, t)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("bad answer"), "{e}");
     }
 }
