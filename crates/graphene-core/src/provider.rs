@@ -9,6 +9,23 @@ use thiserror::Error;
 use crate::api::{FunctionDeployment, LogMessage, RuntimeStatus};
 use crate::settings::FunctionSettings;
 
+/// Headers that belong to one connection, not to the call: the gateway never
+/// forwards them either way.
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+];
+
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
 /// A provider failure, classed so that the gateway can map it to a status
 /// code without knowing the provider.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]

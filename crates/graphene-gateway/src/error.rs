@@ -28,6 +28,11 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
     }
+    pub fn no_function(name: &str, namespace: &str) -> Self {
+        Self::not_found(format!(
+            "function {name} not found in namespace {namespace}"
+        ))
+    }
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, message)
     }

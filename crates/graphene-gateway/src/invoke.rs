@@ -9,24 +9,12 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use graphene_core::provider::{Invocation, Provider};
+use graphene_core::provider::{is_hop_by_hop, Invocation, Provider};
 use graphene_core::{names, DEFAULT_NAMESPACE};
 use rand::RngCore;
 
 use crate::error::ApiError;
 use crate::Gateway;
-
-/// Headers that belong to one connection and are never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-];
 
 pub async fn invoke<P: Provider>(State(gw): State<Arc<Gateway<P>>>, req: Request) -> Response {
     let started = Instant::now();
@@ -85,7 +73,7 @@ async fn call<P: Provider>(
     call_id: &str,
     function: &str,
 ) -> Result<Response, ApiError> {
-    let unknown = || ApiError::not_found(format!("function {name} not found in namespace {ns}"));
+    let unknown = || ApiError::no_function(name, ns);
     if names::validate("function", name).is_err()
         || names::validate("namespace", ns).is_err()
         || !gw.provider.has(ns, name)
@@ -115,7 +103,7 @@ async fn call<P: Provider>(
     let mut headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+        .filter(|(k, _)| !is_hop_by_hop(k.as_str()))
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
     if !parts.headers.contains_key("x-call-id") {
@@ -145,7 +133,7 @@ async fn call<P: Provider>(
     let mut response = Response::new(Body::from(result.body));
     *response.status_mut() = status;
     for (k, v) in result.headers {
-        if HOP_BY_HOP.contains(&k.to_ascii_lowercase().as_str()) {
+        if is_hop_by_hop(&k) {
             continue;
         }
         if let (Ok(k), Ok(v)) = (

@@ -95,10 +95,7 @@ impl<P: Provider> Gateway<P> {
         let ns = namespace(&spec.namespace, query)?;
         let existing = self.store.function(&ns, &spec.service)?;
         if must_exist && existing.is_none() {
-            return Err(ApiError::not_found(format!(
-                "function {} not found in namespace {ns}",
-                spec.service
-            )));
+            return Err(ApiError::no_function(&spec.service, &ns));
         }
         let replicas = existing.and_then(|f| f.replicas);
         let d = self.deployment(&ns, spec.clone(), replicas)?;
@@ -140,9 +137,10 @@ pub async fn describe<P: Provider>(
 ) -> ApiResult<Response> {
     let (name, in_path) = names::split_qualified(&name);
     let ns = namespace(in_path.unwrap_or(""), &q)?;
-    let f = gw.store.function(&ns, name)?.ok_or_else(|| {
-        ApiError::not_found(format!("function {name} not found in namespace {ns}"))
-    })?;
+    let f = gw
+        .store
+        .function(&ns, name)?
+        .ok_or_else(|| ApiError::no_function(name, &ns))?;
     Ok(Json(gw.status_of(f).await).into_response())
 }
 
@@ -173,10 +171,7 @@ pub async fn delete<P: Provider>(
     }
     let ns = namespace(&req.namespace, &q)?;
     if !gw.store.delete_function(&ns, &req.function_name)? {
-        return Err(ApiError::not_found(format!(
-            "function {} not found in namespace {ns}",
-            req.function_name
-        )));
+        return Err(ApiError::no_function(&req.function_name, &ns));
     }
     match gw.provider.remove(&ns, &req.function_name).await {
         Ok(()) | Err(ProviderError::NotFound(_)) => {}
@@ -195,9 +190,10 @@ pub async fn scale<P: Provider>(
     let req: ScaleServiceRequest = parse(&body)?;
     let (name, in_path) = names::split_qualified(&name);
     let ns = namespace(in_path.unwrap_or(&req.namespace), &q)?;
-    let f = gw.store.function(&ns, name)?.ok_or_else(|| {
-        ApiError::not_found(format!("function {name} not found in namespace {ns}"))
-    })?;
+    let f = gw
+        .store
+        .function(&ns, name)?
+        .ok_or_else(|| ApiError::no_function(name, &ns))?;
     let settings = graphene_core::settings::FunctionSettings::from_deployment(&f.spec)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     if req.replicas > settings.max_replicas {
@@ -375,10 +371,7 @@ pub async fn logs<P: Provider>(State(gw): Gw<P>, Query(q): Query<LogQuery>) -> A
         }
     };
     if gw.store.function(&ns, &q.name)?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "function {} not found in namespace {ns}",
-            q.name
-        )));
+        return Err(ApiError::no_function(&q.name, &ns));
     }
     let feed = gw.provider.logs(&ns, &q.name, tail, follow)?;
     let keep = move |m: &graphene_core::api::LogMessage| {

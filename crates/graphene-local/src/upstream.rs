@@ -12,7 +12,7 @@ use std::io;
 use std::sync::Mutex;
 
 use bytes::{Buf, Bytes, BytesMut};
-use graphene_core::provider::{Invocation, InvocationResult, ProviderError};
+use graphene_core::provider::{is_hop_by_hop, Invocation, InvocationResult, ProviderError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -21,19 +21,6 @@ use tokio::time::Instant;
 const MAX_IDLE: usize = 256;
 const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 << 10;
-
-/// Request headers that describe one connection, not the call.
-const NOT_FORWARDED: [&str; 9] = [
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-];
 
 struct Conn {
     stream: TcpStream,
@@ -103,7 +90,9 @@ impl Upstream {
         out.extend_from_slice(self.authority.as_bytes());
         out.extend_from_slice(b"\r\n");
         for (k, v) in &call.headers {
-            if NOT_FORWARDED.iter().any(|h| k.eq_ignore_ascii_case(h))
+            // Host and the connection's own headers are this client's to set.
+            if k.eq_ignore_ascii_case("host")
+                || is_hop_by_hop(k)
                 || k.contains(['\r', '\n'])
                 || v.contains(['\r', '\n'])
             {
@@ -168,9 +157,7 @@ impl Upstream {
                             let v = value.to_ascii_lowercase();
                             close = v.contains("close") || (close && !v.contains("keep-alive"));
                         }
-                        if !NOT_FORWARDED.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
-                            headers.push((h.name.to_string(), value));
-                        }
+                        headers.push((h.name.to_string(), value));
                     }
                     break (status, headers, n, length, chunked, close);
                 }
