@@ -235,7 +235,6 @@ impl Provider for LocalProvider {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
                     workers: d.settings.workers,
-                    run_dir: self.sockets.dir.clone(),
                     secrets_dir,
                     sandbox: self.sandbox.clone(),
                 });

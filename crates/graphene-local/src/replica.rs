@@ -31,7 +31,6 @@ pub struct Launch {
     pub image: Image,
     pub env: Vec<(String, String)>,
     pub workers: u64,
-    pub run_dir: PathBuf,
     pub secrets_dir: PathBuf,
     pub sandbox: Sandbox,
 }
@@ -144,7 +143,7 @@ async fn run_once(
     let run_dir = replica
         .socket
         .parent()
-        .unwrap_or(&launch.run_dir)
+        .expect("a replica's socket lies in its own folder")
         .to_path_buf();
     let _ = std::fs::remove_dir_all(&run_dir);
     if let Err(e) = std::fs::create_dir_all(&run_dir) {
