@@ -501,3 +501,60 @@ fn login_stores_the_credential() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("refused the credential"));
 }
+
+#[test]
+fn cli_verbs_round_trip() {
+    let s = Server::start();
+    s.ok(&["secret", "create", "tok", "--from-literal", "one"]);
+    s.function(
+        "show",
+        "python3",
+        "import os\ndef handle(req):\n    return open(os.environ['GRAPHENE_SECRETS_DIR'] + '/tok').read()\n",
+        "    secrets: [tok]\n",
+    );
+    s.ok(&["up"]);
+    s.wait_ready("show");
+    let list = s.ok(&["list"]);
+    assert!(
+        list.contains("show") && list.contains("show:latest"),
+        "{list}"
+    );
+    assert_eq!(s.post("/function/show", "").body, "one");
+
+    // secret update through the CLI reaches the function; remove is refused
+    // while the function uses it.
+    s.ok(&["secret", "update", "tok", "--from-literal", "two"]);
+    eventually("the updated secret", Duration::from_secs(30), || {
+        (s.post("/function/show", "").body == "two").then_some(())
+    });
+    assert!(s
+        .fails(&["secret", "remove", "tok"])
+        .contains("used by show"));
+
+    // scale through the CLI, then describe shows it.
+    s.ok(&["scale", "show", "--replicas", "2"]);
+    eventually("two replicas", Duration::from_secs(30), || {
+        s.ok(&["describe", "show"])
+            .contains("Available replicas:  2")
+            .then_some(())
+    });
+    assert!(s
+        .fails(&["scale", "show", "--replicas", "999"])
+        .contains("above the function's maximum"));
+
+    // logs --since keeps only later lines.
+    let all = s.ok(&["logs", "show"]);
+    assert!(all.contains("ready: the handler imported"), "{all}");
+    let none = s.ok(&["logs", "show", "--since", "2999-01-01T00:00:00Z"]);
+    assert!(none.trim().is_empty(), "{none}");
+    assert!(s
+        .fails(&["logs", "show", "--since", "yesterday"])
+        .contains("since:"));
+
+    // rm by name, then the secret can go.
+    s.ok(&["rm", "show"]);
+    assert_eq!(s.post("/function/show", "").status, 404);
+    assert!(s.fails(&["rm", "show"]).contains("not found"));
+    s.ok(&["secret", "remove", "tok"]);
+    assert!(!s.ok(&["secret", "list"]).contains("tok"));
+}

@@ -36,6 +36,9 @@ impl Invoke {
             .with_context(|| format!("--method: {:?} is not an HTTP method", self.method))?;
         let mut body = Vec::new();
         if method != Method::GET && method != Method::HEAD {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("Reading the request body from stdin; end it with Ctrl-D.");
+            }
             std::io::stdin()
                 .read_to_end(&mut body)
                 .context("reading the body from stdin")?;
