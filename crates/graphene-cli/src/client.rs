@@ -103,7 +103,7 @@ pub fn check(status: StatusCode, body: &[u8]) -> anyhow::Result<()> {
     }
     let text = String::from_utf8_lossy(body).trim().to_string();
     if status == StatusCode::UNAUTHORIZED {
-        bail!("{text} (401: run `graphene login`, or set GRAPHENE_TOKEN)");
+        bail!("{text} (401)\n{}", crate::config::credential_hint());
     }
     bail!("{text} ({status})")
 }

@@ -96,6 +96,21 @@ pub fn token(gateway: &str) -> Option<String> {
         })
 }
 
+/// What to do about a refused credential, given where this one came from.
+pub fn credential_hint() -> String {
+    if env("GRAPHENE_TOKEN").is_some() {
+        return "hint: GRAPHENE_TOKEN is set, and the gateway refused it".to_string();
+    }
+    let file = state_dir(None).join(graphene_gateway::TOKEN_FILE);
+    format!(
+        "hint: give the server's admin credential: `graphene login --password-stdin < STATE_DIR/{}`, \
+         or GRAPHENE_TOKEN; for a local server started with --state-dir, set GRAPHENE_STATE_DIR \
+         to that folder (looked in {})",
+        graphene_gateway::TOKEN_FILE,
+        file.display()
+    )
+}
+
 fn is_loopback(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else {
         return false;

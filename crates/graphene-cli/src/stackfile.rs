@@ -34,6 +34,9 @@ impl StackFile {
                 env.extend(more);
             }
             f.environment = env;
+            // Labels and annotations are checked now, not after a build.
+            graphene_core::settings::FunctionSettings::from_deployment(&f.deployment(name))
+                .map_err(|e| anyhow::anyhow!("{}: functions.{name}.{e}", path.display()))?;
         }
         Ok(Self {
             path: path.to_path_buf(),

@@ -499,7 +499,7 @@ fn login_stores_the_credential() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("refused the credential"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("refused this credential"));
 }
 
 #[test]

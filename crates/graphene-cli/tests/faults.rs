@@ -37,6 +37,7 @@ fn handler_errors_timeouts_and_crashes() {
     // replica keeps serving.
     let r = s.post("/function/f", "raise now");
     assert_eq!(r.status, 500);
+    assert_eq!(r.header("x-graphene-layer"), Some("function"));
     assert!(
         r.body.contains("ValueError: bad input: raise now"),
         "{}",
@@ -131,7 +132,25 @@ fn a_broken_update_keeps_the_old_version_serving() {
         "svc/handler.py",
         "import not_installed_anywhere\ndef handle(req):\n    return 'v2'\n",
     );
-    s.ok(&["up"]);
+    // `up` waits for the new version and reports that it fails to import.
+    let e = s.fails(&["up"]);
+    assert!(
+        e.contains("svc failed to import its handler: ModuleNotFoundError"),
+        "{e}"
+    );
+    assert!(
+        e.contains("a previous version, if any, keeps serving"),
+        "{e}"
+    );
+    let d = s.describe("svc");
+    let instances = d["graphene"]["instances"].as_array().unwrap();
+    assert!(
+        instances
+            .iter()
+            .any(|i| i["retiring"] == true && i["ready"] == true),
+        "the old replica is listed as retiring and ready: {d}"
+    );
+    assert_eq!(d["availableReplicas"], 1, "{d}");
     eventually(
         "the new version's import error",
         Duration::from_secs(20),
@@ -160,7 +179,9 @@ fn import_error_is_reported() {
         "import no_such_module_here\n\ndef handle(req):\n    return req\n",
         "",
     );
-    s.ok(&["up"]);
+    assert!(s
+        .fails(&["up"])
+        .contains("broken failed to import its handler"));
     let d = eventually("the import error", Duration::from_secs(20), || {
         let d = s.describe("broken");
         d["graphene"]["importError"].as_str().map(str::to_string)
@@ -178,6 +199,12 @@ fn import_error_is_reported() {
     assert!(s
         .ok(&["logs", "broken"])
         .contains("No module named 'no_such_module_here'"));
+
+    let logs = s.ok(&["logs", "broken"]);
+    assert!(
+        !logs.contains("runner.py"),
+        "tracebacks start at the handler: {logs}"
+    );
 
     // Fixing the handler and deploying again brings it up.
     s.write(

@@ -20,7 +20,8 @@ def handle(event, context):
         "statusCode": 201,
         "headers": {"X-Seen-Method": event.method, "Content-Type": "application/json"},
         "body": json.dumps({"path": event.path, "query": event.query,
-                            "body": event.body.decode(), "agent": event.headers.get("x-test", "")}),
+                            "body": event.body.decode(), "agent": event.headers.get("X-Test", ""),
+                            "has": "X-TEST" in event.headers}),
     }
 "#,
     );
@@ -55,7 +56,11 @@ def handle(event, context):
     assert_eq!(v["path"], "/items/7");
     assert_eq!(v["query"]["colour"], "red");
     assert_eq!(v["body"], "payload");
-    assert_eq!(v["agent"], "yes");
+    assert_eq!(
+        v["agent"], "yes",
+        "headers are looked up without regard to case"
+    );
+    assert_eq!(v["has"], true);
     // OpenFaaS headers: a generated call id, start time, duration.
     assert_eq!(r.header("x-call-id").map(str::len), Some(36));
     assert!(r.header("x-start-time").unwrap().parse::<u128>().is_ok());
@@ -159,4 +164,43 @@ def handle(req):
     eventually("invocation count", Duration::from_secs(5), || {
         (s.describe("model")["invocationCount"].as_f64() >= Some(9.0)).then_some(())
     });
+}
+
+#[test]
+fn python3_http_return_values() {
+    let s = Server::start();
+    s.function(
+        "shapes",
+        "python3-http",
+        r#"def handle(event, context):
+    kind = event.body.decode()
+    if kind == "list":
+        return [1, 2]
+    if kind == "dict-body":
+        return {"statusCode": 202, "body": {"ok": True}}
+    if kind == "bad-status":
+        return {"statusCode": "abc"}
+    return "plain"
+"#,
+        "",
+    );
+    s.ok(&["up"]);
+    s.wait_ready("shapes");
+    let r = s.post("/function/shapes", "list");
+    assert_eq!((r.status, r.body.as_str()), (200, "[1, 2]"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let r = s.post("/function/shapes", "dict-body");
+    assert_eq!((r.status, r.body.as_str()), (202, r#"{"ok": true}"#));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let r = s.post("/function/shapes", "bad-status");
+    assert_eq!(r.status, 500);
+    assert!(
+        r.body
+            .contains("statusCode must be an HTTP status between 100 and 599, got 'abc'"),
+        "{}",
+        r.body
+    );
+    let r = s.post("/function/shapes", "");
+    assert_eq!((r.status, r.body.as_str()), (200, "plain"));
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
 }

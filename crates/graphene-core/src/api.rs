@@ -115,6 +115,10 @@ pub struct InstanceStatus {
     pub ready: bool,
     pub workers: u64,
     pub started_at: String,
+    /// A replica of the version before the last deploy, serving until a new
+    /// one is ready.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retiring: bool,
 }
 
 /// Body of `POST /system/scale-function/<name>`.

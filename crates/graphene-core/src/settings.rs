@@ -23,6 +23,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_WORKERS: u64 = 2;
 pub const MAX_WORKERS: u64 = 64;
 pub const DEFAULT_MAX_REPLICAS: u64 = 20;
+/// No function may ask for more replicas than this (each is a process tree).
+pub const MAX_REPLICAS: u64 = 64;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{field}: {reason}")]
@@ -86,6 +88,17 @@ impl FunctionSettings {
         };
         let min_replicas = number(LABEL_SCALE_MIN, 1, "labels")?;
         let max_replicas = number(LABEL_SCALE_MAX, DEFAULT_MAX_REPLICAS, "labels")?;
+        for (value, key) in [
+            (min_replicas, LABEL_SCALE_MIN),
+            (max_replicas, LABEL_SCALE_MAX),
+        ] {
+            if value > MAX_REPLICAS {
+                return Err(InvalidField::new(
+                    format!("labels.{key}"),
+                    format!("{value} is above the limit of {MAX_REPLICAS} replicas per function"),
+                ));
+            }
+        }
         if max_replicas < min_replicas {
             return Err(InvalidField::new(
                 format!("labels.{LABEL_SCALE_MAX}"),
@@ -99,26 +112,30 @@ impl FunctionSettings {
                 format!("must be between 1 and {MAX_WORKERS}"),
             ));
         }
-        let timeout = match (
+        let timeout_field = match (
             annotations.get(ANNOTATION_TIMEOUT),
             d.env_vars.get("exec_timeout"),
         ) {
-            (Some(t), _) => duration::parse(t)
-                .map_err(|e| InvalidField::new(format!("annotations.{ANNOTATION_TIMEOUT}"), e))?,
-            (None, Some(t)) => {
-                duration::parse(t).map_err(|e| InvalidField::new("envVars.exec_timeout", e))?
-            }
-            (None, None) => DEFAULT_TIMEOUT,
+            (Some(t), _) => Some((format!("annotations.{ANNOTATION_TIMEOUT}"), t)),
+            (None, Some(t)) => Some(("envVars.exec_timeout".to_string(), t)),
+            (None, None) => None,
         };
-        if timeout.is_zero() || timeout > MAX_TIMEOUT {
-            return Err(InvalidField::new(
-                "timeout",
-                format!(
-                    "must be greater than zero and at most {}h",
-                    MAX_TIMEOUT.as_secs() / 3600
-                ),
-            ));
-        }
+        let timeout = match timeout_field {
+            None => DEFAULT_TIMEOUT,
+            Some((field, text)) => {
+                let t = duration::parse(text).map_err(|e| InvalidField::new(field.clone(), e))?;
+                if t.is_zero() || t > MAX_TIMEOUT {
+                    return Err(InvalidField::new(
+                        field,
+                        format!(
+                            "{text:?} must be greater than zero and at most {}h",
+                            MAX_TIMEOUT.as_secs() / 3600
+                        ),
+                    ));
+                }
+                t
+            }
+        };
         let upstream = match annotations.get(ANNOTATION_UPSTREAM) {
             None => None,
             Some(u) => {
@@ -138,6 +155,12 @@ impl FunctionSettings {
                 Some(u.clone())
             }
         };
+        if upstream.is_none() && d.image.trim().is_empty() {
+            return Err(InvalidField::new(
+                "image",
+                "is required (the image built by `graphene build`)",
+            ));
+        }
         Ok(Self {
             upstream,
             min_replicas,
@@ -210,6 +233,20 @@ mod tests {
         let e = FunctionSettings::from_deployment(&deployment(&[(LABEL_SCALE_MIN, "two")], &[]))
             .unwrap_err();
         assert_eq!(e.field, "labels.com.openfaas.scale.min");
+        let e = FunctionSettings::from_deployment(&deployment(&[(LABEL_SCALE_MAX, "100000")], &[]))
+            .unwrap_err();
+        assert_eq!(e.field, "labels.com.openfaas.scale.max");
+        assert!(e.reason.contains("limit of 64"), "{}", e.reason);
+        let e = FunctionSettings::from_deployment(&deployment(&[], &[(ANNOTATION_TIMEOUT, "48h")]))
+            .unwrap_err();
+        assert_eq!(e.field, "annotations.com.graphene.timeout");
+        assert!(e.reason.contains("\"48h\" must be"), "{}", e.reason);
+        let mut d = deployment(&[], &[]);
+        d.image = String::new();
+        assert_eq!(
+            FunctionSettings::from_deployment(&d).unwrap_err().field,
+            "image"
+        );
         let e = FunctionSettings::from_deployment(&deployment(&[], &[(ANNOTATION_WORKERS, "0")]))
             .unwrap_err();
         assert_eq!(e.field, "annotations.com.graphene.workers");

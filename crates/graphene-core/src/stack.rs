@@ -161,7 +161,7 @@ pub struct Parsed {
 pub fn parse(text: &str) -> Result<Parsed, StackError> {
     let stack: Stack = serde_yaml::from_str(text).map_err(|e| {
         let line = e.location().map(|l| l.line());
-        let mut reason = e.to_string();
+        let mut reason = crate::humanize_serde_error(&e.to_string());
         // serde_yaml appends " at line L column C"; the line is shown in front.
         if let Some(i) = reason.find(" at line ") {
             reason.truncate(i);

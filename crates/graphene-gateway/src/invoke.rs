@@ -107,7 +107,7 @@ async fn call<P: Provider>(
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
     if !parts.headers.contains_key("x-call-id") {
-        headers.push(("X-Call-Id".into(), call_id.to_string()));
+        headers.push(("x-call-id".into(), call_id.to_string()));
     }
     gw.metrics.started(function);
     let result = gw

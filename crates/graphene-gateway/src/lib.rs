@@ -106,6 +106,9 @@ impl<P: Provider> Gateway<P> {
             })?;
             secrets.push((name.clone(), value));
         }
+        // A count stored before the function's maximum was lowered (or
+        // before the limit existed) is brought within it.
+        let replicas = replicas.map(|n| n.min(settings.max_replicas));
         Ok(Deployment {
             namespace: namespace.to_string(),
             spec,
@@ -197,7 +200,7 @@ async fn require_admin<P: Provider>(
     if !ok {
         let mut r = ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong credential; log in with `graphene login` (or faas-cli login)",
+            "missing or wrong credential: /system needs the admin credential, as a bearer token or HTTP basic auth with user admin",
         )
         .into_response();
         r.headers_mut().insert(

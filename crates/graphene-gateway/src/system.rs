@@ -48,8 +48,12 @@ fn namespace(body: &str, query: &NamespaceQuery) -> ApiResult<String> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid JSON body: {}",
+            graphene_core::humanize_serde_error(&e.to_string())
+        ))
+    })
 }
 
 fn accepted() -> Response {

@@ -73,12 +73,28 @@ def die_with_parent():
         pass
 
 
+class Headers(dict):
+    """Request headers, looked up without regard to case (as in Flask)."""
+
+    def __init__(self, pairs):
+        super().__init__((k.lower(), v) for k, v in pairs)
+
+    def __getitem__(self, key):
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key):
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+    def get(self, key, default=None):
+        return super().get(key.lower(), default)
+
+
 class Event:
     """The python3-http template's event."""
 
     def __init__(self, header, body):
         self.body = body
-        self.headers = {k: v for k, v in header.get("headers", [])}
+        self.headers = Headers(header.get("headers", []))
         self.method = header.get("method", "GET")
         self.query = _parse_query(header.get("query", ""))
         self.path = header.get("path", "/")
@@ -105,22 +121,42 @@ def _as_bytes(value):
     return json.dumps(value).encode()
 
 
+def _with_json_type(value, headers):
+    """Bodies that are neither text nor bytes are sent as JSON."""
+    if value is not None and not isinstance(value, (str, bytes)):
+        if not any(k.lower() == "content-type" for k, _ in headers):
+            headers.append(["Content-Type", "application/json"])
+    return headers
+
+
 def call_python3(handle, header, body):
     out = handle(body.decode("utf-8", errors="replace"))
-    return 200, [], _as_bytes(out)
+    return 200, _with_json_type(out, []), _as_bytes(out)
 
 
 def call_python3_http(handle, header, body):
     out = handle(Event(header, body), Context())
-    if isinstance(out, dict):
-        status = int(out.get("statusCode", 200))
-        headers = [[str(k), str(v)] for k, v in (out.get("headers") or {}).items()]
-        payload = out.get("body", "")
-        if not isinstance(payload, (str, bytes)) and payload is not None:
-            if not any(k.lower() == "content-type" for k, _ in headers):
-                headers.append(["Content-Type", "application/json"])
-        return status, headers, _as_bytes(payload)
-    return 200, [], _as_bytes(out)
+    if not isinstance(out, dict):
+        return 200, _with_json_type(out, []), _as_bytes(out)
+    status = out.get("statusCode", 200)
+    if isinstance(status, str) and status.strip().isdigit():
+        status = int(status)
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise ValueError(f"statusCode must be an HTTP status between 100 and 599, got {status!r}")
+    raw_headers = out.get("headers") or {}
+    if not isinstance(raw_headers, dict):
+        raise ValueError(f"headers must be a dict, got {type(raw_headers).__name__}")
+    headers = [[str(k), str(v)] for k, v in raw_headers.items()]
+    payload = out.get("body", "")
+    return status, _with_json_type(payload, headers), _as_bytes(payload)
+
+
+def _handler_traceback(e):
+    """The traceback from the handler's frames on (not the runner's)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(e), e, tb))
 
 
 def serve(sock_path, handle, call):
@@ -139,7 +175,7 @@ def serve(sock_path, handle, call):
             send_frame(sock, {"status": status, "headers": headers}, payload)
         except Exception as e:  # noqa: BLE001 - the handler's error goes back to the caller
             message = f"{type(e).__name__}: {e}"
-            sys.stderr.write(f"call {header.get('call_id', '')} failed:\n{traceback.format_exc()}")
+            sys.stderr.write(f"call {header.get('call_id', '')} failed:\n{_handler_traceback(e)}")
             sys.stderr.flush()
             send_frame(sock, {"status": 500, "headers": [], "error": message}, message.encode())
 
@@ -161,7 +197,7 @@ def main():
     try:
         from function import handler
     except BaseException as e:  # noqa: BLE001 - reported to the host, then exit
-        traceback.print_exc()
+        sys.stderr.write(_handler_traceback(e))
         sys.stderr.flush()
         sock = connect(sock_path)
         send_frame(sock, {"type": "import_error", "pid": os.getpid(), "token": TOKEN,

@@ -30,6 +30,8 @@ pub struct Shared {
     pub import_error: Mutex<Option<String>>,
     /// Woken when readiness or an import error changes.
     pub changed: Notify,
+    /// Replicas of the previous version, serving until a new one is ready.
+    pub retiring: Mutex<Vec<Arc<Replica>>>,
     pub logs: LogBook,
 }
 
@@ -102,6 +104,11 @@ impl Function {
             std::mem::replace(&mut *self.current.write().expect("lock"), Arc::new(current));
         self.shared.import_error.lock().expect("lock").take();
         let old = std::mem::take(&mut *self.replicas.lock().await);
+        self.shared
+            .retiring
+            .lock()
+            .expect("lock")
+            .extend(old.iter().cloned());
         self.scale(replicas).await;
         let fresh: Vec<Arc<Replica>> = self.replicas.lock().await.clone();
         let new_secrets = self
@@ -126,6 +133,11 @@ impl Function {
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
             }
+            shared
+                .retiring
+                .lock()
+                .expect("lock")
+                .retain(|r| !old.iter().any(|o| Arc::ptr_eq(o, r)));
             for r in old {
                 r.stop();
             }
@@ -178,6 +190,9 @@ impl Function {
         for r in self.replicas.lock().await.drain(..) {
             r.stop();
         }
+        for r in self.shared.retiring.lock().expect("lock").drain(..) {
+            r.stop();
+        }
         self.shared.changed.notify_waiters();
     }
 
@@ -189,10 +204,15 @@ impl Function {
             _ => None,
         };
         let replicas = self.replicas.lock().await;
+        let retiring = self.shared.retiring.lock().expect("lock").clone();
+        let all = replicas
+            .iter()
+            .map(|r| (r, false))
+            .chain(retiring.iter().map(|r| (r, true)));
         RuntimeStatus {
             desired_replicas: desired,
             ready_replicas: if python.is_some() {
-                replicas.iter().filter(|r| r.is_ready()).count() as u64
+                all.clone().filter(|(r, _)| r.is_ready()).count() as u64
             } else {
                 desired
             },
@@ -201,14 +221,14 @@ impl Function {
             import_error: self.shared.import_error.lock().expect("lock").clone(),
             workers_per_replica: python.unwrap_or(0),
             timeout_seconds: current.timeout.as_secs_f64(),
-            instances: replicas
-                .iter()
-                .map(|r| InstanceStatus {
+            instances: all
+                .map(|(r, retiring)| InstanceStatus {
                     id: r.id.clone(),
                     pid: r.pid.load(Ordering::Relaxed),
                     ready: r.is_ready(),
                     workers: r.workers.load(Ordering::Relaxed),
                     started_at: r.started_at.lock().expect("lock").clone(),
+                    retiring,
                 })
                 .collect(),
         }
@@ -329,13 +349,15 @@ impl Function {
             };
             return match tokio::time::timeout_at(deadline, answer).await {
                 Ok(Ok((head, body))) => {
+                    let mut headers = head.headers;
                     if let Some(error) = &head.error {
                         tracing::debug!(function = %self.shared.name, call_id = %call.call_id, %error, "handler raised");
+                        headers.push(("x-graphene-layer".into(), "function".into()));
                     }
                     self.shared.pool.put(in_flight.disarm());
                     Ok(InvocationResult {
                         status: head.status,
-                        headers: head.headers,
+                        headers,
                         body: Bytes::from(body),
                     })
                 }
@@ -444,7 +466,7 @@ impl Function {
                     body.extend_from_slice(stderr.as_bytes());
                     Ok(InvocationResult {
                         status: 500,
-                        headers: Vec::new(),
+                        headers: vec![("x-graphene-layer".into(), "function".into())],
                         body: Bytes::from(body),
                     })
                 }

@@ -268,6 +268,7 @@ impl Provider for LocalProvider {
                     last_exit: Mutex::new(None),
                     import_error: Mutex::new(None),
                     changed: Notify::new(),
+                    retiring: Mutex::new(Vec::new()),
                     logs: logs::LogBook::open(self.dir.join("logs"), &d.namespace, &d.spec.service),
                 };
                 let f = Arc::new(Function::new(shared, current, self.sockets.clone()));

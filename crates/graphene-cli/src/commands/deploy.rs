@@ -1,8 +1,12 @@
+use std::time::Duration;
+
 use anyhow::bail;
 use clap::Args;
+use graphene_core::api::FunctionStatus;
 use hyper::{Method, StatusCode};
+use tokio::time::Instant;
 
-use super::{StackArgs, Target};
+use super::{encode, StackArgs, Target};
 use crate::client::{self, Client};
 use crate::stackfile::StackFile;
 
@@ -10,6 +14,9 @@ use crate::stackfile::StackFile;
 pub struct Deploy {
     #[command(flatten)]
     pub stack: StackArgs,
+    /// Seconds to wait for each function's handler to import (0: don't wait)
+    #[arg(long, default_value_t = 60)]
+    pub wait: u64,
     #[command(flatten)]
     pub target: Target,
 }
@@ -18,7 +25,14 @@ impl Deploy {
     pub async fn run(self) -> anyhow::Result<()> {
         let file = self.stack.load()?;
         let client = self.target.client(Some(&file.stack.provider.gateway))?;
-        deploy_all(&client, &file, self.stack.filter.as_deref(), &self.target).await
+        deploy_all(
+            &client,
+            &file,
+            self.stack.filter.as_deref(),
+            &self.target,
+            Duration::from_secs(self.wait),
+        )
+        .await
     }
 }
 
@@ -29,7 +43,9 @@ pub async fn deploy_all(
     file: &StackFile,
     filter: Option<&str>,
     target: &Target,
+    wait: Duration,
 ) -> anyhow::Result<()> {
+    let mut deployed = Vec::new();
     for (name, f) in file.select(filter)? {
         if f.lang.is_some() {
             file.handler_dir(name, f)?;
@@ -54,6 +70,68 @@ pub async fn deploy_all(
             format!(".{}", spec.namespace)
         };
         println!("Deployed {name}: {}/function/{name}{ns}", client.base);
+        deployed.push((name.clone(), spec.namespace.clone()));
+    }
+    if wait.is_zero() {
+        return Ok(());
+    }
+    wait_until_started(client, deployed, wait).await
+}
+
+/// Waits until each function's new version answers (its handler imported),
+/// reporting import errors; the previous version keeps serving meanwhile.
+async fn wait_until_started(
+    client: &Client,
+    mut pending: Vec<(String, String)>,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + wait;
+    let mut failed = 0;
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for (name, ns) in pending {
+            let query = if ns.is_empty() {
+                String::new()
+            } else {
+                format!("?namespace={}", encode(&ns))
+            };
+            let body = client
+                .expect(
+                    Method::GET,
+                    &format!("/system/function/{}{query}", encode(&name)),
+                    Vec::new(),
+                )
+                .await?;
+            let status: FunctionStatus = serde_json::from_slice(&body)?;
+            let runtime = status.graphene.unwrap_or_default();
+            if let Some(error) = runtime.import_error {
+                eprintln!("error: {name} failed to import its handler: {error}\n  (see `graphene logs {name}`)");
+                failed += 1;
+            } else if status.replicas == 0
+                || (runtime.instances.is_empty() && status.available_replicas > 0)
+                || runtime.instances.iter().any(|i| i.ready && !i.retiring)
+            {
+                eprintln!("{name} is ready");
+            } else {
+                still.push((name, ns));
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            if Instant::now() >= deadline {
+                for (name, _) in &pending {
+                    eprintln!(
+                        "{name} is still starting after {}s; follow it with `graphene logs {name} --follow`",
+                        wait.as_secs()
+                    );
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} function(s) failed to start; a previous version, if any, keeps serving");
     }
     Ok(())
 }

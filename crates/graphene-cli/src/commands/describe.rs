@@ -69,7 +69,11 @@ impl Describe {
                     "  replica {:<16} pid {:<8} {:<10} workers {} started {}",
                     i.id,
                     i.pid,
-                    if i.ready { "ready" } else { "starting" },
+                    match (i.retiring, i.ready) {
+                        (true, _) => "retiring",
+                        (false, true) => "ready",
+                        (false, false) => "starting",
+                    },
                     i.workers,
                     i.started_at
                 );

@@ -65,10 +65,18 @@ impl Invoke {
         let client = self.target.client(None)?;
         let resp = client.send(method, &path, body, &headers).await?;
         let status = resp.status();
+        let layer = resp
+            .headers()
+            .get("x-graphene-layer")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let out = resp.into_body().collect().await?.to_bytes();
         std::io::stdout().write_all(&out)?;
         if !status.is_success() {
-            bail!("the function answered {status}");
+            match layer.as_deref() {
+                Some("function") | None => bail!("the function answered {status}"),
+                Some(other) => bail!("{status} from the graphene {other}"),
+            }
         }
         Ok(())
     }

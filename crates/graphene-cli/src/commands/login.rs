@@ -42,10 +42,13 @@ impl Login {
         }
         let url = config::gateway(self.target.gateway.as_deref(), None);
         let client = Client::new(&url, Some(token.clone()))?;
-        client
-            .expect(Method::GET, "/system/functions", Vec::new())
-            .await
-            .context("the gateway refused the credential")?;
+        let (status, body) = client
+            .call(Method::GET, "/system/functions", Vec::new())
+            .await?;
+        if status == hyper::StatusCode::UNAUTHORIZED {
+            bail!("the gateway at {url} refused this credential");
+        }
+        crate::client::check(status, &body)?;
         let path = config::save_token(&url, &token)?;
         println!("Logged in to {url}; credential saved in {}", path.display());
         Ok(())

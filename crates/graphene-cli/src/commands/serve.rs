@@ -120,7 +120,14 @@ async fn deploy_stack(
         filter: None,
     };
     super::build::build_all(&client, &file, args.filter.as_deref()).await?;
-    super::deploy::deploy_all(&client, &file, None, &Target::default()).await
+    super::deploy::deploy_all(
+        &client,
+        &file,
+        None,
+        &Target::default(),
+        std::time::Duration::from_secs(600),
+    )
+    .await
 }
 
 async fn shutdown_signal() {

@@ -6,6 +6,9 @@ use super::{StackArgs, Target};
 pub struct Up {
     #[command(flatten)]
     pub stack: StackArgs,
+    /// Seconds to wait for each function's handler to import (0: don't wait)
+    #[arg(long, default_value_t = 60)]
+    pub wait: u64,
     #[command(flatten)]
     pub target: Target,
 }
@@ -15,6 +18,13 @@ impl Up {
         let file = self.stack.load()?;
         let client = self.target.client(Some(&file.stack.provider.gateway))?;
         super::build::build_all(&client, &file, self.stack.filter.as_deref()).await?;
-        super::deploy::deploy_all(&client, &file, self.stack.filter.as_deref(), &self.target).await
+        super::deploy::deploy_all(
+            &client,
+            &file,
+            self.stack.filter.as_deref(),
+            &self.target,
+            std::time::Duration::from_secs(self.wait),
+        )
+        .await
     }
 }
