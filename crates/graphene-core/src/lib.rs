@@ -46,6 +46,12 @@ pub fn humanize_serde_error(message: &str) -> String {
     out
 }
 
+/// The namespace a function lands in when none is given (OpenFaaS's default).
+pub const DEFAULT_NAMESPACE: &str = "openfaas-fn";
+
+/// Where a function finds its secrets, as files named after each secret.
+pub const SECRETS_MOUNT: &str = "/var/openfaas/secrets";
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -68,9 +74,3 @@ mod tests {
         );
     }
 }
-
-/// The namespace a function lands in when none is given (OpenFaaS's default).
-pub const DEFAULT_NAMESPACE: &str = "openfaas-fn";
-
-/// Where a function finds its secrets, as files named after each secret.
-pub const SECRETS_MOUNT: &str = "/var/openfaas/secrets";
