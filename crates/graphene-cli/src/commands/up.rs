@@ -17,7 +17,9 @@ impl Up {
     pub async fn run(self) -> anyhow::Result<()> {
         let file = self.stack.load()?;
         let client = self.target.client(Some(&file.stack.provider.gateway))?;
-        super::build::build_all(&client, &file, self.stack.filter.as_deref()).await?;
+        super::build::build_all(&client, &file, self.stack.filter.as_deref())
+            .await
+            .map_err(|e| e.context("nothing was deployed"))?;
         super::deploy::deploy_all(
             &client,
             &file,
