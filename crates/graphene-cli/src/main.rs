@@ -1,11 +1,6 @@
 //! The `graphene` binary: `graphene serve` runs the platform; every other
 //! verb is a client of a running gateway. One file per verb in `commands/`.
 
-/// The gateway allocates per request from several threads; mimalloc avoids
-/// glibc malloc's arena lock contention on that path.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod client;
 mod commands;
 mod config;
