@@ -83,6 +83,17 @@ def handle(event, context):
     let r = s.request("GET", "/function/shout/a/b?q=1", b"", &[("X-Thing", "th")]);
     assert_eq!(r.body.trim(), "GET /a/b q=1 th");
 
+    // The handler can import its own modules, relatively or by name.
+    s.write("echo/helpers.py", "def shout(s):\n    return s.upper()\n");
+    s.write(
+        "echo/handler.py",
+        "from .helpers import shout\nimport helpers\n\ndef handle(req):\n    return shout(req) + helpers.shout('!')\n",
+    );
+    s.ok(&["up", "--filter", "echo"]);
+    eventually("the new echo", Duration::from_secs(30), || {
+        (s.post("/function/echo", "hi").body == "HI!").then_some(())
+    });
+
     // An unchanged folder is not rebuilt.
     let again = s.cli(&["build", "--filter", "echo"]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("unchanged"));

@@ -191,7 +191,10 @@ def main():
     sock_path = os.environ["GRAPHENE_SOCKET"]
     lang = os.environ.get("GRAPHENE_LANG", "python3")
     workers = max(1, int(os.environ.get("GRAPHENE_WORKERS", "1")))
-    sys.path.insert(0, os.environ.get("GRAPHENE_FUNCTION_ROOT", os.path.dirname(os.path.abspath(__file__))))
+    root = os.environ.get("GRAPHENE_FUNCTION_ROOT", os.path.dirname(os.path.abspath(__file__)))
+    # `from function import handler` as in OpenFaaS's templates; the folder
+    # itself is on the path too, so the handler can import its own modules.
+    sys.path[:0] = [root, os.path.join(root, "function")]
     sys.stdout = sys.stderr  # the handler's prints go to the function's logs
     die_with_parent()
     try:
