@@ -215,3 +215,36 @@ fn python3_http_return_values() {
     assert_eq!((r.status, r.body.as_str()), (200, "plain"));
     assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
 }
+
+#[test]
+fn exec_calls_are_limited_to_the_workers() {
+    let s = Server::start();
+    s.ok(&["new", "slow", "--lang", "exec"]);
+    s.write(
+        "slow/run.sh",
+        "#!/bin/sh\ndate +%s.%N\nsleep 0.4\ndate +%s.%N\n",
+    );
+    let path = s.work.path().join("stack.yml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "    fprocess: sh run.sh\n",
+        "    fprocess: sh run.sh\n    annotations:\n      com.graphene.workers: \"1\"\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    s.ok(&["up"]);
+    // Two calls at once with one slot: one runs after the other.
+    let spans: Vec<(f64, f64)> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| s.post("/function/slow", "").body))
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| {
+                let out = c.join().unwrap();
+                let t: Vec<f64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+                (t[0], t[1])
+            })
+            .collect()
+    });
+    let (a, b) = (spans[0], spans[1]);
+    assert!(a.1 <= b.0 || b.1 <= a.0, "exec calls overlapped: {spans:?}");
+}

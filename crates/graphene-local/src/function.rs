@@ -70,6 +70,8 @@ pub struct Function {
     replicas: tokio::sync::Mutex<Vec<Arc<Replica>>>,
     next_replica: AtomicU64,
     sockets: Arc<SocketNames>,
+    /// Exec calls running now.
+    exec_running: AtomicU64,
 }
 
 /// Unix socket paths are short (108 bytes): replicas get numbered names.
@@ -86,6 +88,7 @@ impl Function {
             replicas: tokio::sync::Mutex::new(Vec::new()),
             next_replica: AtomicU64::new(1),
             sockets,
+            exec_running: AtomicU64::new(0),
         }
     }
 
@@ -260,6 +263,40 @@ impl Function {
         Ok(result)
     }
 
+    async fn exec_slot(
+        &self,
+        workers: u64,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<ExecSlot<'_>, ProviderError> {
+        loop {
+            let freed = self.shared.changed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let limit = workers * self.shared.desired.load(Ordering::Acquire).max(1);
+            let running = self.exec_running.load(Ordering::Acquire);
+            if running < limit {
+                if self
+                    .exec_running
+                    .compare_exchange(running, running + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Ok(ExecSlot(self));
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = freed => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ProviderError::Unavailable(format!(
+                        "all {limit} process slots of {} stayed busy for its timeout ({timeout:?})",
+                        self.shared.name
+                    )))
+                }
+            }
+        }
+    }
+
     fn no_replicas(&self) -> ProviderError {
         ProviderError::Unavailable(format!(
             "function {0} has 0 replicas; scale it up with `graphene scale {0} --replicas 1`",
@@ -415,6 +452,10 @@ impl Function {
         if self.shared.desired.load(Ordering::Acquire) == 0 {
             return Err(self.no_replicas());
         }
+        // At most `workers` processes per replica run at once; others wait.
+        let _slot = self
+            .exec_slot(launch.workers, deadline, current.timeout)
+            .await?;
         let mut env = launch.env.clone();
         env.push(("fprocess".into(), current.fprocess.clone()));
         env.push(("Http_Method".into(), call.method.clone()));
@@ -480,6 +521,16 @@ impl Function {
                 self.shared.name, current.timeout
             ))),
         }
+    }
+}
+
+/// A running exec call; frees its slot when dropped.
+struct ExecSlot<'a>(&'a Function);
+
+impl Drop for ExecSlot<'_> {
+    fn drop(&mut self) {
+        self.0.exec_running.fetch_sub(1, Ordering::AcqRel);
+        self.0.shared.changed.notify_waiters();
     }
 }
 
