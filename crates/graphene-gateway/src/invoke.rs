@@ -37,17 +37,28 @@ pub async fn invoke<P: Provider>(State(gw): State<Arc<Gateway<P>>>, req: Request
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(uuid_v4);
-    let function = format!("{name}.{ns}");
-
-    let mut response = match call(&gw, &parts, body, name, ns, path, &call_id, &function).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    let known = names::validate("function", name).is_ok()
+        && names::validate("namespace", ns).is_ok()
+        && gw.provider.has(ns, name);
+    let target = Target {
+        name,
+        ns,
+        path,
+        call_id: &call_id,
+        function: format!("{name}.{ns}"),
     };
+    let result = match known {
+        true => call(&gw, &parts, body, &target).await,
+        false => Err(ApiError::no_function(name, ns)),
+    };
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
     let code = response.status().as_u16();
     let seconds = started.elapsed().as_secs_f64();
-    if gw.provider.has(ns, name) {
-        gw.metrics.finished(&function, code, seconds);
+    if known {
+        // Only deployed functions get series: unknown names can't grow them.
+        gw.metrics.finished(&target.function, code, seconds);
     }
+    let function = target.function;
     let h = response.headers_mut();
     for (k, v) in [
         ("x-call-id", call_id),
@@ -62,24 +73,24 @@ pub async fn invoke<P: Provider>(State(gw): State<Arc<Gateway<P>>>, req: Request
     response
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Which function a call is for.
+struct Target<'a> {
+    name: &'a str,
+    ns: &'a str,
+    path: &'a str,
+    call_id: &'a str,
+    /// `name.namespace`, as metrics label it.
+    function: String,
+}
+
 async fn call<P: Provider>(
     gw: &Gateway<P>,
     parts: &axum::http::request::Parts,
     body: Body,
-    name: &str,
-    ns: &str,
-    path: &str,
-    call_id: &str,
-    function: &str,
+    t: &Target<'_>,
 ) -> Result<Response, ApiError> {
+    let (name, ns, call_id) = (t.name, t.ns, t.call_id);
     let unknown = || ApiError::no_function(name, ns);
-    if names::validate("function", name).is_err()
-        || names::validate("namespace", ns).is_err()
-        || !gw.provider.has(ns, name)
-    {
-        return Err(unknown());
-    }
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -109,7 +120,7 @@ async fn call<P: Provider>(
     if !parts.headers.contains_key("x-call-id") {
         headers.push(("x-call-id".into(), call_id.to_string()));
     }
-    gw.metrics.started(function);
+    gw.metrics.started(&t.function);
     let result = gw
         .provider
         .invoke(
@@ -117,7 +128,7 @@ async fn call<P: Provider>(
             name,
             Invocation {
                 method: parts.method.as_str().to_string(),
-                path: path.to_string(),
+                path: t.path.to_string(),
                 query: parts.uri.query().unwrap_or("").to_string(),
                 headers,
                 body,
