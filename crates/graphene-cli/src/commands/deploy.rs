@@ -23,12 +23,23 @@ pub struct Deploy {
 
 impl Deploy {
     pub async fn run(self) -> anyhow::Result<()> {
+        self.run_with(false).await
+    }
+
+    /// Deploys, after building first when `build` is set (`graphene up`).
+    pub async fn run_with(self, build: bool) -> anyhow::Result<()> {
         let file = self.stack.load()?;
         let client = self.target.client(Some(&file.stack.provider.gateway))?;
+        let filter = self.stack.filter.as_deref();
+        if build {
+            super::build::build_all(&client, &file, filter)
+                .await
+                .map_err(|e| e.context("nothing was deployed"))?;
+        }
         deploy_all(
             &client,
             &file,
-            self.stack.filter.as_deref(),
+            filter,
             &self.target,
             Duration::from_secs(self.wait),
         )
