@@ -251,3 +251,21 @@ fn state_survives_sigkill() {
         .iter()
         .any(|l| l.contains("s3cr3t-value")));
 }
+
+#[test]
+fn one_server_per_state_directory() {
+    let s = Server::start();
+    let out = std::process::Command::new(util::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&s.state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another graphene serve is already using the state directory"),
+        "{err}"
+    );
+    // The first server is unaffected.
+    assert_eq!(s.get("/healthz").status, 200);
+}

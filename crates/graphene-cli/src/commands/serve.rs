@@ -53,6 +53,15 @@ impl Serve {
         }
         // Absolute, so that the sandbox can hide it whatever the working folder.
         let state = state.canonicalize()?;
+        // One server per state directory: two would fight over replicas and
+        // sockets. The lock goes with the process, however it ends.
+        let lock = std::fs::File::create(state.join("lock"))?;
+        lock.try_lock().map_err(|_| {
+            anyhow::anyhow!(
+                "another graphene serve is already using the state directory {}",
+                state.display()
+            )
+        })?;
         let provider = Arc::new(
             LocalProvider::open(LocalConfig {
                 dir: state.join("local"),
