@@ -248,3 +248,44 @@ fn exec_calls_are_limited_to_the_workers() {
     let (a, b) = (spans[0], spans[1]);
     assert!(a.1 <= b.0 || b.1 <= a.0, "exec calls overlapped: {spans:?}");
 }
+
+#[test]
+fn images_nothing_uses_are_removed() {
+    let s = Server::start();
+    let images = s.state.join("local/images");
+    let built = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(&images)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("image.json").exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    s.function("gc", "python3", "def handle(req):\n    return 'v1'\n", "");
+    s.ok(&["up"]);
+    let v1 = built();
+    assert_eq!(v1.len(), 1);
+    // v2 is built but not deployed: v1 still runs, so both stay.
+    s.write("gc/handler.py", "def handle(req):\n    return 'v2'\n");
+    s.ok(&["build"]);
+    assert_eq!(built().len(), 2);
+    assert!(built().is_superset(&v1));
+    // v2 deployed and serving; building v3 removes v1 (no name, no process).
+    s.ok(&["deploy"]);
+    eventually("v2 serving alone", Duration::from_secs(30), || {
+        let d = s.describe("gc");
+        let instances = d["graphene"]["instances"].as_array().unwrap().clone();
+        (s.post("/function/gc", "").body == "v2" && instances.iter().all(|i| i["retiring"] != true))
+            .then_some(())
+    });
+    s.write("gc/handler.py", "def handle(req):\n    return 'v3'\n");
+    s.ok(&["build"]);
+    let now = built();
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.is_disjoint(&v1), "v1 was removed: {now:?}");
+    assert_eq!(
+        s.post("/function/gc", "").body,
+        "v2",
+        "the running version is untouched"
+    );
+}

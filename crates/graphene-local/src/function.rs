@@ -92,6 +92,33 @@ impl Function {
         }
     }
 
+    /// Images this function's processes run now, including retiring ones.
+    pub async fn images_in_use(&self) -> Vec<String> {
+        let mut used: Vec<String> = self
+            .current()
+            .target
+            .launch()
+            .map(|l| l.image.digest.clone())
+            .into_iter()
+            .collect();
+        used.extend(
+            self.replicas
+                .lock()
+                .await
+                .iter()
+                .map(|r| r.image_digest.clone()),
+        );
+        used.extend(
+            self.shared
+                .retiring
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|r| r.image_digest.clone()),
+        );
+        used
+    }
+
     pub fn fingerprint(&self) -> String {
         self.current().fingerprint.clone()
     }

@@ -74,12 +74,17 @@ impl ImageStore {
         Some(image)
     }
 
+    /// Builds an image. Images that no name refers to and that are not in
+    /// `in_use` are removed first (under the build lock, so never one that
+    /// is being built).
     pub async fn build(
         &self,
         input: BuildInput,
         mut progress: Progress,
+        in_use: &std::collections::HashSet<String>,
     ) -> Result<BuildResult, ProviderError> {
         let _one = self.building.lock().await;
+        self.collect_garbage(in_use);
         let staging = self.root.join(format!("staging-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
         let archive = input.archive.clone();
@@ -141,6 +146,33 @@ impl ImageStore {
             cached,
             error: String::new(),
         })
+    }
+
+    /// Removes built images that no name refers to and no process runs.
+    fn collect_garbage(&self, in_use: &std::collections::HashSet<String>) {
+        let tagged: std::collections::HashSet<String> = self
+            .index
+            .lock()
+            .expect("index lock")
+            .values()
+            .cloned()
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_image =
+                entry.path().join("image.json").exists() || entry.path().join("function").is_dir();
+            if is_image
+                && !name.starts_with("staging-")
+                && !tagged.contains(&name)
+                && !in_use.contains(&name)
+            {
+                tracing::info!(image = %name, "removing an image nothing uses any more");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     fn tag(&self, name: &str, digest: &str) -> std::io::Result<()> {

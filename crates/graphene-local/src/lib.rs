@@ -336,7 +336,19 @@ impl Provider for LocalProvider {
         input: BuildInput,
         progress: Progress,
     ) -> Result<BuildResult, ProviderError> {
-        self.images.build(input, progress).await
+        // Builds replace images: first drop those nothing refers to any more.
+        let functions: Vec<_> = self
+            .functions
+            .read()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut in_use = std::collections::HashSet::new();
+        for f in functions {
+            in_use.extend(f.images_in_use().await);
+        }
+        self.images.build(input, progress, &in_use).await
     }
 
     async fn shutdown(&self) {

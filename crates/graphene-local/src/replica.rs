@@ -50,6 +50,8 @@ impl Control {
 
 pub struct Replica {
     pub id: String,
+    /// The image it runs (kept while any replica runs it).
+    pub image_digest: String,
     socket: PathBuf,
     stop: watch::Sender<bool>,
     pub pid: AtomicU32,
@@ -67,6 +69,7 @@ impl Replica {
     ) -> Arc<Replica> {
         let (stop, stop_rx) = watch::channel(false);
         let replica = Arc::new(Replica {
+            image_digest: launch.image.digest.clone(),
             id,
             socket,
             stop,
