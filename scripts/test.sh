@@ -21,6 +21,8 @@ fi
 python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
 # bubblewrap: the sandbox functions run in (tests also cover running without).
 command -v bwrap >/dev/null || apt_install bubblewrap || echo "warning: no bubblewrap; sandbox tests run unsandboxed" >&2
+# Prometheus: a real scraper of /metrics in the tests.
+command -v prometheus >/dev/null || apt_install prometheus || echo "warning: no prometheus; its tests are skipped" >&2
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
