@@ -269,3 +269,38 @@ fn one_server_per_state_directory() {
     // The first server is unaffected.
     assert_eq!(s.get("/healthz").status, 200);
 }
+
+/// Whether a process is running (a zombie waiting for its reaper is not).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+#[test]
+fn no_function_process_outlives_the_server() {
+    for signal in ["-TERM", "-KILL"] {
+        let mut s = Server::start();
+        s.function("f", "python3", "def handle(req):\n    return req\n", "");
+        s.ok(&["up"]);
+        s.wait_ready("f");
+        let pid = s.describe("f")["graphene"]["instances"][0]["pid"]
+            .as_u64()
+            .unwrap();
+        assert!(alive(pid));
+        let status = s.signal_and_wait(signal);
+        if signal == "-TERM" {
+            assert!(status.success(), "a graceful stop exits 0: {status}");
+        }
+        eventually(
+            &format!("the replica to go after {signal}"),
+            Duration::from_secs(10),
+            || (!alive(pid)).then_some(()),
+        );
+    }
+}

@@ -138,6 +138,13 @@ impl Server {
         Self::launch(work, state, extra)
     }
 
+    /// Sends a signal to the server and waits for it to exit.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args([signal, &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
     /// Runs the CLI in the work folder against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_stdin(args, b"")
