@@ -15,6 +15,32 @@ use graphene_core::SECRETS_MOUNT;
 /// Where the function's secrets are, as the function sees them.
 pub const SECRETS_ENV: &str = "GRAPHENE_SECRETS_DIR";
 
+/// The host read-only, fresh /dev, /proc, /tmp and /var.
+const BASE: &[&str] = &[
+    "--ro-bind",
+    "/",
+    "/",
+    "--dev",
+    "/dev",
+    "--proc",
+    "/proc",
+    "--tmpfs",
+    "/tmp",
+    "--tmpfs",
+    "/var",
+];
+/// Own IPC, hostname and PID namespaces, a new session, no capabilities,
+/// and nothing left behind if the server dies.
+const ISOLATION: &[&str] = &[
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-pid",
+    "--new-session",
+    "--cap-drop",
+    "ALL",
+    "--die-with-parent",
+];
+
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     bwrap: Option<PathBuf>,
@@ -43,18 +69,12 @@ impl Sandbox {
                 .map(|p| p.join("bwrap"))
                 .find(|p| p.is_file())
         });
+        // Probe with the very flags functions will run under.
         let works = found.as_ref().is_some_and(|b| {
             std::process::Command::new(b)
-                .args([
-                    "--ro-bind",
-                    "/",
-                    "/",
-                    "--dev",
-                    "/dev",
-                    "--proc",
-                    "/proc",
-                    "true",
-                ])
+                .args(BASE)
+                .args(ISOLATION)
+                .arg("true")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -88,8 +108,7 @@ impl Sandbox {
         let mut cmd = match &self.bwrap {
             Some(bwrap) => {
                 let mut c = tokio::process::Command::new(bwrap);
-                c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
-                c.args(["--tmpfs", "/tmp", "--tmpfs", "/var"]);
+                c.args(BASE);
                 for dir in &self.hidden {
                     c.arg("--tmpfs").arg(dir);
                 }
@@ -102,17 +121,8 @@ impl Sandbox {
                 c.arg("--ro-bind")
                     .arg(mounts.secrets_dir)
                     .arg(SECRETS_MOUNT);
-                c.args([
-                    "--unshare-ipc",
-                    "--unshare-uts",
-                    "--unshare-pid",
-                    "--new-session",
-                    "--cap-drop",
-                    "ALL",
-                    "--die-with-parent",
-                    "--chdir",
-                ]);
-                c.arg(mounts.image_dir.join("function"));
+                c.args(ISOLATION);
+                c.arg("--chdir").arg(mounts.image_dir.join("function"));
                 c.arg("--").arg(program).args(args);
                 c
             }
