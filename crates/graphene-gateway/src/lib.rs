@@ -147,6 +147,15 @@ impl<P: Provider> Gateway<P> {
         Router::new()
             .merge(system)
             .route("/function/{*rest}", any(invoke::invoke::<P>))
+            .route(
+                "/async-function/{*rest}",
+                any(|| async {
+                    ApiError::new(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "asynchronous invocation is not available yet; call /function/<name> instead",
+                    )
+                }),
+            )
             .route("/healthz", get(|| async { "OK" }))
             .route("/metrics", get(system::metrics::<P>))
             .fallback(|| async { ApiError::not_found("no such route") })
