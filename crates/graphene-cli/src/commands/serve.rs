@@ -7,7 +7,7 @@ use clap::Args;
 use graphene_gateway::{Gateway, GatewayConfig};
 use graphene_local::{LocalConfig, LocalProvider};
 
-use super::{StackArgs, Target};
+use super::Target;
 use crate::client::Client;
 use crate::config;
 use crate::stackfile::StackFile;
@@ -124,11 +124,7 @@ async fn deploy_stack(
 ) -> anyhow::Result<()> {
     let file = StackFile::load(stack)?;
     let client = Client::new(url, token)?;
-    let args = StackArgs {
-        file: Some(stack.to_path_buf()),
-        filter: None,
-    };
-    super::build::build_all(&client, &file, args.filter.as_deref()).await?;
+    super::build::build_all(&client, &file, None).await?;
     super::deploy::deploy_all(
         &client,
         &file,
