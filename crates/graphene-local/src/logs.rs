@@ -19,6 +19,8 @@ pub struct LogBook {
     path: PathBuf,
     recent: Mutex<VecDeque<LogMessage>>,
     live: broadcast::Sender<LogMessage>,
+    /// The open log file and how much it holds; opened on first write.
+    file: Mutex<Option<(std::fs::File, u64)>>,
 }
 
 impl LogBook {
@@ -43,6 +45,7 @@ impl LogBook {
             path,
             recent: Mutex::new(recent),
             live,
+            file: Mutex::new(None),
         }
     }
 
@@ -65,19 +68,27 @@ impl LogBook {
         let _ = self.live.send(msg);
     }
 
+    /// Appends a line to the file (kept open), rotating it past its size.
     fn append(&self, line: &str) {
-        if std::fs::metadata(&self.path)
-            .map(|m| m.len() > MAX_FILE)
-            .unwrap_or(false)
-        {
+        let mut file = self.file.lock().expect("log file lock");
+        if file.as_ref().is_some_and(|(_, size)| *size > MAX_FILE) {
+            *file = None;
             let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path);
-        if let Ok(mut f) = file {
-            let _ = writeln!(f, "{line}");
+        if file.is_none() {
+            let opened = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path);
+            if let Ok(f) = opened {
+                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                *file = Some((f, size));
+            }
+        }
+        if let Some((f, size)) = file.as_mut() {
+            if writeln!(f, "{line}").is_ok() {
+                *size += line.len() as u64 + 1;
+            }
         }
     }
 
@@ -104,6 +115,7 @@ impl LogBook {
     }
 
     pub fn delete(&self) {
+        self.file.lock().expect("log file lock").take();
         let _ = std::fs::remove_file(&self.path);
         let _ = std::fs::remove_file(self.path.with_extension("log.1"));
     }
