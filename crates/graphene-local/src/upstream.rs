@@ -21,6 +21,8 @@ use tokio::time::Instant;
 const MAX_IDLE: usize = 256;
 const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 << 10;
+/// The largest answer body accepted from an upstream.
+const MAX_BODY: usize = 1 << 30;
 
 struct Conn {
     stream: TcpStream,
@@ -91,7 +93,9 @@ impl Upstream {
         out.extend_from_slice(b"\r\n");
         for (k, v) in &call.headers {
             // Host and the connection's own headers are this client's to set.
+            // Expect is answered by graphene, which has the whole body.
             if k.eq_ignore_ascii_case("host")
+                || k.eq_ignore_ascii_case("expect")
                 || is_hop_by_hop(k)
                 || k.contains(['\r', '\n'])
                 || v.contains(['\r', '\n'])
@@ -118,73 +122,98 @@ impl Upstream {
         head_only: bool,
         reused: bool,
     ) -> Result<(InvocationResult, bool), Failed> {
+        // A reused connection that the upstream closed while idle fails
+        // before any answer byte: only then may the call be sent again.
         let stale = |error: io::Error| Failed {
             error,
             stale: reused,
         };
+        let bad = |what: String| Failed {
+            error: io::Error::new(io::ErrorKind::InvalidData, what),
+            stale: false,
+        };
         conn.stream.write_all(request).await.map_err(stale)?;
         conn.buf.clear();
-        // The head.
+        let mut answered = false;
+        // The head (after any interim 1xx heads).
         let (status, headers, head_len, length, chunked, close) = loop {
-            if conn.stream.read_buf(&mut conn.buf).await.map_err(stale)? == 0 {
-                return Err(stale(io::Error::new(
+            let parsed = if conn.buf.is_empty() {
+                None
+            } else {
+                let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut slots);
+                match resp.parse(&conn.buf) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        let status = resp.code.unwrap_or(502);
+                        if status == 101 {
+                            return Err(bad(
+                                "the upstream switched protocols, which is not supported".into(),
+                            ));
+                        }
+                        if (100..200).contains(&status) {
+                            // 100 Continue and other interim answers.
+                            conn.buf.advance(n);
+                            continue;
+                        }
+                        let mut length = None;
+                        let mut chunked = false;
+                        let mut close = resp.version == Some(0);
+                        let mut headers = Vec::with_capacity(resp.headers.len());
+                        for h in resp.headers.iter() {
+                            let value = String::from_utf8_lossy(h.value).into_owned();
+                            if h.name.eq_ignore_ascii_case("content-length") {
+                                let n = value
+                                    .trim()
+                                    .parse::<usize>()
+                                    .ok()
+                                    .filter(|n| *n <= MAX_BODY);
+                                length =
+                                    Some(n.ok_or_else(|| {
+                                        bad(format!("bad Content-Length {value:?}"))
+                                    })?);
+                            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                                chunked = value.to_ascii_lowercase().contains("chunked");
+                            } else if h.name.eq_ignore_ascii_case("connection") {
+                                let v = value.to_ascii_lowercase();
+                                close = v.contains("close") || (close && !v.contains("keep-alive"));
+                            }
+                            headers.push((h.name.to_string(), value));
+                        }
+                        Some((status, headers, n, length, chunked, close))
+                    }
+                    Ok(httparse::Status::Partial) if conn.buf.len() < MAX_HEAD_BYTES => None,
+                    Ok(httparse::Status::Partial) => {
+                        return Err(bad("answer head too large".into()))
+                    }
+                    Err(e) => return Err(bad(format!("bad answer: {e}"))),
+                }
+            };
+            if let Some(head) = parsed {
+                break head;
+            }
+            let read = conn.stream.read_buf(&mut conn.buf).await;
+            let failed = match read {
+                Ok(0) => Some(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the upstream closed the connection",
-                )));
+                )),
+                Ok(_) => None,
+                Err(e) => Some(e),
+            };
+            if let Some(error) = failed {
+                return Err(Failed {
+                    error,
+                    stale: reused && !answered,
+                });
             }
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut slots);
-            match resp.parse(&conn.buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let status = resp.code.unwrap_or(502);
-                    let mut length = None;
-                    let mut chunked = false;
-                    let mut close = resp.version == Some(0);
-                    let mut headers = Vec::with_capacity(resp.headers.len());
-                    for h in resp.headers.iter() {
-                        let value = String::from_utf8_lossy(h.value).into_owned();
-                        if h.name.eq_ignore_ascii_case("content-length") {
-                            length = Some(value.trim().parse::<usize>().map_err(|_| Failed {
-                                error: io::Error::new(
-                                    io::ErrorKind::InvalidData,
-                                    "bad Content-Length",
-                                ),
-                                stale: false,
-                            })?);
-                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                            chunked = value.to_ascii_lowercase().contains("chunked");
-                        } else if h.name.eq_ignore_ascii_case("connection") {
-                            let v = value.to_ascii_lowercase();
-                            close = v.contains("close") || (close && !v.contains("keep-alive"));
-                        }
-                        headers.push((h.name.to_string(), value));
-                    }
-                    break (status, headers, n, length, chunked, close);
-                }
-                Ok(httparse::Status::Partial) if conn.buf.len() < MAX_HEAD_BYTES => continue,
-                Ok(httparse::Status::Partial) => {
-                    return Err(Failed {
-                        error: io::Error::new(io::ErrorKind::InvalidData, "answer head too large"),
-                        stale: false,
-                    })
-                }
-                Err(e) => {
-                    return Err(Failed {
-                        error: io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("bad answer: {e}"),
-                        ),
-                        stale: false,
-                    })
-                }
-            }
+            answered = true;
         };
         conn.buf.advance(head_len);
         let fail = |error: io::Error| Failed {
             error,
             stale: false,
         };
-        let no_body = head_only || status == 204 || status == 304 || (100..200).contains(&status);
+        let no_body = head_only || status == 204 || status == 304;
         let (body, reusable) = if no_body {
             (Bytes::new(), !close && conn.buf.is_empty())
         } else if chunked {
@@ -203,7 +232,14 @@ impl Upstream {
             (body, !close && conn.buf.is_empty())
         } else {
             // No length: the body runs until the upstream closes.
-            while conn.stream.read_buf(&mut conn.buf).await.map_err(fail)? > 0 {}
+            while conn.stream.read_buf(&mut conn.buf).await.map_err(fail)? > 0 {
+                if conn.buf.len() > MAX_BODY {
+                    return Err(fail(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "answer too large",
+                    )));
+                }
+            }
             (conn.buf.split().freeze(), false)
         };
         Ok((
@@ -284,7 +320,11 @@ async fn read_chunked(conn: &mut Conn) -> io::Result<Bytes> {
         let line = std::str::from_utf8(&conn.buf[..line_end]).unwrap_or("");
         let size_text = line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+            .ok()
+            .filter(|n| body.len().saturating_add(*n) <= MAX_BODY)
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "bad or too large chunk size")
+            })?;
         conn.buf.advance(line_end + 2);
         if size == 0 {
             // Trailers, up to the empty line.
@@ -377,6 +417,34 @@ mod tests {
             2,
             "one connection carried both calls"
         );
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped() {
+        let (url, seen) = upstream(vec![
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ])
+        .await;
+        let up = Upstream::new(&url);
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let mut c = call("/");
+        c.headers.push(("Expect".into(), "100-continue".into()));
+        let r = up
+            .call("f", c, deadline, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+        let seen = String::from_utf8(seen.await.unwrap()).unwrap();
+        assert!(!seen.to_ascii_lowercase().contains("expect:"), "{seen}");
+        let (url, _seen) = upstream(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
+        ])
+        .await;
+        let e = Upstream::new(&url)
+            .call("f", call("/"), deadline, std::time::Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("too large chunk size"), "{e}");
     }
 
     #[tokio::test]
