@@ -304,3 +304,46 @@ fn no_function_process_outlives_the_server() {
         );
     }
 }
+
+#[test]
+fn updates_and_scale_downs_let_calls_finish() {
+    let s = Server::start();
+    let handler = |v: &str| {
+        format!(
+            "import time\ndef handle(req):\n    if req[:1].isdigit():\n        time.sleep(float(req))\n    return '{v}'\n"
+        )
+    };
+    s.function(
+        "slow",
+        "python3",
+        &handler("v1"),
+        "    labels:\n      com.openfaas.scale.max: 4\n",
+    );
+    s.ok(&["up"]);
+    s.wait_ready("slow");
+    s.ok(&["scale", "slow", "--replicas", "2"]);
+    eventually("two replicas", Duration::from_secs(30), || {
+        (s.describe("slow")["availableReplicas"] == 2).then_some(())
+    });
+    std::thread::scope(|scope| {
+        // Four calls in progress while the function is updated and scaled down.
+        let calls: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| s.post("/function/slow", "1.5")))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        s.write("slow/handler.py", &handler("v2"));
+        s.ok(&["up", "--wait", "0"]);
+        s.ok(&["scale", "slow", "--replicas", "1"]);
+        for c in calls {
+            let r = c.join().unwrap();
+            assert_eq!(
+                (r.status, r.body.as_str()),
+                (200, "v1"),
+                "a call in progress failed: {r:?}"
+            );
+        }
+    });
+    eventually("the new version", Duration::from_secs(30), || {
+        (s.post("/function/slow", "").body == "v2").then_some(())
+    });
+}

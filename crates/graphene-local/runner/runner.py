@@ -244,10 +244,15 @@ def main():
         ready, _, _ = select.select([control, wake_r], [], [])
         if wake_r in ready:
             os.read(wake_r, 512)
-        while children:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+        # Only our workers: other children (started by the handler at import)
+        # are left to whoever started them.
+        for worker in list(children):
+            try:
+                pid, status = os.waitpid(worker, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = worker, 0
             if pid == 0:
-                break
+                continue
             lived = time.monotonic() - children.pop(pid, 0.0)
             delay = 0.0 if lived > 10 else min(max(delay * 2, 0.1), 5.0) if lived < 1 else delay
             if delay:

@@ -141,11 +141,6 @@ impl Function {
             .extend(old.iter().cloned());
         self.scale(replicas).await;
         let fresh: Vec<Arc<Replica>> = self.replicas.lock().await.clone();
-        let new_secrets = self
-            .current()
-            .target
-            .launch()
-            .map(|l| l.secrets_dir.clone());
         let shared = self.shared.clone();
         tokio::spawn(async move {
             // The old version serves until a new replica is ready, or until
@@ -171,11 +166,7 @@ impl Function {
             for r in old {
                 r.stop();
             }
-            if let Some(launch) = previous.target.launch() {
-                if Some(&launch.secrets_dir) != new_secrets.as_ref() {
-                    let _ = std::fs::remove_dir_all(&launch.secrets_dir);
-                }
-            }
+            drop(previous);
         });
     }
 
@@ -386,8 +377,8 @@ impl Function {
             // Until disarmed, dropping this (the caller went away, or the
             // timeout) has the worker replaced: it may still be running the
             // call, and must not take another.
-            let mut in_flight = InFlight(Some(conn));
-            let conn = in_flight.0.as_mut().expect("armed");
+            let mut in_flight = InFlight::new(conn);
+            let conn = in_flight.conn.as_mut().expect("armed");
             let sent = tokio::time::timeout_at(
                 deadline,
                 protocol::write_frame(&mut conn.stream, &header, &call.body),
@@ -451,7 +442,7 @@ impl Function {
         current: &Current,
         call: &Invocation,
     ) -> ProviderError {
-        if let Some(conn) = &in_flight.0 {
+        if let Some(conn) = &in_flight.conn {
             self.shared.logs.write(
                 &conn.replica.id,
                 &format!(
@@ -571,21 +562,35 @@ impl Drop for GroupKiller {
 
 /// A worker connection with a call on it. Dropped while armed, it asks the
 /// runner to replace the worker.
-struct InFlight(Option<WorkerConn>);
+struct InFlight {
+    conn: Option<WorkerConn>,
+    /// Counts the call as busy on its replica (a stopping replica drains).
+    replica: Arc<Replica>,
+}
 
 impl InFlight {
+    fn new(conn: WorkerConn) -> Self {
+        let replica = conn.replica.clone();
+        replica.busy.fetch_add(1, Ordering::AcqRel);
+        Self {
+            conn: Some(conn),
+            replica,
+        }
+    }
+
     fn disarm(&mut self) -> WorkerConn {
-        self.0.take().expect("disarmed once")
+        self.conn.take().expect("disarmed once")
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
+        if let Some(conn) = self.conn.take() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move { conn.control.kill_worker(conn.pid).await });
             }
         }
+        self.replica.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

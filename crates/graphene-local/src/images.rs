@@ -74,16 +74,21 @@ impl ImageStore {
         Some(image)
     }
 
+    /// Builds run one at a time; the guard is what [`Self::build`] needs.
+    pub async fn lock_builds(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.building.lock().await
+    }
+
     /// Builds an image. Images that no name refers to and that are not in
-    /// `in_use` are removed first (under the build lock, so never one that
-    /// is being built).
+    /// `in_use` are removed first. `in_use` must be taken under the build
+    /// lock: only builds move names, so it stays true until the build ends.
     pub async fn build(
         &self,
+        _builds: &tokio::sync::MutexGuard<'_, ()>,
         input: BuildInput,
         mut progress: Progress,
         in_use: &std::collections::HashSet<String>,
     ) -> Result<BuildResult, ProviderError> {
-        let _one = self.building.lock().await;
         self.collect_garbage(in_use);
         let staging = self.root.join(format!("staging-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);

@@ -50,6 +50,8 @@ pub struct LocalProvider {
     sandbox: sandbox::Sandbox,
     sockets: Arc<SocketNames>,
     functions: RwLock<HashMap<String, Arc<Function>>>,
+    /// Numbers each deployed version's secrets folder.
+    versions: AtomicU64,
     /// Serialises deploy/scale/remove so two updates of one function can't
     /// interleave.
     changes: tokio::sync::Mutex<()>,
@@ -62,6 +64,9 @@ fn key(namespace: &str, name: &str) -> String {
 impl LocalProvider {
     pub fn open(config: LocalConfig) -> std::io::Result<Self> {
         let dir = config.dir;
+        // Secrets files of a previous run are stale: functions get theirs
+        // again as they are deployed.
+        let _ = std::fs::remove_dir_all(dir.join("secrets"));
         for sub in ["images", "logs", "secrets"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
@@ -76,6 +81,7 @@ impl LocalProvider {
             }),
             dir,
             functions: RwLock::new(HashMap::new()),
+            versions: AtomicU64::new(1),
             changes: tokio::sync::Mutex::new(()),
         })
     }
@@ -97,14 +103,18 @@ impl LocalProvider {
             })
     }
 
-    /// Writes a deployment's secrets to a folder of their own: replicas of
-    /// the version before keep theirs until they stop.
-    fn write_secrets(&self, d: &Deployment, fingerprint: &str) -> std::io::Result<PathBuf> {
+    /// Writes a deployment's secrets to a folder of its own: replicas of the
+    /// version before keep theirs until they stop (the folder goes when its
+    /// `Launch` does).
+    fn write_secrets(&self, d: &Deployment) -> std::io::Result<PathBuf> {
+        let n = self
+            .versions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = self
             .dir
             .join("secrets")
             .join(format!("{}.{}", d.namespace, d.spec.service))
-            .join(&fingerprint[..16]);
+            .join(format!("v{n}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         restrict(&dir)?;
@@ -223,7 +233,7 @@ impl Provider for LocalProvider {
             (None, None) => return Err(ProviderError::Internal("no image and no upstream".into())),
             (Some(image), None) => {
                 let secrets_dir = self
-                    .write_secrets(&d, &fingerprint)
+                    .write_secrets(&d)
                     .map_err(|e| ProviderError::Internal(e.to_string()))?;
                 let python = image.lang().is_python();
                 let launch = Arc::new(Launch {
@@ -235,6 +245,7 @@ impl Provider for LocalProvider {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
                     workers: d.settings.workers,
+                    timeout: d.settings.timeout,
                     secrets_dir,
                     sandbox: self.sandbox.clone(),
                 });
@@ -336,6 +347,7 @@ impl Provider for LocalProvider {
         input: BuildInput,
         progress: Progress,
     ) -> Result<BuildResult, ProviderError> {
+        let builds = self.images.lock_builds().await;
         // Builds replace images: first drop those nothing refers to any more.
         let functions: Vec<_> = self
             .functions
@@ -348,7 +360,7 @@ impl Provider for LocalProvider {
         for f in functions {
             in_use.extend(f.images_in_use().await);
         }
-        self.images.build(input, progress, &in_use).await
+        self.images.build(&builds, input, progress, &in_use).await
     }
 
     async fn shutdown(&self) {

@@ -39,9 +39,11 @@ pub struct WorkerConn {
 impl Drop for WorkerConn {
     fn drop(&mut self) {
         if self.alive.is_alive() {
-            self.replica
-                .workers
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.replica.workers.fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| Some(n.saturating_sub(1)),
+            );
         }
     }
 }

@@ -31,8 +31,18 @@ pub struct Launch {
     pub image: Image,
     pub env: Vec<(String, String)>,
     pub workers: u64,
+    /// The function's timeout: how long a stopping replica may drain.
+    pub timeout: Duration,
     pub secrets_dir: PathBuf,
     pub sandbox: Sandbox,
+}
+
+/// The secrets folder belongs to one launch: it goes when the last replica
+/// or call using it does.
+impl Drop for Launch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.secrets_dir);
+    }
 }
 
 /// The runner parent's control connection.
@@ -57,6 +67,8 @@ pub struct Replica {
     pub pid: AtomicU32,
     pub ready: AtomicBool,
     pub workers: AtomicU64,
+    /// Calls on its workers right now.
+    pub busy: AtomicU64,
     pub started_at: Mutex<String>,
 }
 
@@ -76,6 +88,7 @@ impl Replica {
             pid: AtomicU32::new(0),
             ready: AtomicBool::new(false),
             workers: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
             started_at: Mutex::new(String::new()),
         });
         tokio::spawn(supervise(shared, launch, replica.clone(), stop_rx));
@@ -219,10 +232,21 @@ async fn run_once(
         s = child.wait() => Some(s),
         _ = stop.wait_for(|s| *s) => None,
     };
+    // No new calls reach this replica from now on.
     alive.end();
     acceptor.abort();
+    let _ = acceptor.await;
     if replica.ready.swap(false, Ordering::AcqRel) {
         shared.ready.fetch_sub(1, Ordering::AcqRel);
+    }
+    shared.changed.notify_waiters();
+    if status.is_none() {
+        // Stopping (scale-down, update): calls in progress finish first,
+        // within the function's timeout.
+        let deadline = tokio::time::Instant::now() + launch.timeout;
+        while replica.busy.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     replica.workers.store(0, Ordering::Relaxed);
     // Closing the control connection tells the runner to exit.
@@ -310,18 +334,19 @@ async fn accept(
         match hello {
             Ok(Hello::Parent { pid, workers }) => {
                 *control.0.lock().await = Some(stream);
-                if !replica.ready.swap(true, Ordering::AcqRel) {
-                    shared.ready.fetch_add(1, Ordering::AcqRel);
-                }
                 shared.import_error.lock().expect("lock").take();
                 shared.logs.write(
                     &replica.id,
-                    &format!("ready: the handler imported (runner pid {pid}, {workers} workers)"),
+                    &format!("the handler imported (runner pid {pid}, {workers} workers)"),
                 );
-                shared.changed.notify_waiters();
             }
             Ok(Hello::Worker { pid }) => {
                 replica.workers.fetch_add(1, Ordering::Relaxed);
+                // Ready once the model is loaded and a worker can take calls.
+                if !replica.ready.swap(true, Ordering::AcqRel) {
+                    shared.ready.fetch_add(1, Ordering::AcqRel);
+                    shared.changed.notify_waiters();
+                }
                 shared.pool.put(WorkerConn {
                     stream,
                     pid,
