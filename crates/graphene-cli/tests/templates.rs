@@ -289,3 +289,27 @@ fn images_nothing_uses_are_removed() {
         "the running version is untouched"
     );
 }
+
+#[test]
+fn exec_background_processes_do_not_hold_the_call() {
+    let s = Server::start_with(&["--no-sandbox"]);
+    s.ok(&["new", "bg", "--lang", "exec"]);
+    s.write("bg/run.sh", "#!/bin/sh\nsleep 120 &\necho started\n");
+    let path = s.work.path().join("stack.yml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "    fprocess: sh run.sh\n",
+        "    fprocess: sh run.sh\n    annotations:\n      com.graphene.timeout: 60s\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    s.ok(&["up"]);
+    // Answered when the command exits, not when its background child would
+    // (the call's timeout is far longer than the test's deadline).
+    let reply = std::thread::scope(|scope| {
+        let call = scope.spawn(|| s.post("/function/bg", ""));
+        eventually("the answer", Duration::from_secs(20), || {
+            call.is_finished().then_some(())
+        });
+        call.join().unwrap()
+    });
+    assert_eq!((reply.status, reply.body.trim()), (200, "started"));
+}

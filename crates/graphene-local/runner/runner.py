@@ -240,8 +240,11 @@ def main():
 
     for _ in range(workers):
         spawn()
+    owed = 0  # workers to fork again
+    fork_at = 0.0  # not before this time, while workers die right at start
     while True:
-        ready, _, _ = select.select([control, wake_r], [], [])
+        wait = max(0.0, fork_at - time.monotonic()) if owed else None
+        ready, _, _ = select.select([control, wake_r], [], [], wait)
         if wake_r in ready:
             os.read(wake_r, 512)
         # Only our workers: other children (started by the handler at import)
@@ -255,11 +258,13 @@ def main():
                 continue
             lived = time.monotonic() - children.pop(pid, 0.0)
             delay = 0.0 if lived > 10 else min(max(delay * 2, 0.1), 5.0) if lived < 1 else delay
-            if delay:
-                time.sleep(delay)  # not a hot loop when workers die at start
+            fork_at = time.monotonic() + delay
+            owed += 1
             code = os.waitstatus_to_exitcode(status)
             sys.stderr.write(f"worker {pid} exited ({'signal ' + str(-code) if code < 0 else 'code ' + str(code)}); forking a new one\n")
             sys.stderr.flush()
+        while owed and time.monotonic() >= fork_at:
+            owed -= 1
             spawn()
         if control in ready:
             message, _ = recv_frame(control)

@@ -501,43 +501,60 @@ impl Function {
         })?;
         // Whatever the call started dies with it: on timeout, when the caller
         // goes away, or when it leaves background processes behind.
-        let _group = GroupKiller(child.id().unwrap_or(0));
+        let group = GroupKiller(child.id().unwrap_or(0));
         let mut stdin = child.stdin.take().expect("piped stdin");
         let body = call.body.clone();
         tokio::spawn(async move {
             let _ = stdin.write_all(&body).await;
         });
-        match tokio::time::timeout_at(deadline, child.wait_with_output()).await {
-            Ok(Ok(out)) => {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                for line in stderr.lines() {
-                    self.shared.logs.write(&self.shared.name, line);
-                }
-                if out.status.success() {
-                    Ok(InvocationResult {
-                        status: 200,
-                        headers: Vec::new(),
-                        body: Bytes::from(out.stdout),
-                    })
-                } else {
-                    let mut body = format!("{}\n", out.status).into_bytes();
-                    body.extend_from_slice(&out.stdout);
-                    body.extend_from_slice(stderr.as_bytes());
-                    Ok(InvocationResult {
-                        status: 500,
-                        headers: vec![("x-graphene-layer".into(), "function".into())],
-                        body: Bytes::from(body),
-                    })
-                }
+        // Output is read while the command runs; once it exits, whatever it
+        // left in the background is killed, so the pipes end.
+        let read_all = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| async move {
+            let mut out = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut p, &mut out).await;
             }
-            Ok(Err(e)) => Err(ProviderError::Upstream(format!(
-                "{:?} failed: {e}",
-                current.fprocess
-            ))),
-            Err(_) => Err(ProviderError::Timeout(format!(
-                "function {} did not finish within its timeout ({:?}); the process was killed",
-                self.shared.name, current.timeout
-            ))),
+            out
+        };
+        let stdout = tokio::spawn(read_all(child.stdout.take().map(|p| Box::new(p) as _)));
+        let stderr = tokio::spawn(read_all(child.stderr.take().map(|p| Box::new(p) as _)));
+        let status = match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => {
+                return Err(ProviderError::Upstream(format!(
+                    "{:?} failed: {e}",
+                    current.fprocess
+                )))
+            }
+            Err(_) => {
+                return Err(ProviderError::Timeout(format!(
+                    "function {} did not finish within its timeout ({:?}); the process was killed",
+                    self.shared.name, current.timeout
+                )))
+            }
+        };
+        drop(group);
+        let stdout = stdout.await.unwrap_or_default();
+        let stderr = stderr.await.unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&stderr);
+        for line in stderr.lines() {
+            self.shared.logs.write(&self.shared.name, line);
+        }
+        if status.success() {
+            Ok(InvocationResult {
+                status: 200,
+                headers: Vec::new(),
+                body: Bytes::from(stdout),
+            })
+        } else {
+            let mut body = format!("{status}\n").into_bytes();
+            body.extend_from_slice(&stdout);
+            body.extend_from_slice(stderr.as_bytes());
+            Ok(InvocationResult {
+                status: 500,
+                headers: vec![("x-graphene-layer".into(), "function".into())],
+                body: Bytes::from(body),
+            })
         }
     }
 }
