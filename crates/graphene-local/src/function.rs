@@ -130,8 +130,7 @@ impl Function {
     /// Replaces the version of the function; running replicas are replaced by
     /// new ones, the old stopping once a new one is ready.
     pub async fn update(&self, current: Current, replicas: u64) {
-        let previous =
-            std::mem::replace(&mut *self.current.write().expect("lock"), Arc::new(current));
+        *self.current.write().expect("lock") = Arc::new(current);
         self.shared.import_error.lock().expect("lock").take();
         let old = std::mem::take(&mut *self.replicas.lock().await);
         self.shared
@@ -166,7 +165,6 @@ impl Function {
             for r in old {
                 r.stop();
             }
-            drop(previous);
         });
     }
 

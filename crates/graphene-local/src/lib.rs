@@ -103,6 +103,16 @@ impl LocalProvider {
             })
     }
 
+    /// Every deployed function (a snapshot: no lock held afterwards).
+    fn all(&self) -> Vec<Arc<Function>> {
+        self.functions
+            .read()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Writes a deployment's secrets to a folder of its own: replicas of the
     /// version before keep theirs until they stop (the folder goes when its
     /// `Launch` does).
@@ -349,29 +359,15 @@ impl Provider for LocalProvider {
     ) -> Result<BuildResult, ProviderError> {
         let builds = self.images.lock_builds().await;
         // Builds replace images: first drop those nothing refers to any more.
-        let functions: Vec<_> = self
-            .functions
-            .read()
-            .expect("lock")
-            .values()
-            .cloned()
-            .collect();
         let mut in_use = std::collections::HashSet::new();
-        for f in functions {
+        for f in self.all() {
             in_use.extend(f.images_in_use().await);
         }
         self.images.build(&builds, input, progress, &in_use).await
     }
 
     async fn shutdown(&self) {
-        let all: Vec<_> = self
-            .functions
-            .read()
-            .expect("lock")
-            .values()
-            .cloned()
-            .collect();
-        for f in all {
+        for f in self.all() {
             f.stop().await;
         }
     }
