@@ -8,6 +8,7 @@
 //! wherever it comes in.
 
 pub mod api;
+pub mod autoscale;
 pub mod duration;
 pub mod names;
 pub mod provider;

@@ -7,10 +7,23 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::api::FunctionDeployment;
+use crate::autoscale::{Metric, Policy};
 use crate::{duration, names};
 
 pub const LABEL_SCALE_MIN: &str = "com.openfaas.scale.min";
 pub const LABEL_SCALE_MAX: &str = "com.openfaas.scale.max";
+pub const LABEL_SCALE_TARGET: &str = "com.openfaas.scale.target";
+pub const LABEL_SCALE_PROPORTION: &str = "com.openfaas.scale.target-proportion";
+pub const LABEL_SCALE_TYPE: &str = "com.openfaas.scale.type";
+pub const LABEL_SCALE_ZERO: &str = "com.openfaas.scale.zero";
+pub const LABEL_SCALE_ZERO_DURATION: &str = "com.openfaas.scale.zero-duration";
+/// The autoscaler's stable window (its panic window is a tenth of it).
+pub const LABEL_SCALE_WINDOW: &str = "com.graphene.scale.window";
+/// `false` starts every replica as its own Python process that imports the
+/// handler, for handlers that are not safe to fork after import.
+pub const ANNOTATION_FORK: &str = "com.graphene.fork";
+/// How many calls may wait for a worker before new ones are turned away.
+pub const ANNOTATION_QUEUE: &str = "com.graphene.queue";
 /// Worker processes per Python replica, forked after the handler imported.
 pub const ANNOTATION_WORKERS: &str = "com.graphene.workers";
 /// An HTTP service that serves the function's calls instead of a built image.
@@ -25,6 +38,12 @@ pub const MAX_WORKERS: u64 = 64;
 pub const DEFAULT_MAX_REPLICAS: u64 = 20;
 /// No function may ask for more replicas than this (each is a process tree).
 pub const MAX_REPLICAS: u64 = 64;
+pub const DEFAULT_RPS_TARGET: f64 = 50.0;
+pub const DEFAULT_PROPORTION: f64 = 0.9;
+pub const DEFAULT_ZERO_DURATION: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+pub const DEFAULT_QUEUE: u64 = 1024;
+pub const MAX_QUEUE: u64 = 100_000;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{field}: {reason}")]
@@ -50,6 +69,11 @@ pub struct FunctionSettings {
     pub timeout: Duration,
     /// `http://host:port[/prefix]` when calls go to an existing HTTP service.
     pub upstream: Option<String>,
+    pub scaling: Policy,
+    /// Replicas are forked from a warm parent that imported the handler.
+    pub fork: bool,
+    /// Calls that may wait for a worker at once.
+    pub queue: u64,
 }
 
 impl FunctionSettings {
@@ -155,6 +179,95 @@ impl FunctionSettings {
                 Some(u.clone())
             }
         };
+        let get = |key: &str| labels.get(key).or_else(|| annotations.get(key));
+        let field = |key: &str| {
+            if labels.contains_key(key) {
+                format!("labels.{key}")
+            } else {
+                format!("annotations.{key}")
+            }
+        };
+        let flag = |key: &str, default: bool| -> Result<bool, InvalidField> {
+            match get(key).map(|v| v.trim().to_ascii_lowercase()) {
+                None => Ok(default),
+                Some(v) if v == "true" || v == "1" => Ok(true),
+                Some(v) if v == "false" || v == "0" => Ok(false),
+                Some(v) => Err(InvalidField::new(
+                    field(key),
+                    format!("{v:?} must be true or false"),
+                )),
+            }
+        };
+        let span = |key: &str, default: Duration, max: Duration| -> Result<Duration, InvalidField> {
+            let Some(text) = get(key) else {
+                return Ok(default);
+            };
+            let t = duration::parse(text).map_err(|e| InvalidField::new(field(key), e))?;
+            if t < Duration::from_secs(1) || t > max {
+                return Err(InvalidField::new(
+                    field(key),
+                    format!("{text:?} must be between 1s and {}h", max.as_secs() / 3600),
+                ));
+            }
+            Ok(t)
+        };
+        let positive = |key: &str, default: f64, max: f64| -> Result<f64, InvalidField> {
+            match get(key) {
+                None => Ok(default),
+                Some(v) => match v.trim().parse::<f64>() {
+                    Ok(x) if x > 0.0 && x <= max => Ok(x),
+                    _ => Err(InvalidField::new(
+                        field(key),
+                        format!("{v:?} must be a number above 0 and at most {max}"),
+                    )),
+                },
+            }
+        };
+        let metric = match get(LABEL_SCALE_TYPE).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Metric::Capacity,
+            Some(t) if t == "capacity" => Metric::Capacity,
+            Some(t) if t == "rps" => Metric::Rps,
+            Some(t) => {
+                return Err(InvalidField::new(
+                    field(LABEL_SCALE_TYPE),
+                    format!("{t:?} is not a scaling type graphene offers (use capacity or rps)"),
+                ))
+            }
+        };
+        let default_target = match metric {
+            Metric::Capacity => workers as f64,
+            Metric::Rps => DEFAULT_RPS_TARGET,
+        };
+        let target = positive(LABEL_SCALE_TARGET, default_target, 1e6)?;
+        let proportion = positive(LABEL_SCALE_PROPORTION, DEFAULT_PROPORTION, 1.0)?;
+        // `min: 0` also lets the function rest at zero.
+        let zero = flag(LABEL_SCALE_ZERO, false)? || min_replicas == 0;
+        let zero_after = span(LABEL_SCALE_ZERO_DURATION, DEFAULT_ZERO_DURATION, MAX_TIMEOUT)?;
+        let window = span(LABEL_SCALE_WINDOW, DEFAULT_WINDOW, Duration::from_secs(3600))?;
+        let scaling = Policy {
+            min: min_replicas,
+            max: max_replicas,
+            metric,
+            target: target * proportion,
+            zero_after: zero.then_some(zero_after),
+            window,
+        };
+        let fork = flag(ANNOTATION_FORK, true)?;
+        if !fork && workers > 1 {
+            return Err(InvalidField::new(
+                format!("annotations.{ANNOTATION_WORKERS}"),
+                format!(
+                    "must be 1 when {ANNOTATION_FORK} is false (each replica is then one process; add replicas for concurrency)"
+                ),
+            ));
+        }
+        let queue = number(ANNOTATION_QUEUE, DEFAULT_QUEUE, "annotations")?;
+        if queue == 0 || queue > MAX_QUEUE {
+            return Err(InvalidField::new(
+                field(ANNOTATION_QUEUE),
+                format!("must be between 1 and {MAX_QUEUE}"),
+            ));
+        }
         if upstream.is_none() && d.image.trim().is_empty() {
             return Err(InvalidField::new(
                 "image",
@@ -167,6 +280,9 @@ impl FunctionSettings {
             max_replicas,
             workers,
             timeout,
+            scaling,
+            fork,
+            queue,
         })
     }
 }
@@ -208,6 +324,55 @@ mod tests {
         let s = FunctionSettings::from_deployment(&d).unwrap();
         assert_eq!((s.min_replicas, s.max_replicas, s.workers), (2, 4, 3));
         assert_eq!(s.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn scaling_labels() {
+        let s = FunctionSettings::from_deployment(&deployment(&[], &[])).unwrap();
+        assert_eq!(s.scaling.metric, Metric::Capacity);
+        assert!((s.scaling.target - DEFAULT_WORKERS as f64 * 0.9).abs() < 1e-9);
+        assert_eq!(s.scaling.zero_after, None);
+        assert!(s.scaling.enabled() && s.fork);
+        let d = deployment(
+            &[
+                (LABEL_SCALE_TYPE, "rps"),
+                (LABEL_SCALE_TARGET, "10"),
+                (LABEL_SCALE_PROPORTION, "1"),
+                (LABEL_SCALE_ZERO, "true"),
+                (LABEL_SCALE_ZERO_DURATION, "2m"),
+                (LABEL_SCALE_WINDOW, "6s"),
+            ],
+            &[],
+        );
+        let s = FunctionSettings::from_deployment(&d).unwrap();
+        assert_eq!(s.scaling.metric, Metric::Rps);
+        assert_eq!(s.scaling.target, 10.0);
+        assert_eq!(s.scaling.zero_after, Some(Duration::from_secs(120)));
+        assert_eq!(s.scaling.window, Duration::from_secs(6));
+        // min == max turns the autoscaler off.
+        let d = deployment(&[(LABEL_SCALE_MIN, "3"), (LABEL_SCALE_MAX, "3")], &[]);
+        assert!(!FunctionSettings::from_deployment(&d).unwrap().scaling.enabled());
+        for (key, bad) in [
+            (LABEL_SCALE_TYPE, "cpu"),
+            (LABEL_SCALE_TARGET, "0"),
+            (LABEL_SCALE_TARGET, "lots"),
+            (LABEL_SCALE_PROPORTION, "1.5"),
+            (LABEL_SCALE_ZERO, "yes please"),
+            (LABEL_SCALE_ZERO_DURATION, "soon"),
+            (LABEL_SCALE_WINDOW, "10ms"),
+        ] {
+            let e = FunctionSettings::from_deployment(&deployment(&[(key, bad)], &[])).unwrap_err();
+            assert_eq!(e.field, format!("labels.{key}"), "{key}={bad}: {e}");
+        }
+        let e = FunctionSettings::from_deployment(&deployment(
+            &[],
+            &[(ANNOTATION_FORK, "false"), (ANNOTATION_WORKERS, "2")],
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "annotations.com.graphene.workers");
+        let e = FunctionSettings::from_deployment(&deployment(&[], &[(ANNOTATION_QUEUE, "0")]))
+            .unwrap_err();
+        assert_eq!(e.field, "annotations.com.graphene.queue");
     }
 
     #[test]
