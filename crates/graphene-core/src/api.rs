@@ -105,6 +105,58 @@ pub struct RuntimeStatus {
     pub timeout_seconds: f64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceStatus>,
+    /// The warm parent replicas are forked from (Python functions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentStatus>,
+    /// Calls waiting for a worker now.
+    #[serde(default)]
+    pub queued: u64,
+    /// The autoscaler's view, added by the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingStatus>,
+}
+
+/// The process that imported the handler once and forks replicas' workers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentStatus {
+    pub pid: u32,
+    /// The handler imported and the parent can fork.
+    pub ready: bool,
+    pub started_at: String,
+}
+
+/// A function's scaling policy and the autoscaler's last decision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingStatus {
+    /// False when `min == max` without `zero`: only manual scaling.
+    pub enabled: bool,
+    pub min: u64,
+    pub max: u64,
+    /// `capacity` or `rps`.
+    #[serde(rename = "type")]
+    pub metric: String,
+    /// Load per replica aimed for (target × proportion).
+    pub target: f64,
+    /// Idle seconds before scaling to zero; absent when it never does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_after_seconds: Option<f64>,
+    pub window_seconds: f64,
+    /// Calls in flight (running or waiting) now.
+    pub in_flight: u64,
+    pub panicking: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<ScaleDecision>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleDecision {
+    pub at: String,
+    pub from: u64,
+    pub to: u64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -115,6 +167,15 @@ pub struct InstanceStatus {
     pub ready: bool,
     pub workers: u64,
     pub started_at: String,
+    /// Worker processes serving its calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
+    /// Calls running on it now.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Stopping: takes no new calls, finishes those it has.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
     /// A replica of the version before the last deploy, serving until a new
     /// one is ready.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

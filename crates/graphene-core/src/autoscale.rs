@@ -65,7 +65,9 @@ impl Policy {
     }
 
     pub fn panic_window(&self) -> Duration {
-        (self.window / 10).max(Duration::from_secs(1)).min(self.window)
+        (self.window / 10)
+            .max(Duration::from_secs(1))
+            .min(self.window)
     }
 
     /// The fewest replicas while there is traffic.
@@ -133,9 +135,7 @@ impl Autoscaler {
         }
         self.samples.push_back(s);
         // One sample older than the window stays as the baseline for rates.
-        while self.samples.len() > 2
-            && self.samples[1].at + policy.window <= s.at
-        {
+        while self.samples.len() > 2 && self.samples[1].at + policy.window <= s.at {
             self.samples.pop_front();
         }
     }
@@ -415,7 +415,7 @@ mod tests {
             ..policy()
         };
         let mut a = Autoscaler::new(Duration::ZERO);
-        let (mut n, mut started) = (1, 0);
+        let mut n = 1;
         // One call started at 0 s and runs until 10 s: no new starts.
         a.observe(
             &p,
@@ -448,7 +448,6 @@ mod tests {
                 started: 1,
             },
         );
-        let _ = started;
         assert_eq!(a.decide(&p, now, n, n).desired, 0);
     }
 

@@ -45,6 +45,10 @@ pub enum ProviderError {
     /// The replica died or broke the protocol mid-call (502).
     #[error("{0}")]
     Upstream(String),
+    /// Every replica is busy and the function is at its maximum (429, with
+    /// `Retry-After` in seconds).
+    #[error("{0}")]
+    Overloaded(String, u64),
     /// The operation is not offered by this provider (501).
     #[error("{0}")]
     Unsupported(String),
@@ -82,6 +86,9 @@ pub struct InvocationResult {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// How long the call waited for a first replica, when it found none
+    /// ready (a cold start).
+    pub cold_start: Option<std::time::Duration>,
 }
 
 /// Logs already kept, and the live feed when following.

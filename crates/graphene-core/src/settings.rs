@@ -198,19 +198,20 @@ impl FunctionSettings {
                 )),
             }
         };
-        let span = |key: &str, default: Duration, max: Duration| -> Result<Duration, InvalidField> {
-            let Some(text) = get(key) else {
-                return Ok(default);
+        let span =
+            |key: &str, default: Duration, max: Duration| -> Result<Duration, InvalidField> {
+                let Some(text) = get(key) else {
+                    return Ok(default);
+                };
+                let t = duration::parse(text).map_err(|e| InvalidField::new(field(key), e))?;
+                if t < Duration::from_secs(1) || t > max {
+                    return Err(InvalidField::new(
+                        field(key),
+                        format!("{text:?} must be between 1s and {}h", max.as_secs() / 3600),
+                    ));
+                }
+                Ok(t)
             };
-            let t = duration::parse(text).map_err(|e| InvalidField::new(field(key), e))?;
-            if t < Duration::from_secs(1) || t > max {
-                return Err(InvalidField::new(
-                    field(key),
-                    format!("{text:?} must be between 1s and {}h", max.as_secs() / 3600),
-                ));
-            }
-            Ok(t)
-        };
         let positive = |key: &str, default: f64, max: f64| -> Result<f64, InvalidField> {
             match get(key) {
                 None => Ok(default),
@@ -242,8 +243,16 @@ impl FunctionSettings {
         let proportion = positive(LABEL_SCALE_PROPORTION, DEFAULT_PROPORTION, 1.0)?;
         // `min: 0` also lets the function rest at zero.
         let zero = flag(LABEL_SCALE_ZERO, false)? || min_replicas == 0;
-        let zero_after = span(LABEL_SCALE_ZERO_DURATION, DEFAULT_ZERO_DURATION, MAX_TIMEOUT)?;
-        let window = span(LABEL_SCALE_WINDOW, DEFAULT_WINDOW, Duration::from_secs(3600))?;
+        let zero_after = span(
+            LABEL_SCALE_ZERO_DURATION,
+            DEFAULT_ZERO_DURATION,
+            MAX_TIMEOUT,
+        )?;
+        let window = span(
+            LABEL_SCALE_WINDOW,
+            DEFAULT_WINDOW,
+            Duration::from_secs(3600),
+        )?;
         let scaling = Policy {
             min: min_replicas,
             max: max_replicas,
@@ -351,7 +360,10 @@ mod tests {
         assert_eq!(s.scaling.window, Duration::from_secs(6));
         // min == max turns the autoscaler off.
         let d = deployment(&[(LABEL_SCALE_MIN, "3"), (LABEL_SCALE_MAX, "3")], &[]);
-        assert!(!FunctionSettings::from_deployment(&d).unwrap().scaling.enabled());
+        assert!(!FunctionSettings::from_deployment(&d)
+            .unwrap()
+            .scaling
+            .enabled());
         for (key, bad) in [
             (LABEL_SCALE_TYPE, "cpu"),
             (LABEL_SCALE_TARGET, "0"),

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub layer: &'static str,
+    /// Seconds, sent as `Retry-After` (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -20,6 +22,7 @@ impl ApiError {
             status,
             message: message.into(),
             layer: "gateway",
+            retry_after: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -54,12 +57,17 @@ impl From<ProviderError> for ApiError {
             ProviderError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "function"),
             ProviderError::Upstream(_) => (StatusCode::BAD_GATEWAY, "runtime"),
             ProviderError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "gateway"),
+            ProviderError::Overloaded(_, _) => (StatusCode::TOO_MANY_REQUESTS, "runtime"),
             ProviderError::Internal(cause) => return ApiError::internal(cause),
         };
         Self {
             status,
             message: e.to_string(),
             layer,
+            retry_after: match e {
+                ProviderError::Overloaded(_, seconds) => Some(seconds),
+                _ => None,
+            },
         }
     }
 }
@@ -77,6 +85,10 @@ impl IntoResponse for ApiError {
         let mut r = (self.status, body).into_response();
         r.headers_mut()
             .insert("x-graphene-layer", HeaderValue::from_static(self.layer));
+        if let Some(seconds) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         r
     }
 }

@@ -121,6 +121,7 @@ async fn call<P: Provider>(
         headers.push(("x-call-id".into(), call_id.to_string()));
     }
     gw.metrics.started(&t.function);
+    let _load = gw.call_starts(ns, name).await;
     let result = gw
         .provider
         .invoke(
@@ -140,6 +141,9 @@ async fn call<P: Provider>(
             graphene_core::provider::ProviderError::NotFound(_) => unknown(),
             other => ApiError::from(other),
         })?;
+    if let Some(waited) = result.cold_start {
+        gw.metrics.cold_start(&t.function, waited.as_secs_f64());
+    }
     let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = Response::new(Body::from(result.body));
     *response.status_mut() = status;

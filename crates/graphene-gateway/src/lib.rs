@@ -3,7 +3,8 @@
 //! Start with [`Gateway::router`]: `/function/*` goes to `invoke.rs` (call a
 //! function through the provider, with OpenFaaS's headers and metrics),
 //! `/system/*` to `system.rs` (the OpenFaaS management API, behind the admin
-//! credential of `auth.rs`). `store.rs` keeps what was accepted in SQLite;
+//! credential of `auth.rs`). `scaler.rs` wakes functions at zero and runs the
+//! autoscaler. `store.rs` keeps what was accepted in SQLite;
 //! [`Gateway::restore`] brings every stored function back at start-up. The
 //! gateway knows providers only through `graphene_core::provider::Provider`.
 
@@ -11,6 +12,7 @@ mod auth;
 mod error;
 mod invoke;
 mod metrics;
+mod scaler;
 mod store;
 mod system;
 
@@ -47,6 +49,7 @@ pub struct Gateway<P> {
     provider: Arc<P>,
     store: Store,
     metrics: metrics::Metrics,
+    scaler: scaler::Scaler,
     config: GatewayConfig,
 }
 
@@ -63,6 +66,7 @@ impl<P: Provider> Gateway<P> {
             provider,
             store,
             metrics: Default::default(),
+            scaler: Default::default(),
             config,
         });
         Ok((gw, created))
@@ -76,7 +80,7 @@ impl<P: Provider> Gateway<P> {
             let name = f.spec.service.clone();
             match self.deployment(&f.namespace, f.spec, f.replicas) {
                 Ok(d) => {
-                    if let Err(e) = self.provider.deploy(d).await {
+                    if let Err(e) = self.deploy(d).await {
                         tracing::warn!(function = %name, namespace = %f.namespace, error = %e, "could not restore function");
                     }
                 }
@@ -106,9 +110,13 @@ impl<P: Provider> Gateway<P> {
             })?;
             secrets.push((name.clone(), value));
         }
-        // A count stored before the function's maximum was lowered (or
-        // before the limit existed) is brought within it.
-        let replicas = replicas.map(|n| n.min(settings.max_replicas));
+        // A count stored before the function's bounds changed is brought
+        // within them; zero stays zero (the next call wakes it).
+        let replicas = replicas.map(|n| match settings.scaling.enabled() {
+            true if n > 0 => n.clamp(settings.min_replicas.max(1), settings.max_replicas),
+            true => 0,
+            false => n.min(graphene_core::settings::MAX_REPLICAS),
+        });
         Ok(Deployment {
             namespace: namespace.to_string(),
             spec,
@@ -116,6 +124,33 @@ impl<P: Provider> Gateway<P> {
             secrets,
             replicas,
         })
+    }
+
+    /// Hands a deployment to the provider and tracks its scaling.
+    async fn deploy(&self, d: Deployment) -> Result<(), graphene_core::provider::ProviderError> {
+        let (ns, name) = (d.namespace.clone(), d.spec.service.clone());
+        let policy = d.settings.scaling.clone();
+        let desired = match d.replicas {
+            Some(n) => n,
+            None => self
+                .provider
+                .status(&ns, &name)
+                .await
+                .map(|s| s.desired_replicas)
+                .unwrap_or(d.settings.min_replicas),
+        };
+        let fresh = !self.provider.has(&ns, &name);
+        self.provider.deploy(d).await?;
+        let desired = if fresh {
+            self.provider
+                .status(&ns, &name)
+                .await
+                .map_or(desired, |s| s.desired_replicas)
+        } else {
+            desired
+        };
+        self.scaler.track(&ns, &name, policy, desired).await;
+        Ok(())
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -179,6 +214,7 @@ impl<P: Provider> Gateway<P> {
             let mut rx = rx;
             let _ = rx.wait_for(|s| *s).await;
         };
+        self.start_autoscaler();
         let server = axum::serve(listener, self.router()).with_graceful_shutdown(graceful);
         tokio::select! {
             r = server => r,

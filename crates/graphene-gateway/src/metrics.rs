@@ -2,8 +2,9 @@
 //! dashboards work: `gateway_function_invocation_total{function_name,code}`,
 //! `gateway_functions_seconds{function_name,code}` (histogram),
 //! `gateway_function_invocation_started{function_name}` and
-//! `gateway_service_count{function_name}`; plus graphene's own
-//! `graphene_function_ready_replicas` and `graphene_function_restarts_total`.
+//! `gateway_service_count{function_name}`; plus graphene's own: ready and
+//! desired replicas, restarts, calls in flight and queued, scale events and
+//! the cold-start wait.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -25,6 +26,10 @@ pub struct Metrics {
     started: Mutex<BTreeMap<String, u64>>,
     /// Per function, per status code.
     finished: Mutex<BTreeMap<String, BTreeMap<u16, Series>>>,
+    /// Per function and direction (`up`, `down`).
+    scale_events: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// How long calls waited for a first replica.
+    cold_starts: Mutex<BTreeMap<String, Series>>,
 }
 
 /// Name, type, help text and value of a per-function gauge.
@@ -41,6 +46,33 @@ pub struct ReplicaGauge {
     pub desired: u64,
     pub ready: u64,
     pub restarts: u64,
+    pub in_flight: u64,
+    pub queued: u64,
+}
+
+impl Series {
+    fn observe(&mut self, seconds: f64) {
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                self.counts[i] += 1;
+            }
+        }
+        self.total += 1;
+        self.sum += seconds;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"{le}\"}} {}",
+                self.counts[i]
+            );
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.total);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.total);
+    }
 }
 
 impl Metrics {
@@ -59,18 +91,29 @@ impl Metrics {
         if !map.contains_key(function) {
             map.insert(function.to_string(), BTreeMap::new());
         }
-        let s = map
-            .get_mut(function)
+        map.get_mut(function)
             .expect("inserted above")
             .entry(code)
-            .or_default();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if seconds <= *le {
-                s.counts[i] += 1;
-            }
-        }
-        s.total += 1;
-        s.sum += seconds;
+            .or_default()
+            .observe(seconds);
+    }
+
+    pub fn scaled(&self, function: &str, up: bool) {
+        *self
+            .scale_events
+            .lock()
+            .expect("metrics lock")
+            .entry((function.to_string(), if up { "up" } else { "down" }))
+            .or_default() += 1;
+    }
+
+    pub fn cold_start(&self, function: &str, seconds: f64) {
+        self.cold_starts
+            .lock()
+            .expect("metrics lock")
+            .entry(function.to_string())
+            .or_default()
+            .observe(seconds);
     }
 
     /// Completed invocations of one function (for `invocationCount`).
@@ -112,26 +155,27 @@ impl Metrics {
             .flat_map(|(f, codes)| codes.iter().map(move |(c, s)| (f, c, s)))
         {
             let labels = format!("code=\"{code}\",function_name=\"{f}\"");
-            for (i, le) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "gateway_functions_seconds_bucket{{{labels},le=\"{le}\"}} {}",
-                    s.counts[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "gateway_functions_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                s.total
-            );
-            let _ = writeln!(out, "gateway_functions_seconds_sum{{{labels}}} {}", s.sum);
-            let _ = writeln!(
-                out,
-                "gateway_functions_seconds_count{{{labels}}} {}",
-                s.total
+            s.render(&mut out, "gateway_functions_seconds", &labels);
+        }
+        drop(finished);
+        out.push_str("# HELP graphene_cold_start_wait_seconds How long calls waited for a first replica of a function at zero or starting\n");
+        out.push_str("# TYPE graphene_cold_start_wait_seconds histogram\n");
+        for (f, s) in self.cold_starts.lock().expect("metrics lock").iter() {
+            s.render(
+                &mut out,
+                "graphene_cold_start_wait_seconds",
+                &format!("function_name=\"{f}\""),
             );
         }
-        let gauges: [Gauge; 3] = [
+        out.push_str("# HELP graphene_scale_events_total Replica count changes made by the autoscaler or a call waking a function\n");
+        out.push_str("# TYPE graphene_scale_events_total counter\n");
+        for ((f, direction), n) in self.scale_events.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "graphene_scale_events_total{{direction=\"{direction}\",function_name=\"{f}\"}} {n}"
+            );
+        }
+        let gauges: [Gauge; 6] = [
             (
                 "gateway_service_count",
                 "gauge",
@@ -145,10 +189,28 @@ impl Metrics {
                 |g| g.ready,
             ),
             (
+                "graphene_function_desired_replicas",
+                "gauge",
+                "Replicas the function should have now",
+                |g| g.desired,
+            ),
+            (
                 "graphene_function_restarts_total",
                 "counter",
-                "Replica restarts after an exit",
+                "Worker and process restarts after an unexpected exit",
                 |g| g.restarts,
+            ),
+            (
+                "graphene_function_in_flight",
+                "gauge",
+                "Calls running or waiting for a worker",
+                |g| g.in_flight,
+            ),
+            (
+                "graphene_function_queued",
+                "gauge",
+                "Calls waiting for a worker",
+                |g| g.queued,
             ),
         ];
         for (name, kind, help, value) in gauges {
@@ -176,11 +238,15 @@ mod tests {
         m.started("echo.openfaas-fn");
         m.finished("echo.openfaas-fn", 200, 0.02);
         m.finished("echo.openfaas-fn", 500, 3.0);
+        m.scaled("echo.openfaas-fn", true);
+        m.cold_start("echo.openfaas-fn", 0.004);
         let text = m.render(&[ReplicaGauge {
             function: "echo.openfaas-fn".into(),
             desired: 2,
             ready: 1,
             restarts: 0,
+            in_flight: 3,
+            queued: 1,
         }]);
         assert!(text
             .contains("gateway_function_invocation_started{function_name=\"echo.openfaas-fn\"} 1"));
@@ -190,6 +256,13 @@ mod tests {
         assert!(text.contains("gateway_functions_seconds_bucket{code=\"200\",function_name=\"echo.openfaas-fn\",le=\"0.025\"} 1"));
         assert!(text.contains("gateway_functions_seconds_bucket{code=\"500\",function_name=\"echo.openfaas-fn\",le=\"2.5\"} 0"));
         assert!(text.contains("gateway_service_count{function_name=\"echo.openfaas-fn\"} 2"));
+        assert!(text.contains("graphene_function_in_flight{function_name=\"echo.openfaas-fn\"} 3"));
+        assert!(text.contains(
+            "graphene_scale_events_total{direction=\"up\",function_name=\"echo.openfaas-fn\"} 1"
+        ));
+        assert!(text.contains(
+            "graphene_cold_start_wait_seconds_bucket{function_name=\"echo.openfaas-fn\",le=\"0.005\"} 1"
+        ));
         assert_eq!(m.invocations("echo.openfaas-fn"), 2);
     }
 }

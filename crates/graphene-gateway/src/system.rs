@@ -62,11 +62,14 @@ fn accepted() -> Response {
 
 impl<P: Provider> Gateway<P> {
     async fn status_of(&self, f: StoredFunction) -> FunctionStatus {
-        let runtime = self
+        let mut runtime = self
             .provider
             .status(&f.namespace, &f.spec.service)
             .await
             .ok();
+        if let Some(r) = runtime.as_mut() {
+            r.scaling = self.scaler.status(&f.namespace, &f.spec.service).await;
+        }
         let qualified = format!("{}.{}", f.spec.service, f.namespace);
         let s = f.spec;
         FunctionStatus {
@@ -103,7 +106,7 @@ impl<P: Provider> Gateway<P> {
         }
         let replicas = existing.and_then(|f| f.replicas);
         let d = self.deployment(&ns, spec.clone(), replicas)?;
-        self.provider.deploy(d).await?;
+        self.deploy(d).await?;
         self.store.put_function(&ns, &spec)?;
         tracing::info!(function = %spec.service, namespace = %ns, image = %spec.image, "deployed");
         Ok(accepted())
@@ -115,7 +118,7 @@ impl<P: Provider> Gateway<P> {
         for f in self.store.functions(Some(namespace))? {
             if f.spec.secrets.iter().any(|s| s == secret) {
                 let d = self.deployment(namespace, f.spec, f.replicas)?;
-                self.provider.deploy(d).await?;
+                self.deploy(d).await?;
             }
         }
         Ok(())
@@ -177,6 +180,7 @@ pub async fn delete<P: Provider>(
     if !gw.store.delete_function(&ns, &req.function_name)? {
         return Err(ApiError::no_function(&req.function_name, &ns));
     }
+    gw.scaler.forget(&ns, &req.function_name);
     match gw.provider.remove(&ns, &req.function_name).await {
         Ok(()) | Err(ProviderError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),
@@ -200,18 +204,45 @@ pub async fn scale<P: Provider>(
         .ok_or_else(|| ApiError::no_function(name, &ns))?;
     let settings = graphene_core::settings::FunctionSettings::from_deployment(&f.spec)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if req.replicas > settings.max_replicas {
-        return Err(ApiError::bad_request(format!(
-            "replicas: {} is above the function's maximum ({} from {})",
-            req.replicas,
-            settings.max_replicas,
-            graphene_core::settings::LABEL_SCALE_MAX
-        )));
-    }
+    check_manual_scale(req.replicas, &settings.scaling)?;
     gw.provider.scale(&ns, name, req.replicas).await?;
     gw.store.set_replicas(&ns, name, req.replicas)?;
+    gw.scaler
+        .set(&ns, name, req.replicas, "scaled by hand")
+        .await;
     tracing::info!(function = %name, namespace = %ns, replicas = req.replicas, "scaled");
     Ok(accepted())
+}
+
+/// Zero is always allowed (the next call wakes the function). Otherwise the
+/// count must lie within min and max, unless autoscaling is off (min == max).
+fn check_manual_scale(replicas: u64, policy: &graphene_core::autoscale::Policy) -> ApiResult<()> {
+    use graphene_core::settings::{LABEL_SCALE_MAX, LABEL_SCALE_MIN, MAX_REPLICAS};
+    let bad = |reason: String| Err(ApiError::bad_request(format!("replicas: {reason}")));
+    if replicas == 0 {
+        return Ok(());
+    }
+    if !policy.enabled() {
+        if replicas > MAX_REPLICAS {
+            return bad(format!(
+                "{replicas} is above the limit of {MAX_REPLICAS} replicas per function"
+            ));
+        }
+        return Ok(());
+    }
+    if replicas > policy.max {
+        return bad(format!(
+            "{replicas} is above the function's maximum ({} from {LABEL_SCALE_MAX})",
+            policy.max
+        ));
+    }
+    if replicas < policy.min {
+        return bad(format!(
+            "{replicas} is below the function's minimum ({} from {LABEL_SCALE_MIN}); 0 is allowed",
+            policy.min
+        ));
+    }
+    Ok(())
 }
 
 pub async fn namespaces<P: Provider>(State(gw): Gw<P>) -> ApiResult<Response> {
@@ -512,6 +543,8 @@ pub async fn metrics<P: Provider>(State(gw): Gw<P>) -> ApiResult<Response> {
                 desired: r.desired_replicas,
                 ready: r.ready_replicas,
                 restarts: r.restarts,
+                in_flight: gw.scaler.in_flight(&f.namespace, &f.spec.service),
+                queued: r.queued,
             });
         }
     }

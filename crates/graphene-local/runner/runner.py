@@ -4,14 +4,24 @@ calls from the replica host over a Unix socket.
 Protocol (language-neutral; see crates/graphene-local/src/protocol.rs):
 every message is a frame: two big-endian u32 (header length, body length),
 a JSON header, then the body bytes. Each connection starts with a hello
-frame from the runner ({"type": "parent"|"worker"|"import_error", "pid", "token"}).
-On a worker connection the host sends a request frame ({"method", "path",
-"query", "headers", "call_id"}) and the worker answers with a response frame
-({"status", "headers", "error"?}), one call at a time.
+frame from the runner ({"type": "parent"|"worker"|"import_error", "pid",
+"token"}; workers also name their "replica"). On a worker connection the host
+sends a request frame ({"method", "path", "query", "headers", "call_id"}) and
+the worker answers with a response frame ({"status", "headers", "error"?}),
+one call at a time.
 
-The parent process imports the handler (the model loads once), then forks
-GRAPHENE_WORKERS workers that share the imported module copy-on-write, and
-re-forks any worker that dies. It exits when the host closes its connection.
+GRAPHENE_MODE=fork (the default): this process is the function's warm
+parent. It imports the handler once (the model loads once), then waits on its
+control connection: {"type": "spawn", "replica", "workers"} forks that many
+workers for a replica, {"type": "retire", "replica"} ends them, and
+{"type": "kill", "pid"} replaces one. Workers share the imported module
+copy-on-write; a worker that dies is forked again while its replica lives,
+and the parent reports {"type": "exit", "pid", "replica", "status",
+"expected"}. It exits when the host closes the control connection.
+
+GRAPHENE_MODE=direct: for handlers that are not safe to fork. This process
+imports the handler and serves calls itself as the only worker of replica
+GRAPHENE_REPLICA.
 """
 
 import json
@@ -159,13 +169,25 @@ def _handler_traceback(e):
     return "".join(traceback.format_exception(type(e), e, tb))
 
 
-def serve(sock_path, handle, call):
-    die_with_parent()
+def reinit_after_fork():
+    """What a forked worker must not share with its parent or siblings."""
     import random
 
-    random.seed()  # each worker gets its own random state after fork
+    random.seed()  # each worker gets its own random state
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        try:
+            numpy.random.seed()  # numpy's global generator too
+        except Exception:  # noqa: BLE001 - an odd numpy build: leave it
+            pass
+
+
+def serve(sock_path, replica, handle, call):
+    die_with_parent()
+    if replica:
+        os.environ["HOSTNAME"] = replica
     sock = connect(sock_path)
-    send_frame(sock, {"type": "worker", "pid": os.getpid(), "token": TOKEN})
+    send_frame(sock, {"type": "worker", "pid": os.getpid(), "replica": replica, "token": TOKEN})
     while True:
         header, body = recv_frame(sock)
         if header is None:
@@ -187,44 +209,64 @@ def _kill(pid):
         pass
 
 
+def _describe(status):
+    code = os.waitstatus_to_exitcode(status)
+    return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+
+
+def import_handler(sock_path):
+    """Imports function/handler.py, or reports why not and exits with 3."""
+    def fail(error):
+        sock = connect(sock_path)
+        send_frame(sock, {"type": "import_error", "pid": os.getpid(), "token": TOKEN, "error": error})
+        os._exit(3)
+
+    try:
+        from function import handler
+    except BaseException as e:  # noqa: BLE001 - reported to the host, then exit
+        sys.stderr.write(_handler_traceback(e))
+        sys.stderr.flush()
+        fail(f"{type(e).__name__}: {e}")
+    handle = getattr(handler, "handle", None)
+    if not callable(handle):
+        fail("function/handler.py defines no handle() function")
+    return handle
+
+
 def main():
     sock_path = os.environ["GRAPHENE_SOCKET"]
     lang = os.environ.get("GRAPHENE_LANG", "python3")
-    workers = max(1, int(os.environ.get("GRAPHENE_WORKERS", "1")))
+    mode = os.environ.get("GRAPHENE_MODE", "fork")
     root = os.environ.get("GRAPHENE_FUNCTION_ROOT", os.path.dirname(os.path.abspath(__file__)))
     # `from function import handler` as in OpenFaaS's templates; the folder
     # itself is on the path too, so the handler can import its own modules.
     sys.path[:0] = [root, os.path.join(root, "function")]
     sys.stdout = sys.stderr  # the handler's prints go to the function's logs
     die_with_parent()
-    try:
-        from function import handler
-    except BaseException as e:  # noqa: BLE001 - reported to the host, then exit
-        sys.stderr.write(_handler_traceback(e))
-        sys.stderr.flush()
-        sock = connect(sock_path)
-        send_frame(sock, {"type": "import_error", "pid": os.getpid(), "token": TOKEN,
-                          "error": f"{type(e).__name__}: {e}"})
-        os._exit(3)
-    handle = getattr(handler, "handle", None)
-    if not callable(handle):
-        sock = connect(sock_path)
-        send_frame(sock, {"type": "import_error", "pid": os.getpid(), "token": TOKEN,
-                          "error": "function/handler.py defines no handle() function"})
-        os._exit(3)
+    handle = import_handler(sock_path)
     call = call_python3_http if lang == "python3-http" else call_python3
+    if mode == "direct":
+        serve(sock_path, os.environ.get("GRAPHENE_REPLICA", ""), handle, call)
+        return
 
+    import gc
+
+    gc.freeze()  # objects made at import stay shared with forked workers
     control = connect(sock_path)
-    send_frame(control, {"type": "parent", "pid": os.getpid(), "workers": workers, "token": TOKEN})
+    send_frame(control, {"type": "parent", "pid": os.getpid(), "token": TOKEN})
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    children = {}  # pid -> fork time
+    replicas = {}  # replica -> workers it should have
+    children = {}  # pid -> (replica, fork time)
+    killed = set()  # pids ended on the host's request
+    owed = []  # replicas owed a worker, forked again after `delay`
     delay = 0.0  # grows while workers die right after starting
+    fork_at = 0.0
 
-    def spawn():
+    def spawn(replica):
         pid = os.fork()
         if pid == 0:
             signal.set_wakeup_fd(-1)
@@ -233,15 +275,12 @@ def main():
             os.close(wake_w)
             control.close()
             try:
-                serve(sock_path, handle, call)
+                reinit_after_fork()
+                serve(sock_path, replica, handle, call)
             finally:
                 os._exit(1)
-        children[pid] = time.monotonic()
+        children[pid] = (replica, time.monotonic())
 
-    for _ in range(workers):
-        spawn()
-    owed = 0  # workers to fork again
-    fork_at = 0.0  # not before this time, while workers die right at start
     while True:
         wait = max(0.0, fork_at - time.monotonic()) if owed else None
         ready, _, _ = select.select([control, wake_r], [], [], wait)
@@ -256,24 +295,49 @@ def main():
                 pid, status = worker, 0
             if pid == 0:
                 continue
-            lived = time.monotonic() - children.pop(pid, 0.0)
-            delay = 0.0 if lived > 10 else min(max(delay * 2, 0.1), 5.0) if lived < 1 else delay
-            fork_at = time.monotonic() + delay
-            owed += 1
-            code = os.waitstatus_to_exitcode(status)
-            sys.stderr.write(f"worker {pid} exited ({'signal ' + str(-code) if code < 0 else 'code ' + str(code)}); forking a new one\n")
-            sys.stderr.flush()
+            replica, born = children.pop(pid)
+            expected = pid in killed
+            killed.discard(pid)
+            lived = time.monotonic() - born
+            if not expected:
+                delay = 0.0 if lived > 10 else min(max(delay * 2, 0.1), 5.0) if lived < 1 else delay
+            how = _describe(status)
+            try:
+                send_frame(control, {"type": "exit", "pid": pid, "replica": replica,
+                                     "status": how, "expected": expected})
+            except OSError:  # the host is gone: so are we (read below)
+                pass
+            if replica in replicas:
+                fork_at = time.monotonic() + (0.0 if expected else delay)
+                owed.append(replica)
+                if not expected:
+                    sys.stderr.write(f"worker {pid} of {replica} {how}; forking a new one\n")
+                    sys.stderr.flush()
         while owed and time.monotonic() >= fork_at:
-            owed -= 1
-            spawn()
+            replica = owed.pop(0)
+            if replica in replicas:
+                spawn(replica)
         if control in ready:
             message, _ = recv_frame(control)
-            if message is None:  # the host is gone or stops this replica
+            if message is None:  # the host is gone or stops this function
                 for pid in children:
                     _kill(pid)
                 os._exit(0)
-            if message.get("type") == "kill" and message.get("pid") in children:
-                _kill(message["pid"])  # a call ran past its timeout; reaped and re-forked above
+            kind = message.get("type")
+            if kind == "spawn" and message.get("replica") not in replicas:
+                replica = message["replica"]
+                replicas[replica] = int(message.get("workers", 1))
+                for _ in range(replicas[replica]):
+                    spawn(replica)
+            elif kind == "retire":
+                replicas.pop(message.get("replica"), None)
+                for pid, (replica, _) in children.items():
+                    if replica == message.get("replica"):
+                        killed.add(pid)
+                        _kill(pid)
+            elif kind == "kill" and message.get("pid") in children:
+                killed.add(message["pid"])
+                _kill(message["pid"])  # a call ran past its timeout; forked again above
 
 
 if __name__ == "__main__":

@@ -1,43 +1,92 @@
-//! One deployed function on this host: its replicas, its worker pool, and how
-//! a call reaches a worker (Python) or a fresh process (exec).
+//! One deployed function on this host: its warm parent and replicas, and
+//! how a call reaches a worker (Python), a fresh process (exec) or an HTTP
+//! service (upstream).
 
-use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use graphene_core::api::{InstanceStatus, RuntimeStatus};
+use graphene_core::api::{InstanceStatus, ParentStatus, RuntimeStatus};
 use graphene_core::provider::{Invocation, InvocationResult, ProviderError};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::logs::LogBook;
-use crate::pool::{WorkerConn, WorkerPool};
 use crate::protocol::{self, RequestHeader, ResponseHeader};
-use crate::replica::{Launch, Replica};
+use crate::replica::Replica;
+use crate::router::{Router, Take, WorkerConn};
+use crate::runner::{Launch, Mode, Runner};
 use crate::sandbox::Mounts;
 
-/// State shared by a function's replicas and its callers.
+/// How long a crashed worker's exit report may take to arrive.
+const EXIT_REPORT_WAIT: Duration = Duration::from_millis(300);
+
+/// State shared by a function's runners, replicas and callers.
 pub struct Shared {
     pub name: String,
-    pub pool: WorkerPool,
+    pub router: Router,
     pub desired: AtomicU64,
-    pub ready: AtomicU64,
     pub restarts: AtomicU64,
     pub last_exit: Mutex<Option<String>>,
     pub import_error: Mutex<Option<String>>,
-    /// Woken when readiness or an import error changes.
+    /// Woken when readiness, a worker, a replica's calls or an import error
+    /// change.
     pub changed: Notify,
     /// Replicas of the previous version, serving until a new one is ready.
     pub retiring: Mutex<Vec<Arc<Replica>>>,
     pub logs: LogBook,
+    pub sockets: Arc<SocketNames>,
+    /// Recent worker exits (pid, how), to name the cause of a crash.
+    exits: Mutex<VecDeque<(u32, String)>>,
+}
+
+impl Shared {
+    pub fn new(name: String, logs: LogBook, sockets: Arc<SocketNames>) -> Self {
+        Self {
+            name,
+            router: Router::default(),
+            desired: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            last_exit: Mutex::new(None),
+            import_error: Mutex::new(None),
+            changed: Notify::new(),
+            retiring: Mutex::new(Vec::new()),
+            logs,
+            sockets,
+            exits: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn exited(&self, pid: u32, how: String) {
+        let mut exits = self.exits.lock().expect("lock");
+        if exits.len() >= 64 {
+            exits.pop_front();
+        }
+        exits.push_back((pid, how));
+        drop(exits);
+        self.changed.notify_waiters();
+    }
+
+    fn exit_of(&self, pid: u32) -> Option<String> {
+        self.exits
+            .lock()
+            .expect("lock")
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, how)| how.clone())
+    }
 }
 
 /// What serves a function's calls.
 pub enum Target {
-    /// Replicas of the Python runner, each with forked workers.
+    /// Python replicas: workers forked from a warm parent, or (without
+    /// fork) a process per replica.
     Python(Arc<Launch>),
     /// A process per call (`fprocess`).
     Exec(Arc<Launch>),
@@ -62,34 +111,53 @@ pub struct Current {
     pub target: Target,
     pub timeout: Duration,
     pub fprocess: String,
+    /// Replicas are forked from a warm parent.
+    pub fork: bool,
+    pub max_replicas: u64,
+    /// The autoscaler may add replicas (else a full function answers 429
+    /// right after a short wait).
+    pub autoscaled: bool,
+    /// Calls that may wait for a worker.
+    pub queue: u64,
 }
 
 pub struct Function {
     pub shared: Arc<Shared>,
     current: RwLock<Arc<Current>>,
     replicas: tokio::sync::Mutex<Vec<Arc<Replica>>>,
+    /// The current version's warm parent (Python with fork).
+    parent: Mutex<Option<Arc<Runner>>>,
     next_replica: AtomicU64,
-    sockets: Arc<SocketNames>,
     /// Exec calls running now.
     exec_running: AtomicU64,
 }
 
-/// Unix socket paths are short (108 bytes): replicas get numbered names.
+/// Unix socket paths are short (108 bytes): runners get numbered names.
 pub struct SocketNames {
     pub dir: PathBuf,
     pub next: AtomicU64,
 }
 
 impl Function {
-    pub fn new(shared: Shared, current: Current, sockets: Arc<SocketNames>) -> Self {
+    pub fn new(shared: Shared, current: Current) -> Self {
+        let shared = Arc::new(shared);
+        let parent = start_parent(&shared, &current);
         Self {
-            shared: Arc::new(shared),
+            shared,
             current: RwLock::new(Arc::new(current)),
             replicas: tokio::sync::Mutex::new(Vec::new()),
+            parent: Mutex::new(parent),
             next_replica: AtomicU64::new(1),
-            sockets,
             exec_running: AtomicU64::new(0),
         }
+    }
+
+    /// Makes `current` the version new replicas run, starting its warm
+    /// parent; returns the previous version's parent.
+    fn install(&self, current: Current) -> Option<Arc<Runner>> {
+        let parent = start_parent(&self.shared, &current);
+        *self.current.write().expect("lock") = Arc::new(current);
+        std::mem::replace(&mut *self.parent.lock().expect("lock"), parent)
     }
 
     /// Images this function's processes run now, including retiring ones.
@@ -101,20 +169,13 @@ impl Function {
             .map(|l| l.image.digest.clone())
             .into_iter()
             .collect();
+        let replicas = self.replicas.lock().await.clone();
+        let retiring = self.shared.retiring.lock().expect("lock").clone();
         used.extend(
-            self.replicas
-                .lock()
-                .await
+            replicas
                 .iter()
-                .map(|r| r.image_digest.clone()),
-        );
-        used.extend(
-            self.shared
-                .retiring
-                .lock()
-                .expect("lock")
-                .iter()
-                .map(|r| r.image_digest.clone()),
+                .chain(retiring.iter())
+                .map(|r| r.runner.image_digest.clone()),
         );
         used
     }
@@ -128,10 +189,11 @@ impl Function {
     }
 
     /// Replaces the version of the function; running replicas are replaced by
-    /// new ones, the old stopping once a new one is ready.
+    /// new ones, the old draining once a new one is ready.
     pub async fn update(&self, current: Current, replicas: u64) {
-        *self.current.write().expect("lock") = Arc::new(current);
+        let old_timeout = self.current().timeout;
         self.shared.import_error.lock().expect("lock").take();
+        let old_parent = self.install(current);
         let old = std::mem::take(&mut *self.replicas.lock().await);
         self.shared
             .retiring
@@ -151,7 +213,7 @@ impl Function {
                 changed.as_mut().enable();
                 if fresh.is_empty()
                     || fresh.iter().any(|r| r.is_ready())
-                    || fresh.iter().all(|r| r.is_stopped())
+                    || fresh.iter().all(|r| !r.routable())
                 {
                     break;
                 }
@@ -163,7 +225,10 @@ impl Function {
                 .expect("lock")
                 .retain(|r| !old.iter().any(|o| Arc::ptr_eq(o, r)));
             for r in old {
-                r.stop();
+                r.stop(old_timeout);
+            }
+            if let Some(p) = old_parent {
+                p.retire();
             }
         });
     }
@@ -175,30 +240,30 @@ impl Function {
             self.shared.changed.notify_waiters();
             return;
         };
+        let parent = self.parent.lock().expect("lock").clone();
         let mut running = self.replicas.lock().await;
         while (running.len() as u64) < replicas {
             let n = self.next_replica.fetch_add(1, Ordering::Relaxed);
             let id = format!("{}-{n}", self.shared.name);
-            // A folder per replica: only its own socket is mounted into its
-            // sandbox, so no function can reach another's socket.
-            let socket = self
-                .sockets
-                .dir
-                .join(format!(
-                    "r{}",
-                    self.sockets.next.fetch_add(1, Ordering::Relaxed)
-                ))
-                .join("runner.sock");
-            running.push(Replica::start(
-                self.shared.clone(),
-                launch.clone(),
-                id,
-                socket,
-            ));
+            let runner = match &parent {
+                Some(p) => p.clone(),
+                None => Runner::start(
+                    self.shared.clone(),
+                    launch.clone(),
+                    id.clone(),
+                    Mode::Direct {
+                        replica: id.clone(),
+                    },
+                ),
+            };
+            let workers = if current.fork { launch.workers } else { 1 };
+            running.push(Replica::start(self.shared.clone(), runner, id, workers).await);
         }
+        // Scale-downs take the replicas with the fewest calls in flight.
+        running.sort_by_key(|r| std::cmp::Reverse(r.busy()));
         while (running.len() as u64) > replicas {
             if let Some(r) = running.pop() {
-                r.stop();
+                r.stop(current.timeout);
             }
         }
         self.shared.changed.notify_waiters();
@@ -206,32 +271,60 @@ impl Function {
 
     pub async fn stop(&self) {
         self.shared.desired.store(0, Ordering::Release);
+        let timeout = self.current().timeout;
         for r in self.replicas.lock().await.drain(..) {
-            r.stop();
+            r.stop(timeout);
         }
         for r in self.shared.retiring.lock().expect("lock").drain(..) {
-            r.stop();
+            r.stop(timeout);
+        }
+        if let Some(p) = self.parent.lock().expect("lock").take() {
+            p.retire();
         }
         self.shared.changed.notify_waiters();
+    }
+
+    /// Current and retiring replicas.
+    async fn all_replicas(&self) -> Vec<(Arc<Replica>, bool)> {
+        let mut all: Vec<(Arc<Replica>, bool)> = self
+            .replicas
+            .lock()
+            .await
+            .iter()
+            .map(|r| (r.clone(), false))
+            .collect();
+        all.extend(
+            self.shared
+                .retiring
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|r| (r.clone(), true)),
+        );
+        all
+    }
+
+    async fn ready_replicas(&self) -> u64 {
+        self.all_replicas()
+            .await
+            .iter()
+            .filter(|(r, _)| r.is_ready())
+            .count() as u64
     }
 
     pub async fn status(&self) -> RuntimeStatus {
         let current = self.current();
         let desired = self.shared.desired.load(Ordering::Acquire);
         let python = match &current.target {
-            Target::Python(launch) => Some(launch.workers),
+            Target::Python(launch) => Some(if current.fork { launch.workers } else { 1 }),
             _ => None,
         };
-        let replicas = self.replicas.lock().await;
-        let retiring = self.shared.retiring.lock().expect("lock").clone();
-        let all = replicas
-            .iter()
-            .map(|r| (r, false))
-            .chain(retiring.iter().map(|r| (r, true)));
+        let all = self.all_replicas().await;
+        let parent = self.parent.lock().expect("lock").clone();
         RuntimeStatus {
             desired_replicas: desired,
             ready_replicas: if python.is_some() {
-                all.clone().filter(|(r, _)| r.is_ready()).count() as u64
+                all.iter().filter(|(r, _)| r.is_ready()).count() as u64
             } else {
                 desired
             },
@@ -241,23 +334,39 @@ impl Function {
             workers_per_replica: python.unwrap_or(0),
             timeout_seconds: current.timeout.as_secs_f64(),
             instances: all
-                .map(|(r, retiring)| InstanceStatus {
-                    id: r.id.clone(),
-                    pid: r.pid.load(Ordering::Relaxed),
-                    ready: r.is_ready(),
-                    workers: r.workers.load(Ordering::Relaxed),
-                    started_at: r.started_at.lock().expect("lock").clone(),
-                    retiring,
+                .iter()
+                .filter(|(r, _)| !r.is_stopped())
+                .map(|(r, retiring)| {
+                    let pids = r.pids();
+                    InstanceStatus {
+                        id: r.id.clone(),
+                        pid: pids.first().copied().unwrap_or(0),
+                        ready: r.is_ready(),
+                        workers: pids.len() as u64,
+                        started_at: r.started_at.clone(),
+                        pids,
+                        in_flight: r.busy(),
+                        draining: r.is_draining(),
+                        retiring: *retiring,
+                    }
                 })
                 .collect(),
+            parent: parent.map(|p| ParentStatus {
+                pid: p.pid.load(Ordering::Relaxed),
+                ready: p.is_imported(),
+                started_at: p.started_at.lock().expect("lock").clone(),
+            }),
+            queued: self.shared.router.queued(),
+            scaling: None,
         }
     }
 
     pub async fn invoke(&self, call: Invocation) -> Result<InvocationResult, ProviderError> {
+        let arrived = Instant::now();
         let current = self.current();
-        let deadline = Instant::now() + current.timeout;
+        let deadline = arrived + current.timeout;
         let mut result = match &current.target {
-            Target::Python(_) => self.invoke_worker(&current, call, deadline).await,
+            Target::Python(_) => self.invoke_worker(&current, call, arrived).await,
             Target::Exec(launch) => self.invoke_exec(&current, launch, call, deadline).await,
             Target::Upstream(u) => {
                 if self.shared.desired.load(Ordering::Acquire) == 0 {
@@ -320,35 +429,91 @@ impl Function {
         ))
     }
 
-    /// Waits for an idle worker, failing fast when none can come.
+    /// Whether every replica the function may have is running: then calls
+    /// that find no idle worker wait only briefly and get 429.
+    async fn at_capacity(&self, current: &Current) -> bool {
+        let desired = self.shared.desired.load(Ordering::Acquire);
+        (!current.autoscaled || desired >= current.max_replicas)
+            && desired > 0
+            && self.ready_replicas().await >= desired
+    }
+
+    /// Held calls fail fast when no replica can come: the handler does not
+    /// import and nothing else serves.
+    async fn failing(&self) -> Option<ProviderError> {
+        let error = self.shared.import_error.lock().expect("lock").clone()?;
+        (self.ready_replicas().await == 0).then(|| {
+            ProviderError::Unavailable(format!(
+                "function {} failed to import its handler: {error}",
+                self.shared.name
+            ))
+        })
+    }
+
+    /// An idle worker now, or after waiting in the queue: up to the
+    /// function's timeout while replicas start, briefly when it is at its
+    /// maximum. Also returns the wait when no replica was ready (cold).
     async fn acquire(
         &self,
-        deadline: Instant,
-        timeout: Duration,
-    ) -> Result<WorkerConn, ProviderError> {
+        current: &Current,
+        arrived: Instant,
+    ) -> Result<(WorkerConn, Option<Duration>), ProviderError> {
         let s = &self.shared;
+        let brief = overflow_wait(current.timeout);
+        let overloaded = |ready: u64| {
+            ProviderError::Overloaded(
+                format!(
+                    "all {ready} replicas of {} are busy and it is at its maximum of {} replicas; retry later",
+                    s.name,
+                    s.desired.load(Ordering::Acquire)
+                ),
+                brief.as_secs_f64().ceil().max(1.0) as u64,
+            )
+        };
+        let mut waiter = match s.router.take(current.queue as usize) {
+            Take::Now(conn) => return Ok((conn, None)),
+            Take::Full => {
+                if self.at_capacity(current).await {
+                    return Err(overloaded(self.ready_replicas().await));
+                }
+                return Err(ProviderError::Unavailable(format!(
+                    "function {} already holds {} calls waiting for a replica (its queue limit, {})",
+                    s.name,
+                    current.queue,
+                    graphene_core::settings::ANNOTATION_QUEUE
+                )));
+            }
+            Take::Queued(w) => w,
+        };
+        let cold = self.ready_replicas().await == 0;
+        let full = !cold && self.at_capacity(current).await;
+        let deadline = arrived + if full { brief } else { current.timeout };
         loop {
             let changed = s.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if s.desired.load(Ordering::Acquire) == 0 {
-                return Err(self.no_replicas());
-            }
-            if s.ready.load(Ordering::Acquire) == 0 {
-                if let Some(err) = s.import_error.lock().expect("lock").clone() {
-                    return Err(ProviderError::Unavailable(format!(
-                        "function {} failed to import its handler: {err}",
-                        s.name
-                    )));
-                }
+            if let Some(e) = self.failing().await {
+                return Err(e);
             }
             tokio::select! {
-                conn = s.pool.take() => return Ok(conn),
+                conn = waiter.recv() => {
+                    return match conn {
+                        Some(c) => Ok((c, cold.then(|| arrived.elapsed()))),
+                        None => Err(ProviderError::NotFound(format!("function {} was removed", s.name))),
+                    };
+                }
                 _ = changed => continue,
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Err(ProviderError::Unavailable(format!(
-                        "no replica of {} was ready within its timeout ({:?})", s.name, timeout
-                    )))
+                    return Err(if full {
+                        overloaded(self.ready_replicas().await)
+                    } else if s.desired.load(Ordering::Acquire) == 0 {
+                        self.no_replicas()
+                    } else {
+                        ProviderError::Unavailable(format!(
+                            "no replica of {} was ready within its timeout ({:?})",
+                            s.name, current.timeout
+                        ))
+                    });
                 }
             }
         }
@@ -360,7 +525,7 @@ impl Function {
         &self,
         current: &Current,
         call: Invocation,
-        wait_deadline: Instant,
+        arrived: Instant,
     ) -> Result<InvocationResult, ProviderError> {
         let header = RequestHeader {
             method: &call.method,
@@ -370,7 +535,7 @@ impl Function {
             call_id: &call.call_id,
         };
         loop {
-            let conn = self.acquire(wait_deadline, current.timeout).await?;
+            let (conn, cold_start) = self.acquire(current, arrived).await?;
             let deadline = Instant::now() + current.timeout;
             // Until disarmed, dropping this (the caller went away, or the
             // timeout) has the worker replaced: it may still be running the
@@ -407,30 +572,53 @@ impl Function {
                         tracing::debug!(function = %self.shared.name, call_id = %call.call_id, %error, "handler raised");
                         headers.push(("x-graphene-layer".into(), "function".into()));
                     }
-                    self.shared.pool.put(in_flight.disarm());
+                    self.shared.router.put(in_flight.disarm());
                     Ok(InvocationResult {
                         status: head.status,
                         headers,
                         body: Bytes::from(body),
+                        cold_start,
                     })
                 }
                 Ok(Err(e)) => {
                     let conn = in_flight.disarm();
+                    let (pid, replica) = (conn.pid, conn.replica.id.clone());
+                    drop(conn);
                     let reason = match e.kind() {
                         std::io::ErrorKind::UnexpectedEof
                         | std::io::ErrorKind::ConnectionReset
                         | std::io::ErrorKind::BrokenPipe => {
-                            "exited during the call (crashed or was killed)".to_string()
+                            let how = self
+                                .exit_report(pid)
+                                .await
+                                .unwrap_or_else(|| "crashed or was killed".to_string());
+                            format!("exited during the call ({how})")
                         }
                         _ => format!("broke the protocol: {e}"),
                     };
                     Err(ProviderError::Upstream(format!(
-                        "worker {} of replica {} {reason}; see `graphene logs {}`",
-                        conn.pid, conn.replica.id, self.shared.name
+                        "worker {pid} of replica {replica} {reason}; see `graphene logs {}`",
+                        self.shared.name
                     )))
                 }
                 Err(_) => Err(self.timed_out(in_flight, current, &call)),
             };
+        }
+    }
+
+    /// How a worker ended, as its warm parent reports it (briefly awaited).
+    async fn exit_report(&self, pid: u32) -> Option<String> {
+        let deadline = Instant::now() + EXIT_REPORT_WAIT;
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(how) = self.shared.exit_of(pid) {
+                return Some(how);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
         }
     }
 
@@ -543,6 +731,7 @@ impl Function {
                 status: 200,
                 headers: Vec::new(),
                 body: Bytes::from(stdout),
+                cold_start: None,
             })
         } else {
             let mut body = format!("{status}\n").into_bytes();
@@ -552,8 +741,22 @@ impl Function {
                 status: 500,
                 headers: vec![("x-graphene-layer".into(), "function".into())],
                 body: Bytes::from(body),
+                cold_start: None,
             })
         }
+    }
+}
+
+/// The warm parent of a Python version that forks its replicas.
+fn start_parent(shared: &Arc<Shared>, current: &Current) -> Option<Arc<Runner>> {
+    match &current.target {
+        Target::Python(launch) if current.fork => Some(Runner::start(
+            shared.clone(),
+            launch.clone(),
+            format!("{}-parent", shared.name),
+            Mode::Fork,
+        )),
+        _ => None,
     }
 }
 
@@ -571,7 +774,7 @@ struct GroupKiller(u32);
 
 impl Drop for GroupKiller {
     fn drop(&mut self) {
-        crate::replica::kill_group(self.0);
+        crate::runner::kill_group(self.0);
     }
 }
 
@@ -586,7 +789,7 @@ struct InFlight {
 impl InFlight {
     fn new(conn: WorkerConn) -> Self {
         let replica = conn.replica.clone();
-        replica.busy.fetch_add(1, Ordering::AcqRel);
+        replica.call_started();
         Self {
             conn: Some(conn),
             replica,
@@ -602,11 +805,19 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move { conn.control.kill_worker(conn.pid).await });
+                rt.spawn(async move { conn.replica.runner.kill_worker(conn.pid).await });
             }
         }
-        self.replica.busy.fetch_sub(1, Ordering::AcqRel);
+        self.replica.call_ended();
     }
+}
+
+/// How long a call may wait for a worker when the function already runs
+/// all the replicas it may have: a tenth of its timeout, within [0.1 s, 5 s].
+pub fn overflow_wait(timeout: Duration) -> Duration {
+    (timeout / 10)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5))
+        .min(timeout)
 }
 
 /// `content-type` → `Content_Type`, as Go's canonical header form.

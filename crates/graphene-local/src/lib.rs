@@ -2,35 +2,37 @@
 //! on this host, no cluster needed.
 //!
 //! Start with [`LocalProvider`] (the `Provider` implementation), then
-//! `function.rs` (how a call reaches a worker), `replica.rs` (the supervised
-//! runner process) and `protocol.rs` (the frames between host and runner).
+//! `function.rs` (how a call reaches a worker), `router.rs` (which worker
+//! takes a call, and the queue), `replica.rs` (a group of workers),
+//! `runner.rs` (the supervised Python process: the warm parent that forks
+//! replicas) and `protocol.rs` (the frames between host and runner).
 //! `images.rs` builds function folders into runnable images; `sandbox.rs`
 //! starts processes inside bubblewrap where available.
 
 mod function;
 mod images;
 mod logs;
-mod pool;
 mod protocol;
 mod replica;
+mod router;
+mod runner;
 mod sandbox;
 mod upstream;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use graphene_core::api::{BuildResult, RuntimeStatus};
 use graphene_core::provider::{
     BuildInput, Deployment, Invocation, InvocationResult, LogFeed, Progress, Provider,
     ProviderError,
 };
-use tokio::sync::Notify;
 
 use function::{Current, Function, Shared, SocketNames, Target};
 use images::ImageStore;
-use replica::Launch;
+use runner::Launch;
 pub use sandbox::SECRETS_ENV;
 
 pub struct LocalConfig {
@@ -163,8 +165,8 @@ fn fingerprint(image_digest: &str, d: &Deployment) -> String {
     }
     field(
         format!(
-            "{:?} {} {:?}",
-            d.settings.timeout, d.settings.workers, d.settings.upstream
+            "{:?} {} {:?} {}",
+            d.settings.timeout, d.settings.workers, d.settings.upstream, d.settings.fork
         )
         .as_bytes(),
     );
@@ -255,7 +257,6 @@ impl Provider for LocalProvider {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
                     workers: d.settings.workers,
-                    timeout: d.settings.timeout,
                     secrets_dir,
                     sandbox: self.sandbox.clone(),
                 });
@@ -271,6 +272,10 @@ impl Provider for LocalProvider {
             target,
             timeout: d.settings.timeout,
             fprocess: d.spec.env_process.clone(),
+            fork: d.settings.fork,
+            max_replicas: d.settings.max_replicas,
+            autoscaled: d.settings.scaling.enabled(),
+            queue: d.settings.queue,
         };
         match existing {
             Some(f) => {
@@ -280,19 +285,12 @@ impl Provider for LocalProvider {
                 f.update(current, replicas).await;
             }
             None => {
-                let shared = Shared {
-                    name: d.spec.service.clone(),
-                    pool: Default::default(),
-                    desired: AtomicU64::new(0),
-                    ready: AtomicU64::new(0),
-                    restarts: AtomicU64::new(0),
-                    last_exit: Mutex::new(None),
-                    import_error: Mutex::new(None),
-                    changed: Notify::new(),
-                    retiring: Mutex::new(Vec::new()),
-                    logs: logs::LogBook::open(self.dir.join("logs"), &d.namespace, &d.spec.service),
-                };
-                let f = Arc::new(Function::new(shared, current, self.sockets.clone()));
+                let shared = Shared::new(
+                    d.spec.service.clone(),
+                    logs::LogBook::open(self.dir.join("logs"), &d.namespace, &d.spec.service),
+                    self.sockets.clone(),
+                );
+                let f = Arc::new(Function::new(shared, current));
                 self.functions.write().expect("lock").insert(k, f.clone());
                 f.scale(d.replicas.unwrap_or(d.settings.min_replicas)).await;
             }

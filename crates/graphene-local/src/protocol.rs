@@ -7,14 +7,18 @@
 //! that carries `"token"`, the value of `GRAPHENE_RUNNER_TOKEN` (connections
 //! without it are refused):
 //!
-//! - `{"type":"parent","pid":P,"workers":N}`: the handler imported (the model
-//!   is loaded); the connection stays open as the replica's control channel.
-//!   The host may send `{"type":"kill","pid":W}` on it to replace a worker;
-//!   closing it tells the runner to exit.
-//! - `{"type":"worker","pid":W}`: a worker ready for calls. The host sends a
-//!   request frame (`method`, `path`, `query`, `headers`, `call_id`; the body
-//!   is the request body) and the worker answers with a response frame
-//!   (`status`, `headers`, optional `error`), one call at a time.
+//! - `{"type":"parent","pid":P}`: the handler imported (the model is loaded);
+//!   the connection stays open as the warm parent's control channel. The
+//!   host sends `{"type":"spawn","replica":R,"workers":N}` to fork a
+//!   replica's workers, `{"type":"retire","replica":R}` to end them and
+//!   `{"type":"kill","pid":W}` to replace one; the parent reports each
+//!   worker that ends as `{"type":"exit","pid":W,"replica":R,"status":"...",
+//!   "expected":bool}`. Closing the connection tells the runner to exit.
+//! - `{"type":"worker","pid":W,"replica":R}`: a worker of replica `R` ready
+//!   for calls. The host sends a request frame (`method`, `path`, `query`,
+//!   `headers`, `call_id`; the body is the request body) and the worker
+//!   answers with a response frame (`status`, `headers`, optional `error`),
+//!   one call at a time.
 //! - `{"type":"import_error","pid":P,"error":"..."}`: the handler failed to
 //!   import; the runner exits after sending it.
 
@@ -40,11 +44,11 @@ pub struct Envelope {
 pub enum Hello {
     Parent {
         pid: u32,
-        #[serde(default)]
-        workers: u64,
     },
     Worker {
         pid: u32,
+        #[serde(default)]
+        replica: String,
     },
     ImportError {
         #[serde(default)]
@@ -73,8 +77,23 @@ pub struct ResponseHeader {
 
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Control {
+pub enum Control<'a> {
+    Spawn { replica: &'a str, workers: u64 },
+    Retire { replica: &'a str },
     Kill { pid: u32 },
+}
+
+/// What the warm parent reports on its control channel.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Exit {
+        pid: u32,
+        replica: String,
+        status: String,
+        #[serde(default)]
+        expected: bool,
+    },
 }
 
 pub async fn write_frame<W: AsyncWriteExt + Unpin>(

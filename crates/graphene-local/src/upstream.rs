@@ -247,6 +247,7 @@ impl Upstream {
                 status,
                 headers,
                 body,
+                cold_start: None,
             },
             reusable,
         ))
