@@ -64,17 +64,60 @@ impl Describe {
             if let Some(e) = &rt.import_error {
                 row("Import error:", e);
             }
+            if let Some(sc) = &rt.scaling {
+                let zero = sc
+                    .zero_after_seconds
+                    .map_or("never".to_string(), |s| format!("after {s}s idle"));
+                row(
+                    "Autoscaling:",
+                    &if sc.enabled {
+                        format!(
+                            "{} {}..{}, target {:.1} {} per replica, window {}s, to zero {zero}",
+                            if sc.panicking { "PANIC" } else { "on" },
+                            sc.min,
+                            sc.max,
+                            sc.target,
+                            sc.metric,
+                            sc.window_seconds
+                        )
+                    } else {
+                        "off (min == max): scale by hand".to_string()
+                    },
+                );
+                row(
+                    "In flight:",
+                    &format!("{} ({} queued)", sc.in_flight, rt.queued),
+                );
+                if let Some(d) = &sc.last_decision {
+                    row(
+                        "Last decision:",
+                        &format!("{} -> {} at {}: {}", d.from, d.to, d.at, d.reason),
+                    );
+                }
+            }
+            if let Some(p) = &rt.parent {
+                row(
+                    "Warm parent:",
+                    &format!(
+                        "pid {} {} (replicas fork from it)",
+                        p.pid,
+                        if p.ready { "ready" } else { "importing" }
+                    ),
+                );
+            }
             for i in &rt.instances {
                 println!(
-                    "  replica {:<16} pid {:<8} {:<10} workers {} started {}",
+                    "  replica {:<16} pid {:<8} {:<10} workers {} in flight {} started {}",
                     i.id,
                     i.pid,
-                    match (i.retiring, i.ready) {
-                        (true, _) => "retiring",
-                        (false, true) => "ready",
-                        (false, false) => "starting",
+                    match (i.retiring, i.draining, i.ready) {
+                        (true, _, _) => "retiring",
+                        (_, true, _) => "draining",
+                        (_, _, true) => "ready",
+                        _ => "starting",
                     },
                     i.workers,
+                    i.in_flight,
                     i.started_at
                 );
             }
