@@ -118,8 +118,10 @@ async fn wait_until_started(
             if let Some(error) = runtime.import_error {
                 eprintln!("error: {name} failed to import its handler: {error}\n  (see `graphene logs {name}`)");
                 failed += 1;
-            } else if status.replicas == 0
-                || (runtime.instances.is_empty() && status.available_replicas > 0)
+            } else if status.replicas == 0 && runtime.parent.as_ref().is_none_or(|p| p.ready) {
+                // At zero: ready once the warm parent imported the handler.
+                eprintln!("{name} is ready (at zero replicas; the next call wakes it)");
+            } else if (runtime.instances.is_empty() && status.available_replicas > 0)
                 || runtime.instances.iter().any(|i| i.ready && !i.retiring)
             {
                 eprintln!("{name} is ready");
