@@ -204,7 +204,7 @@ fn a_full_function_at_its_maximum_answers_429_with_retry_after() {
         let started = Instant::now();
         let (status, body, retry) = call(&url, "x");
         assert_eq!(status, 429, "{body}");
-        assert!(body.contains("at its maximum"), "{body}");
+        assert!(body.contains("are busy and autoscaling is off"), "{body}");
         assert_eq!(retry.as_deref(), Some("1"));
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(busy.join().unwrap().0, 200);
@@ -274,6 +274,16 @@ fn replicas_fork_from_the_warm_parent_unless_opted_out() {
             forked,
             "{name}"
         );
+        // Scaling down drains a replica and ends it: its workers are not
+        // replaced (no restarts), and the other replica keeps serving.
+        s.ok(&["scale", name, "--replicas", "1"]);
+        eventually("one replica left", Duration::from_secs(30), || {
+            let d = s.describe(name);
+            (d["graphene"]["instances"].as_array().map(Vec::len) == Some(1)).then_some(())
+        });
+        assert_eq!(s.post(&format!("/function/{name}"), "x").status, 200);
+        let d = s.describe(name);
+        assert_eq!(d["graphene"]["restarts"], 0, "{name}: {d}");
     }
 }
 

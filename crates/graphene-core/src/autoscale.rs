@@ -106,6 +106,8 @@ pub struct Autoscaler {
     panic_since: Option<Duration>,
     last_started: Duration,
     last_change: Duration,
+    /// A manual count is kept until then.
+    held_until: Duration,
 }
 
 impl Autoscaler {
@@ -115,7 +117,14 @@ impl Autoscaler {
             panic_since: None,
             last_started: now,
             last_change: now,
+            held_until: now,
         }
+    }
+
+    /// A manual scale: the count is kept, up or down, for a window.
+    pub fn hold(&mut self, now: Duration, window: Duration) {
+        self.last_change = now;
+        self.held_until = now + window;
     }
 
     /// Records a change of the replica count made elsewhere (a manual scale,
@@ -241,6 +250,10 @@ impl Autoscaler {
                 desired = 0;
                 reason = format!("no call started for {quiet:?} (zero-duration {after:?})");
             }
+        }
+        if desired != current && now < self.held_until {
+            desired = current;
+            reason = "holding a manual scale for a window".to_string();
         }
         if desired != current {
             self.last_change = now;
@@ -463,6 +476,33 @@ mod tests {
         // 20 starts per tick of 0.5 s = 40/s, in flight counted as 20.
         let series = run(&mut a, &p, &mut n, &mut started, 0.0, 30.0, |_| 20);
         assert_eq!(*series.last().unwrap(), 4, "{series:?}");
+    }
+
+    #[test]
+    fn a_manual_scale_holds_both_ways() {
+        let p = policy();
+        let mut a = Autoscaler::new(Duration::ZERO);
+        a.hold(Duration::from_secs(30), p.window);
+        let now = Duration::from_secs(31);
+        a.observe(
+            &p,
+            Sample {
+                at: now,
+                in_flight: 20,
+                started: 20,
+            },
+        );
+        assert_eq!(a.decide(&p, now, 1, 1).desired, 1, "held up");
+        let later = Duration::from_secs(41);
+        a.observe(
+            &p,
+            Sample {
+                at: later,
+                in_flight: 20,
+                started: 40,
+            },
+        );
+        assert!(a.decide(&p, later, 1, 1).desired > 1, "then free again");
     }
 
     #[test]

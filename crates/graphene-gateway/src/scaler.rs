@@ -123,16 +123,6 @@ impl Scaler {
             .remove(&key(namespace, name));
     }
 
-    /// A manual scale: the autoscaler holds it for a window.
-    pub async fn set(&self, namespace: &str, name: &str, replicas: u64, reason: &str) {
-        if let Some(e) = self.entry(namespace, name) {
-            let mut state = e.state.lock().await;
-            let from = e.desired.swap(replicas, SeqCst);
-            state.autoscaler.changed(self.now());
-            e.record(from, replicas, reason.to_string(), false);
-        }
-    }
-
     /// Calls in flight (running or waiting) for a function.
     pub fn in_flight(&self, namespace: &str, name: &str) -> u64 {
         self.entry(namespace, name)
@@ -189,6 +179,30 @@ impl<P: Provider> Gateway<P> {
             self.wake(&e).await;
         }
         Some(load)
+    }
+
+    /// A manual scale, applied under the function's scaling lock so that
+    /// no autoscaler round interleaves; the count is then held for a window.
+    pub(crate) async fn scale_by_hand(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: u64,
+    ) -> Result<(), graphene_core::provider::ProviderError> {
+        let Some(e) = self.scaler.entry(namespace, name) else {
+            self.provider.scale(namespace, name, replicas).await?;
+            return Ok(());
+        };
+        let mut state = e.state.lock().await;
+        self.provider.scale(namespace, name, replicas).await?;
+        let from = e.desired.swap(replicas, SeqCst);
+        if let Err(err) = self.store.set_replicas(namespace, name, replicas) {
+            tracing::warn!(function = %name, error = %err, "could not store the replica count");
+        }
+        let window = state.policy.window;
+        state.autoscaler.hold(self.scaler.now(), window);
+        e.record(from, replicas, "scaled by hand".into(), false);
+        Ok(())
     }
 
     async fn wake(&self, e: &Entry) {

@@ -205,11 +205,7 @@ pub async fn scale<P: Provider>(
     let settings = graphene_core::settings::FunctionSettings::from_deployment(&f.spec)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     check_manual_scale(req.replicas, &settings.scaling)?;
-    gw.provider.scale(&ns, name, req.replicas).await?;
-    gw.store.set_replicas(&ns, name, req.replicas)?;
-    gw.scaler
-        .set(&ns, name, req.replicas, "scaled by hand")
-        .await;
+    gw.scale_by_hand(&ns, name, req.replicas).await?;
     tracing::info!(function = %name, namespace = %ns, replicas = req.replicas, "scaled");
     Ok(accepted())
 }

@@ -13,8 +13,9 @@ one call at a time.
 GRAPHENE_MODE=fork (the default): this process is the function's warm
 parent. It imports the handler once (the model loads once), then waits on its
 control connection: {"type": "spawn", "replica", "workers"} forks that many
-workers for a replica, {"type": "retire", "replica"} ends them, and
-{"type": "kill", "pid"} replaces one. Workers share the imported module
+workers for a replica, {"type": "drain", "replica"} stops replacing them (they
+exit when the host closes their connections), {"type": "retire", "replica"}
+ends them, and {"type": "kill", "pid"} replaces one. Workers share the imported module
 copy-on-write; a worker that dies is forked again while its replica lives,
 and the parent reports {"type": "exit", "pid", "replica", "status",
 "expected"}. It exits when the host closes the control connection.
@@ -31,6 +32,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 import traceback
 
@@ -260,14 +262,27 @@ def main():
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     replicas = {}  # replica -> workers it should have
+    ended = set()  # replicas drained or retired: never spawned again
     children = {}  # pid -> (replica, fork time)
     killed = set()  # pids ended on the host's request
-    owed = []  # replicas owed a worker, forked again after `delay`
+    owed = []  # (due time, replica): workers to fork again
     delay = 0.0  # grows while workers die right after starting
-    fork_at = 0.0
+    warned = False
 
     def spawn(replica):
-        pid = os.fork()
+        nonlocal warned
+        if not warned and threading.active_count() > 1:
+            warned = True
+            sys.stderr.write(
+                "warning: the handler started threads at import; they do not exist in forked "
+                "workers and locks they held may deadlock them (start threads lazily, or set "
+                "com.graphene.fork: \"false\")\n")
+        try:
+            pid = os.fork()
+        except OSError as e:  # out of processes or memory: try again later
+            sys.stderr.write(f"could not fork a worker for {replica}: {e}\n")
+            owed.append((time.monotonic() + 1.0, replica))
+            return
         if pid == 0:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -282,7 +297,7 @@ def main():
         children[pid] = (replica, time.monotonic())
 
     while True:
-        wait = max(0.0, fork_at - time.monotonic()) if owed else None
+        wait = max(0.0, min(due for due, _ in owed) - time.monotonic()) if owed else None
         ready, _, _ = select.select([control, wake_r], [], [], wait)
         if wake_r in ready:
             os.read(wake_r, 512)
@@ -296,7 +311,7 @@ def main():
             if pid == 0:
                 continue
             replica, born = children.pop(pid)
-            expected = pid in killed
+            expected = pid in killed or replica not in replicas
             killed.discard(pid)
             lived = time.monotonic() - born
             if not expected:
@@ -308,15 +323,15 @@ def main():
             except OSError:  # the host is gone: so are we (read below)
                 pass
             if replica in replicas:
-                fork_at = time.monotonic() + (0.0 if expected else delay)
-                owed.append(replica)
+                owed.append((time.monotonic() + (0.0 if expected else delay), replica))
                 if not expected:
                     sys.stderr.write(f"worker {pid} of {replica} {how}; forking a new one\n")
                     sys.stderr.flush()
-        while owed and time.monotonic() >= fork_at:
-            replica = owed.pop(0)
-            if replica in replicas:
-                spawn(replica)
+        now = time.monotonic()
+        for entry in [e for e in owed if e[0] <= now]:
+            owed.remove(entry)
+            if entry[1] in replicas:
+                spawn(entry[1])
         if control in ready:
             message, _ = recv_frame(control)
             if message is None:  # the host is gone or stops this function
@@ -324,17 +339,19 @@ def main():
                     _kill(pid)
                 os._exit(0)
             kind = message.get("type")
-            if kind == "spawn" and message.get("replica") not in replicas:
-                replica = message["replica"]
+            replica = message.get("replica")
+            if kind == "spawn" and replica not in replicas and replica not in ended:
                 replicas[replica] = int(message.get("workers", 1))
                 for _ in range(replicas[replica]):
                     spawn(replica)
-            elif kind == "retire":
-                replicas.pop(message.get("replica"), None)
-                for pid, (replica, _) in children.items():
-                    if replica == message.get("replica"):
-                        killed.add(pid)
-                        _kill(pid)
+            elif kind in ("drain", "retire"):
+                replicas.pop(replica, None)
+                ended.add(replica)
+                if kind == "retire":
+                    for pid, (owner, _) in children.items():
+                        if owner == replica:
+                            killed.add(pid)
+                            _kill(pid)
             elif kind == "kill" and message.get("pid") in children:
                 killed.add(message["pid"])
                 _kill(message["pid"])  # a call ran past its timeout; forked again above

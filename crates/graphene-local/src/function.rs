@@ -41,8 +41,9 @@ pub struct Shared {
     pub retiring: Mutex<Vec<Arc<Replica>>>,
     pub logs: LogBook,
     pub sockets: Arc<SocketNames>,
-    /// Recent worker exits (pid, how), to name the cause of a crash.
-    exits: Mutex<VecDeque<(u32, String)>>,
+    /// Recent worker exits (runner, pid, how), to name the cause of a crash
+    /// (pids are per runner: each sandbox has its own PID namespace).
+    exits: Mutex<VecDeque<(String, u32, String)>>,
 }
 
 impl Shared {
@@ -62,24 +63,24 @@ impl Shared {
         }
     }
 
-    pub fn exited(&self, pid: u32, how: String) {
+    pub fn exited(&self, runner: &str, pid: u32, how: String) {
         let mut exits = self.exits.lock().expect("lock");
         if exits.len() >= 64 {
             exits.pop_front();
         }
-        exits.push_back((pid, how));
+        exits.push_back((runner.to_string(), pid, how));
         drop(exits);
         self.changed.notify_waiters();
     }
 
-    fn exit_of(&self, pid: u32) -> Option<String> {
+    fn exit_of(&self, runner: &str, pid: u32) -> Option<String> {
         self.exits
             .lock()
             .expect("lock")
             .iter()
             .rev()
-            .find(|(p, _)| *p == pid)
-            .map(|(_, how)| how.clone())
+            .find(|(r, p, _)| *p == pid && r == runner)
+            .map(|(_, _, how)| how.clone())
     }
 }
 
@@ -113,6 +114,11 @@ pub struct Current {
     pub fprocess: String,
     /// Replicas are forked from a warm parent.
     pub fork: bool,
+}
+
+/// Settings that change without touching running replicas.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
     pub max_replicas: u64,
     /// The autoscaler may add replicas (else a full function answers 429
     /// right after a short wait).
@@ -124,6 +130,7 @@ pub struct Current {
 pub struct Function {
     pub shared: Arc<Shared>,
     current: RwLock<Arc<Current>>,
+    limits: Mutex<Limits>,
     replicas: tokio::sync::Mutex<Vec<Arc<Replica>>>,
     /// The current version's warm parent (Python with fork).
     parent: Mutex<Option<Arc<Runner>>>,
@@ -139,12 +146,13 @@ pub struct SocketNames {
 }
 
 impl Function {
-    pub fn new(shared: Shared, current: Current) -> Self {
+    pub fn new(shared: Shared, current: Current, limits: Limits) -> Self {
         let shared = Arc::new(shared);
         let parent = start_parent(&shared, &current);
         Self {
             shared,
             current: RwLock::new(Arc::new(current)),
+            limits: Mutex::new(limits),
             replicas: tokio::sync::Mutex::new(Vec::new()),
             parent: Mutex::new(parent),
             next_replica: AtomicU64::new(1),
@@ -178,6 +186,15 @@ impl Function {
                 .map(|r| r.runner.image_digest.clone()),
         );
         used
+    }
+
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.lock().expect("lock") = limits;
+        self.shared.changed.notify_waiters();
+    }
+
+    fn limits(&self) -> Limits {
+        *self.limits.lock().expect("lock")
     }
 
     pub fn fingerprint(&self) -> String {
@@ -281,6 +298,7 @@ impl Function {
         if let Some(p) = self.parent.lock().expect("lock").take() {
             p.retire();
         }
+        self.shared.router.close();
         self.shared.changed.notify_waiters();
     }
 
@@ -431,9 +449,9 @@ impl Function {
 
     /// Whether every replica the function may have is running: then calls
     /// that find no idle worker wait only briefly and get 429.
-    async fn at_capacity(&self, current: &Current) -> bool {
+    async fn at_capacity(&self, limits: Limits) -> bool {
         let desired = self.shared.desired.load(Ordering::Acquire);
-        (!current.autoscaled || desired >= current.max_replicas)
+        (!limits.autoscaled || desired >= limits.max_replicas)
             && desired > 0
             && self.ready_replicas().await >= desired
     }
@@ -459,34 +477,45 @@ impl Function {
         arrived: Instant,
     ) -> Result<(WorkerConn, Option<Duration>), ProviderError> {
         let s = &self.shared;
+        let limits = self.limits();
         let brief = overflow_wait(current.timeout);
         let overloaded = |ready: u64| {
+            let bound = if limits.autoscaled {
+                format!("it is at its maximum of {} replicas", limits.max_replicas)
+            } else {
+                format!(
+                    "autoscaling is off ({} == {})",
+                    graphene_core::settings::LABEL_SCALE_MIN,
+                    graphene_core::settings::LABEL_SCALE_MAX
+                )
+            };
             ProviderError::Overloaded(
                 format!(
-                    "all {ready} replicas of {} are busy and it is at its maximum of {} replicas; retry later",
-                    s.name,
-                    s.desired.load(Ordering::Acquire)
+                    "all {ready} replicas of {} are busy and {bound}; retry later",
+                    s.name
                 ),
                 brief.as_secs_f64().ceil().max(1.0) as u64,
             )
         };
-        let mut waiter = match s.router.take(current.queue as usize) {
+        // Whether a replica was ready when the call arrived (a new one may
+        // come within microseconds: forks are fast).
+        let cold = self.ready_replicas().await == 0;
+        let mut waiter = match s.router.take(limits.queue as usize) {
             Take::Now(conn) => return Ok((conn, None)),
             Take::Full => {
-                if self.at_capacity(current).await {
+                if self.at_capacity(limits).await {
                     return Err(overloaded(self.ready_replicas().await));
                 }
                 return Err(ProviderError::Unavailable(format!(
                     "function {} already holds {} calls waiting for a replica (its queue limit, {})",
                     s.name,
-                    current.queue,
+                    limits.queue,
                     graphene_core::settings::ANNOTATION_QUEUE
                 )));
             }
             Take::Queued(w) => w,
         };
-        let cold = self.ready_replicas().await == 0;
-        let full = !cold && self.at_capacity(current).await;
+        let full = !cold && self.at_capacity(limits).await;
         let deadline = arrived + if full { brief } else { current.timeout };
         loop {
             let changed = s.changed.notified();
@@ -508,9 +537,14 @@ impl Function {
                         overloaded(self.ready_replicas().await)
                     } else if s.desired.load(Ordering::Acquire) == 0 {
                         self.no_replicas()
-                    } else {
+                    } else if cold {
                         ProviderError::Unavailable(format!(
                             "no replica of {} was ready within its timeout ({:?})",
+                            s.name, current.timeout
+                        ))
+                    } else {
+                        ProviderError::Unavailable(format!(
+                            "every worker of {} stayed busy for its timeout ({:?}) and no new replica came",
                             s.name, current.timeout
                         ))
                     });
@@ -582,14 +616,14 @@ impl Function {
                 }
                 Ok(Err(e)) => {
                     let conn = in_flight.disarm();
-                    let (pid, replica) = (conn.pid, conn.replica.id.clone());
+                    let (pid, replica) = (conn.pid, conn.replica.clone());
                     drop(conn);
                     let reason = match e.kind() {
                         std::io::ErrorKind::UnexpectedEof
                         | std::io::ErrorKind::ConnectionReset
                         | std::io::ErrorKind::BrokenPipe => {
                             let how = self
-                                .exit_report(pid)
+                                .exit_report(&replica.runner.id, pid)
                                 .await
                                 .unwrap_or_else(|| "crashed or was killed".to_string());
                             format!("exited during the call ({how})")
@@ -597,8 +631,8 @@ impl Function {
                         _ => format!("broke the protocol: {e}"),
                     };
                     Err(ProviderError::Upstream(format!(
-                        "worker {pid} of replica {replica} {reason}; see `graphene logs {}`",
-                        self.shared.name
+                        "worker {pid} of replica {} {reason}; see `graphene logs {}`",
+                        replica.id, self.shared.name
                     )))
                 }
                 Err(_) => Err(self.timed_out(in_flight, current, &call)),
@@ -607,13 +641,13 @@ impl Function {
     }
 
     /// How a worker ended, as its warm parent reports it (briefly awaited).
-    async fn exit_report(&self, pid: u32) -> Option<String> {
+    async fn exit_report(&self, runner: &str, pid: u32) -> Option<String> {
         let deadline = Instant::now() + EXIT_REPORT_WAIT;
         loop {
             let changed = self.shared.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(how) = self.shared.exit_of(pid) {
+            if let Some(how) = self.shared.exit_of(runner, pid) {
                 return Some(how);
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
@@ -787,9 +821,9 @@ struct InFlight {
 }
 
 impl InFlight {
+    /// `conn` was counted busy when the router handed it out.
     fn new(conn: WorkerConn) -> Self {
         let replica = conn.replica.clone();
-        replica.call_started();
         Self {
             conn: Some(conn),
             replica,

@@ -30,7 +30,7 @@ use graphene_core::provider::{
     ProviderError,
 };
 
-use function::{Current, Function, Shared, SocketNames, Target};
+use function::{Current, Function, Limits, Shared, SocketNames, Target};
 use images::ImageStore;
 use runner::Launch;
 pub use sandbox::SECRETS_ENV;
@@ -234,7 +234,13 @@ impl Provider for LocalProvider {
         let fingerprint = fingerprint(image.as_ref().map_or("", |i| i.digest.as_str()), &d);
         let k = key(&d.namespace, &d.spec.service);
         let existing = self.functions.read().expect("lock").get(&k).cloned();
+        let limits = Limits {
+            max_replicas: d.settings.max_replicas,
+            autoscaled: d.settings.scaling.enabled(),
+            queue: d.settings.queue,
+        };
         if let Some(f) = existing.as_ref().filter(|f| f.fingerprint() == fingerprint) {
+            f.set_limits(limits);
             if let Some(n) = d.replicas {
                 f.scale(n).await;
             }
@@ -273,15 +279,13 @@ impl Provider for LocalProvider {
             timeout: d.settings.timeout,
             fprocess: d.spec.env_process.clone(),
             fork: d.settings.fork,
-            max_replicas: d.settings.max_replicas,
-            autoscaled: d.settings.scaling.enabled(),
-            queue: d.settings.queue,
         };
         match existing {
             Some(f) => {
                 let replicas = d
                     .replicas
                     .unwrap_or_else(|| f.shared.desired.load(std::sync::atomic::Ordering::Acquire));
+                f.set_limits(limits);
                 f.update(current, replicas).await;
             }
             None => {
@@ -290,7 +294,7 @@ impl Provider for LocalProvider {
                     logs::LogBook::open(self.dir.join("logs"), &d.namespace, &d.spec.service),
                     self.sockets.clone(),
                 );
-                let f = Arc::new(Function::new(shared, current));
+                let f = Arc::new(Function::new(shared, current, limits));
                 self.functions.write().expect("lock").insert(k, f.clone());
                 f.scale(d.replicas.unwrap_or(d.settings.min_replicas)).await;
             }

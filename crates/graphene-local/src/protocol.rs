@@ -10,7 +10,8 @@
 //! - `{"type":"parent","pid":P}`: the handler imported (the model is loaded);
 //!   the connection stays open as the warm parent's control channel. The
 //!   host sends `{"type":"spawn","replica":R,"workers":N}` to fork a
-//!   replica's workers, `{"type":"retire","replica":R}` to end them and
+//!   replica's workers, `{"type":"drain","replica":R}` to stop replacing them
+//!   (a stopping replica), `{"type":"retire","replica":R}` to end them and
 //!   `{"type":"kill","pid":W}` to replace one; the parent reports each
 //!   worker that ends as `{"type":"exit","pid":W,"replica":R,"status":"...",
 //!   "expected":bool}`. Closing the connection tells the runner to exit.
@@ -79,6 +80,7 @@ pub struct ResponseHeader {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Control<'a> {
     Spawn { replica: &'a str, workers: u64 },
+    Drain { replica: &'a str },
     Retire { replica: &'a str },
     Kill { pid: u32 },
 }

@@ -102,13 +102,18 @@ impl Replica {
 
     /// Drains, then ends the replica's workers.
     pub fn stop(self: &Arc<Self>, timeout: Duration) {
-        if self.draining.swap(true, Ordering::AcqRel) {
+        let mut first = false;
+        self.shared
+            .router
+            .while_locked(|| first = !self.draining.swap(true, Ordering::AcqRel));
+        if !first {
             return;
         }
-        self.shared.router.purge();
         self.shared.changed.notify_waiters();
         let me = self.clone();
         tokio::spawn(async move {
+            // Its workers are no longer replaced as they finish.
+            me.runner.drain(&me.id).await;
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 let changed = me.shared.changed.notified();
@@ -121,6 +126,7 @@ impl Replica {
             }
             me.stopped.store(true, Ordering::Release);
             me.runner.detach(&me).await;
+            me.shared.router.purge();
             me.shared.changed.notify_waiters();
         });
     }

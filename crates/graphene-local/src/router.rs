@@ -38,8 +38,16 @@ pub struct WorkerConn {
 }
 
 impl WorkerConn {
+    /// May take a call.
     fn routable(&self) -> bool {
         self.alive.is_alive() && self.replica.routable()
+    }
+
+    /// Kept, though perhaps not routable: a draining replica's workers stay
+    /// connected until the replica ends (closing them early would look like
+    /// crashes to the warm parent).
+    fn keep(&self) -> bool {
+        self.alive.is_alive() && !self.replica.is_stopped()
     }
 }
 
@@ -60,6 +68,9 @@ struct Inner {
     waiters: VecDeque<oneshot::Sender<WorkerConn>>,
 }
 
+/// A worker handed out counts as busy on its replica from that moment (under
+/// the router's lock, so a replica that starts draining sees it); the caller
+/// ends the count with `Replica::call_ended`.
 pub enum Take<'a> {
     Now(WorkerConn),
     /// No idle worker: the call holds a place in the queue.
@@ -86,6 +97,7 @@ impl Drop for Waiter<'_> {
     fn drop(&mut self) {
         self.rx.close();
         if let Ok(conn) = self.rx.try_recv() {
+            conn.replica.call_ended();
             self.router.put(conn);
         }
     }
@@ -94,14 +106,22 @@ impl Drop for Waiter<'_> {
 impl Router {
     /// Gives an idle worker to the longest-waiting call, or keeps it.
     pub fn put(&self, conn: WorkerConn) {
-        if !conn.routable() {
+        if !conn.keep() {
             return;
         }
         let mut inner = self.inner.lock().expect("router lock");
+        if !conn.routable() {
+            inner.idle.push(conn);
+            return;
+        }
         let mut conn = conn;
         while let Some(waiter) = inner.waiters.pop_front() {
+            let replica = conn.replica.clone();
             match waiter.send(conn) {
-                Ok(()) => return,
+                Ok(()) => {
+                    replica.call_started();
+                    return;
+                }
                 Err(back) => conn = back,
             }
         }
@@ -112,15 +132,18 @@ impl Router {
     /// queue (at most `limit` calls wait).
     pub fn take(&self, limit: usize) -> Take<'_> {
         let mut inner = self.inner.lock().expect("router lock");
-        inner.idle.retain(WorkerConn::routable);
+        inner.idle.retain(WorkerConn::keep);
         let best = inner
             .idle
             .iter()
             .enumerate()
+            .filter(|(_, c)| c.routable())
             .min_by_key(|(_, c)| c.replica.busy())
             .map(|(i, _)| i);
         if let Some(i) = best {
-            return Take::Now(inner.idle.swap_remove(i));
+            let conn = inner.idle.swap_remove(i);
+            conn.replica.call_started();
+            return Take::Now(conn);
         }
         inner.waiters.retain(|w| !w.is_closed());
         if inner.waiters.len() >= limit {
@@ -131,13 +154,25 @@ impl Router {
         Take::Queued(Waiter { rx, router: self })
     }
 
-    /// Drops idle workers of replicas that stopped taking calls.
+    /// Fails every waiting call (the function is removed).
+    pub fn close(&self) {
+        let waiters = std::mem::take(&mut self.inner.lock().expect("router lock").waiters);
+        drop(waiters);
+    }
+
+    /// Runs `f` (a replica starting to drain) while no worker is handed out.
+    pub fn while_locked(&self, f: impl FnOnce()) {
+        let _handing_out = self.inner.lock().expect("router lock");
+        f();
+    }
+
+    /// Drops the connections of workers that ended or whose replica did.
     pub fn purge(&self) {
         let gone: Vec<WorkerConn> = {
             let mut inner = self.inner.lock().expect("router lock");
             let (keep, gone) = std::mem::take(&mut inner.idle)
                 .into_iter()
-                .partition(WorkerConn::routable);
+                .partition(WorkerConn::keep);
             inner.idle = keep;
             gone
         };

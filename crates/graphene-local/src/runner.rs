@@ -70,6 +70,8 @@ pub struct Runner {
     replicas: Mutex<Vec<Arc<Replica>>>,
     /// Stop once no replica is left (a newer version took over).
     retiring: AtomicBool,
+    /// Not restarted when it exits (a direct runner whose replica drains).
+    finishing: AtomicBool,
 }
 
 impl Runner {
@@ -97,6 +99,7 @@ impl Runner {
             control: tokio::sync::Mutex::new(None),
             replicas: Mutex::new(Vec::new()),
             retiring: AtomicBool::new(false),
+            finishing: AtomicBool::new(false),
         });
         tokio::spawn(supervise(shared, launch, runner.clone(), stop_rx));
         runner
@@ -120,20 +123,35 @@ impl Runner {
     }
 
     /// Adds a replica: the warm parent forks its workers now (or as soon
-    /// as it has imported the handler).
+    /// as it has imported the handler). Attach, detach and the parent's
+    /// hello hold the control lock, so a replica is never spawned after it
+    /// was detached.
     pub async fn attach(&self, replica: &Arc<Replica>) {
+        let mut control = self.control.lock().await;
         self.replicas.lock().expect("lock").push(replica.clone());
         if self.mode == Mode::Fork {
-            self.send(&Control::Spawn {
-                replica: &replica.id,
-                workers: replica.workers,
-            })
+            send(
+                &mut control,
+                &Control::Spawn {
+                    replica: &replica.id,
+                    workers: replica.workers,
+                },
+            )
             .await;
+        }
+    }
+
+    /// A replica starts draining: its workers are not replaced any more.
+    pub async fn drain(&self, replica: &str) {
+        match self.mode {
+            Mode::Fork => send(&mut *self.control.lock().await, &Control::Drain { replica }).await,
+            Mode::Direct { .. } => self.finishing.store(true, Ordering::Release),
         }
     }
 
     /// Removes a drained replica and ends its workers.
     pub async fn detach(&self, replica: &Replica) {
+        let mut control = self.control.lock().await;
         let empty = {
             let mut all = self.replicas.lock().expect("lock");
             all.retain(|r| r.id != replica.id);
@@ -141,9 +159,12 @@ impl Runner {
         };
         match self.mode {
             Mode::Fork => {
-                self.send(&Control::Retire {
-                    replica: &replica.id,
-                })
+                send(
+                    &mut control,
+                    &Control::Retire {
+                        replica: &replica.id,
+                    },
+                )
                 .await
             }
             Mode::Direct { .. } => self.stop(),
@@ -164,16 +185,16 @@ impl Runner {
     /// Replaces a worker that may still run a call (timeout, caller gone).
     pub async fn kill_worker(&self, pid: u32) {
         match self.mode {
-            Mode::Fork => self.send(&Control::Kill { pid }).await,
+            Mode::Fork => send(&mut *self.control.lock().await, &Control::Kill { pid }).await,
             // The process is the worker: it restarts (and imports again).
             Mode::Direct { .. } => kill_group(self.pid.load(Ordering::Relaxed)),
         }
     }
+}
 
-    async fn send(&self, message: &Control<'_>) {
-        if let Some(stream) = self.control.lock().await.as_mut() {
-            let _ = protocol::write_frame(stream, message, b"").await;
-        }
+async fn send(control: &mut Option<OwnedWriteHalf>, message: &Control<'_>) {
+    if let Some(stream) = control.as_mut() {
+        let _ = protocol::write_frame(stream, message, b"").await;
     }
 }
 
@@ -191,6 +212,7 @@ async fn supervise(
         let started = Instant::now();
         let reason = match run_once(&shared, &launch, &runner, &mut stop).await {
             Outcome::Stopped => break,
+            Outcome::Exited(_) if runner.finishing.load(Ordering::Acquire) => break,
             Outcome::Exited(reason) => reason,
         };
         shared.restarts.fetch_add(1, Ordering::Relaxed);
@@ -396,24 +418,29 @@ async fn accept(
         match hello {
             Ok(Hello::Parent { pid }) => {
                 let (events, write) = stream.into_split();
-                *runner.control.lock().await = Some(write);
+                let mut control = runner.control.lock().await;
+                *control = Some(write);
                 runner.imported.store(true, Ordering::Release);
                 shared.import_error.lock().expect("lock").take();
                 shared.logs.write(
                     &runner.id,
                     &format!("the handler imported (warm parent pid {pid})"),
                 );
-                tokio::spawn(read_events(shared.clone(), events));
-                // Replicas attached before the import finished.
+                tokio::spawn(read_events(shared.clone(), runner.id.clone(), events));
+                // Replicas attached before the import finished, or before
+                // this restart.
                 let waiting: Vec<Arc<Replica>> = runner.replicas.lock().expect("lock").clone();
-                for r in waiting {
-                    runner
-                        .send(&Control::Spawn {
+                for r in waiting.iter().filter(|r| r.routable()) {
+                    send(
+                        &mut control,
+                        &Control::Spawn {
                             replica: &r.id,
                             workers: r.workers,
-                        })
-                        .await;
+                        },
+                    )
+                    .await;
                 }
+                drop(control);
                 shared.changed.notify_waiters();
             }
             Ok(Hello::Worker { pid, replica }) => {
@@ -455,7 +482,11 @@ async fn accept(
 
 /// Worker exits reported by the warm parent: crashes count as restarts and
 /// name the cause for the call that was running.
-async fn read_events(shared: Arc<Shared>, mut events: tokio::net::unix::OwnedReadHalf) {
+async fn read_events(
+    shared: Arc<Shared>,
+    runner: String,
+    mut events: tokio::net::unix::OwnedReadHalf,
+) {
     while let Ok(Some((head, _))) = protocol::read_frame(&mut events).await {
         let Ok(Event::Exit {
             pid,
@@ -471,7 +502,7 @@ async fn read_events(shared: Arc<Shared>, mut events: tokio::net::unix::OwnedRea
             *shared.last_exit.lock().expect("lock") =
                 Some(format!("worker {pid} of replica {replica} {status}"));
         }
-        shared.exited(pid, status);
+        shared.exited(&runner, pid, status);
     }
 }
 
