@@ -74,17 +74,22 @@ fn handler_errors_timeouts_and_crashes() {
         .args(["-9", &parent.to_string()])
         .status()
         .unwrap();
-    eventually(
-        "the restart to be recorded",
-        Duration::from_secs(20),
-        || {
-            let d = s.describe("f");
-            let exit = d["graphene"]["lastExit"].as_str().unwrap_or("").to_string();
-            (d["graphene"]["restarts"].as_u64() > Some(before)
-                && exit.contains("warm parent f-parent was killed by signal 9"))
-            .then_some(d)
-        },
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = s.describe("f");
+        let exit = d["graphene"]["lastExit"].as_str().unwrap_or("").to_string();
+        if d["graphene"]["restarts"].as_u64() > Some(before)
+            && exit.contains("warm parent f-parent was killed by signal 9")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no restart of the warm parent recorded: {d}\n{}",
+            s.ok(&["logs", "f"])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     s.wait_ready("f");
     let text = s.ok(&["describe", "f"]);
     assert!(

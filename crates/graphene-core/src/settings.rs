@@ -39,6 +39,9 @@ pub const DEFAULT_MAX_REPLICAS: u64 = 20;
 /// No function may ask for more replicas than this (each is a process tree).
 pub const MAX_REPLICAS: u64 = 64;
 pub const DEFAULT_RPS_TARGET: f64 = 50.0;
+/// OpenFaaS's default share of the target for `rps`; `capacity` aims at the
+/// full worker count (1.0), so one call on a one-worker replica is no reason
+/// to add another.
 pub const DEFAULT_PROPORTION: f64 = 0.9;
 pub const DEFAULT_ZERO_DURATION: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
@@ -240,7 +243,11 @@ impl FunctionSettings {
             Metric::Rps => DEFAULT_RPS_TARGET,
         };
         let target = positive(LABEL_SCALE_TARGET, default_target, 1e6)?;
-        let proportion = positive(LABEL_SCALE_PROPORTION, DEFAULT_PROPORTION, 1.0)?;
+        let default_proportion = match metric {
+            Metric::Capacity => 1.0,
+            Metric::Rps => DEFAULT_PROPORTION,
+        };
+        let proportion = positive(LABEL_SCALE_PROPORTION, default_proportion, 1.0)?;
         // `min: 0` also lets the function rest at zero.
         let zero = flag(LABEL_SCALE_ZERO, false)? || min_replicas == 0;
         let zero_after = span(
@@ -339,7 +346,7 @@ mod tests {
     fn scaling_labels() {
         let s = FunctionSettings::from_deployment(&deployment(&[], &[])).unwrap();
         assert_eq!(s.scaling.metric, Metric::Capacity);
-        assert!((s.scaling.target - DEFAULT_WORKERS as f64 * 0.9).abs() < 1e-9);
+        assert_eq!(s.scaling.target, DEFAULT_WORKERS as f64);
         assert_eq!(s.scaling.zero_after, None);
         assert!(s.scaling.enabled() && s.fork);
         let d = deployment(

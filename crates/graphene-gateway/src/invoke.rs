@@ -121,7 +121,9 @@ async fn call<P: Provider>(
         headers.push(("x-call-id".into(), call_id.to_string()));
     }
     gw.metrics.started(&t.function);
-    let _load = gw.call_starts(ns, name).await;
+    let waking = std::time::Instant::now();
+    let (_load, at_zero) = gw.call_starts(ns, name).await;
+    let wake = waking.elapsed();
     let result = gw
         .provider
         .invoke(
@@ -141,7 +143,13 @@ async fn call<P: Provider>(
             graphene_core::provider::ProviderError::NotFound(_) => unknown(),
             other => ApiError::from(other),
         })?;
-    if let Some(waited) = result.cold_start {
+    // A cold start: the call found the function at zero (its wait includes
+    // the wake), or found no replica ready.
+    let cold = match (at_zero, result.cold_start) {
+        (true, waited) => Some(wake + waited.unwrap_or_default()),
+        (false, waited) => waited,
+    };
+    if let Some(waited) = cold {
         gw.metrics.cold_start(&t.function, waited.as_secs_f64());
     }
     let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::BAD_GATEWAY);

@@ -169,16 +169,20 @@ impl Entry {
 
 impl<P: Provider> Gateway<P> {
     /// Counts a call and wakes its function when it rests at zero. The
-    /// returned guard counts the call until it ends.
-    pub(crate) async fn call_starts(&self, namespace: &str, name: &str) -> Option<Load> {
-        let e = self.scaler.entry(namespace, name)?;
+    /// returned guard counts the call until it ends; the flag says whether
+    /// the call found the function at zero.
+    pub(crate) async fn call_starts(&self, namespace: &str, name: &str) -> (Option<Load>, bool) {
+        let Some(e) = self.scaler.entry(namespace, name) else {
+            return (None, false);
+        };
         e.in_flight.fetch_add(1, SeqCst);
         e.started.fetch_add(1, SeqCst);
         let load = Load(e.clone());
-        if e.desired.load(SeqCst) == 0 {
+        let at_zero = e.desired.load(SeqCst) == 0;
+        if at_zero {
             self.wake(&e).await;
         }
-        Some(load)
+        (Some(load), at_zero)
     }
 
     /// A manual scale, applied under the function's scaling lock so that
