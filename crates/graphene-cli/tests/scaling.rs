@@ -350,3 +350,42 @@ fn held_calls_fail_fast_when_the_handler_does_not_import() {
         .unwrap();
     assert!(restarts <= 5, "{restarts} restarts in ~3 s");
 }
+
+#[test]
+fn a_full_queue_turns_calls_away_with_503() {
+    let s = Server::start();
+    // Unforked replicas that take a while to import, and room for one
+    // waiting call.
+    s.function(
+        "slowstart",
+        "python3",
+        "import time\ntime.sleep(1.5)\ndef handle(req):\n    return 'ok'\n",
+        "    annotations:\n      com.graphene.fork: \"false\"\n      com.graphene.workers: \"1\"\n      com.graphene.queue: \"1\"\n",
+    );
+    s.ok(&["up"]);
+    s.wait_ready("slowstart");
+    s.ok(&["scale", "slowstart", "--replicas", "0"]);
+    eventually("zero replicas", Duration::from_secs(30), || {
+        let d = s.describe("slowstart");
+        d["graphene"]["instances"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+            .then_some(())
+    });
+    let url = format!("{}/function/slowstart", s.url);
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| call(&url, "x"));
+        eventually("the first call to wait", Duration::from_secs(10), || {
+            (s.describe("slowstart")["graphene"]["queued"] == 1).then_some(())
+        });
+        let (status, body, _) = call(&url, "x");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("already holds 1 calls waiting"), "{body}");
+        assert!(body.contains("com.graphene.queue"), "{body}");
+        let (status, body, _) = first.join().unwrap();
+        assert_eq!(
+            status, 200,
+            "the held call is served once the replica imported: {body}"
+        );
+    });
+}
