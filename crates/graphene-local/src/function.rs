@@ -177,13 +177,11 @@ impl Function {
             .map(|l| l.image.digest.clone())
             .into_iter()
             .collect();
-        let replicas = self.replicas.lock().await.clone();
-        let retiring = self.shared.retiring.lock().expect("lock").clone();
         used.extend(
-            replicas
+            self.all_replicas()
+                .await
                 .iter()
-                .chain(retiring.iter())
-                .map(|r| r.runner.image_digest.clone()),
+                .map(|(r, _)| r.runner.image_digest.clone()),
         );
         used
     }

@@ -444,7 +444,9 @@ async fn accept(
                 shared.changed.notify_waiters();
             }
             Ok(Hello::Worker { pid, replica }) => {
-                let Some(replica) = runner.replica(&replica).filter(|r| r.routable()) else {
+                // A draining replica's late worker is kept (never routed) until
+                // the replica ends: refusing it would look like a crash.
+                let Some(replica) = runner.replica(&replica).filter(|r| !r.is_stopped()) else {
                     continue; // a replica that is gone: closing ends the worker
                 };
                 if matches!(runner.mode, Mode::Direct { .. }) {
