@@ -1,34 +1,73 @@
 //! The CLI's HTTP client for the gateway: a base URL and a credential.
 
+use std::sync::Arc;
+
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client as Hyper};
 use hyper_util::rt::TokioExecutor;
+use tokio_rustls::rustls;
 
 pub struct Client {
     pub base: String,
     token: Option<String>,
-    http: Hyper<HttpConnector, Full<Bytes>>,
+    http: Hyper<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
+
+/// A PEM file of certificates the CLI trusts besides the public roots (a
+/// private CA, or a gateway's self-signed certificate).
+pub const CA_ENV: &str = "GRAPHENE_CA";
 
 impl Client {
     pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+        let ca = std::env::var_os(CA_ENV).map(std::path::PathBuf::from);
+        Self::with_ca(base, token, ca.as_deref())
+    }
+
+    pub fn with_ca(
+        base: &str,
+        token: Option<String>,
+        ca: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/').to_string();
-        if base.starts_with("https://") {
-            bail!(
-                "{base}: this build of the CLI speaks plain HTTP only; use an http:// gateway URL"
-            );
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            bail!("{base}: the gateway URL must start with http:// or https://");
         }
-        if !base.starts_with("http://") {
-            bail!("{base}: the gateway URL must start with http://");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = ca {
+            use rustls::pki_types::pem::PemObject;
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| anyhow!("{CA_ENV}: could not read {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                bail!("{CA_ENV}: {} holds no PEM certificate", path.display());
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| anyhow!("{CA_ENV}: {}: {e}", path.display()))?;
+            }
         }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
         Ok(Self {
             base,
             token,
-            http: Hyper::builder(TokioExecutor::new()).build_http(),
+            http: Hyper::builder(TokioExecutor::new()).build(connector),
         })
     }
 
@@ -52,8 +91,18 @@ impl Client {
             .body(Full::new(body.into()))
             .context("building the request")?;
         self.http.request(req).await.map_err(|e| {
+            // The root cause (refused, certificate not trusted, ...).
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            let hint = if cause.to_string().contains("certificate") {
+                format!("; to trust a private CA or a self-signed gateway, set {CA_ENV} to its PEM certificate")
+            } else {
+                "; is `graphene serve` running?".to_string()
+            };
             anyhow!(
-                "could not reach the gateway at {}: {e}; is `graphene serve` running?",
+                "could not reach the gateway at {}: {cause}{hint}",
                 self.base
             )
         })

@@ -112,7 +112,10 @@ pub fn credential_hint() -> String {
 }
 
 fn is_loopback(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
         return false;
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -136,10 +139,10 @@ mod tests {
     fn loopback_only() {
         assert!(super::is_loopback("http://127.0.0.1:8080"));
         assert!(super::is_loopback("http://localhost:8080/"));
+        assert!(super::is_loopback("https://127.0.0.1:8443"));
         assert!(super::is_loopback("http://[::1]:8080"));
         assert!(!super::is_loopback("http://gateway.example.com:8080"));
         assert!(!super::is_loopback("http://127.0.0.1.evil.com"));
         assert!(!super::is_loopback("http://user@evil.com"));
-        assert!(!super::is_loopback("https://127.0.0.1:8080"));
     }
 }

@@ -15,6 +15,7 @@ mod metrics;
 mod scaler;
 mod store;
 mod system;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +36,8 @@ use store::Store;
 pub const DEFAULT_MAX_BODY: usize = 32 << 20;
 /// How long requests in flight may finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest function folder `/system/build` accepts (models can be big).
 pub const MAX_BUILD_UPLOAD: usize = 1 << 30;
 
@@ -199,9 +202,11 @@ impl<P: Provider> Gateway<P> {
 
     /// Serves until `shutdown` completes, then lets requests in flight
     /// finish for up to [`SHUTDOWN_GRACE`] (followed log streams never do).
+    /// With `tls`, every connection is TLS (HTTP/2 or HTTP/1.1 by ALPN).
     pub async fn serve(
         self: &Arc<Self>,
         listener: tokio::net::TcpListener,
+        tls: Option<Arc<tls::Tls>>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -209,20 +214,54 @@ impl<P: Provider> Gateway<P> {
             shutdown.await;
             let _ = tx.send(true);
         });
-        let mut stopping = rx.clone();
-        let graceful = async move {
-            let mut rx = rx;
-            let _ = rx.wait_for(|s| *s).await;
-        };
         self.start_autoscaler();
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(graceful);
-        tokio::select! {
-            r = server => r,
-            _ = async {
-                let _ = stopping.wait_for(|s| *s).await;
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } => Ok(()),
+        let mut stopping = rx.clone();
+        let Some(tls) = tls else {
+            let graceful = async move {
+                let mut rx = rx;
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let server = axum::serve(listener, self.router()).with_graceful_shutdown(graceful);
+            return tokio::select! {
+                r = server => r,
+                _ = async {
+                    let _ = stopping.wait_for(|s| *s).await;
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                } => Ok(()),
+            };
+        };
+        tls.watch();
+        let router = self.router();
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((tcp, _)) = accepted else { continue };
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                    let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        let Ok(Ok(stream)) =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                        else {
+                            return; // not TLS, or too slow: dropped
+                        };
+                        let builder = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        );
+                        let conn = builder.serve_connection_with_upgrades(
+                            hyper_util::rt::TokioIo::new(stream),
+                            service,
+                        );
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    });
+                }
+                _ = stopping.wait_for(|s| *s) => break,
+            }
         }
+        drop(listener);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+        Ok(())
     }
 
     pub async fn shutdown(&self) {

@@ -32,6 +32,21 @@ pub struct Serve {
     /// Run functions without the bubblewrap sandbox even where it works
     #[arg(long)]
     pub no_sandbox: bool,
+    /// Serve HTTPS with this PEM certificate (chain); reloaded when it changes
+    #[arg(
+        long,
+        env = "GRAPHENE_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, env = "GRAPHENE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate made once in <state-dir>/tls
+    /// (for development; clients trust it with GRAPHENE_CA=<state-dir>/tls/cert.pem)
+    #[arg(long)]
+    pub tls_self_signed: bool,
 }
 
 impl Serve {
@@ -85,6 +100,23 @@ impl Serve {
                 path.display()
             );
         }
+        let tls = match (&self.tls_cert, &self.tls_key, self.tls_self_signed) {
+            (Some(cert), Some(key), _) => Some(graphene_gateway::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (_, _, true) => Some(graphene_gateway::tls::self_signed(
+                &state.join("tls"),
+                &[self.listen.ip().to_string()],
+            )?),
+            _ => None,
+        };
+        let ca = tls.as_ref().map(|t| t.cert.clone());
+        let tls = tls
+            .map(graphene_gateway::tls::Tls::open)
+            .transpose()
+            .context("setting up TLS")?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
             .with_context(|| format!("listening on {}", self.listen))?;
@@ -94,21 +126,21 @@ impl Serve {
             state_dir = %state.display(),
             sandbox = provider.sandboxed(),
             restored,
-            "graphene listening on http://{addr}"
+            "graphene listening on {scheme}://{addr}"
         );
         if let Some(stack) = self.deploy.clone() {
-            let url = format!("http://{addr}");
+            let url = format!("{scheme}://{addr}");
             let token = std::fs::read_to_string(state.join(graphene_gateway::TOKEN_FILE))
                 .ok()
                 .map(|t| t.trim().to_string());
             tokio::spawn(async move {
-                if let Err(e) = deploy_stack(&stack, &url, token).await {
+                if let Err(e) = deploy_stack(&stack, &url, token, ca).await {
                     tracing::error!("deploying {}: {e:#}", stack.display());
                 }
             });
         }
         gateway
-            .serve(listener, shutdown_signal())
+            .serve(listener, tls, shutdown_signal())
             .await
             .context("serving")?;
         tracing::info!("stopping functions");
@@ -121,9 +153,10 @@ async fn deploy_stack(
     stack: &std::path::Path,
     url: &str,
     token: Option<String>,
+    ca: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let file = StackFile::load(stack)?;
-    let client = Client::new(url, token)?;
+    let client = Client::with_ca(url, token, ca.as_deref())?;
     super::build::build_all(&client, &file, None).await?;
     super::deploy::deploy_all(
         &client,

@@ -57,6 +57,8 @@ pub struct Server {
     /// Everything the server wrote to stderr so far.
     pub log: Arc<Mutex<Vec<String>>>,
     extra: Vec<String>,
+    /// The certificate the CLI trusts (`GRAPHENE_CA`) for an HTTPS server.
+    pub ca: Option<PathBuf>,
 }
 
 impl Server {
@@ -97,11 +99,15 @@ impl Server {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("graphene serve printed its address");
-            if let Some(i) = line.find("listening on http://") {
+            if let Some(i) = line.find("listening on http") {
                 let rest = &line[i + "listening on ".len()..];
                 break rest.split_whitespace().next().unwrap().to_string();
             }
         };
+        let ca = extra
+            .iter()
+            .any(|a| a == "--tls-self-signed")
+            .then(|| state.join("tls/cert.pem"));
         Self {
             url,
             state,
@@ -109,6 +115,7 @@ impl Server {
             child,
             log,
             extra,
+            ca,
         }
     }
 
@@ -157,6 +164,7 @@ impl Server {
             .current_dir(self.work.path())
             .env("GRAPHENE_URL", &self.url)
             .env("GRAPHENE_TOKEN", self.token())
+            .envs(self.ca.iter().map(|c| ("GRAPHENE_CA", c)))
             .env("HOME", self.work.path())
             .env_remove("XDG_CONFIG_HOME")
             .stdin(Stdio::piped())
