@@ -495,9 +495,6 @@ impl Function {
                 brief.as_secs_f64().ceil().max(1.0) as u64,
             )
         };
-        // Whether a replica was ready when the call arrived (a new one may
-        // come within microseconds: forks are fast).
-        let cold = self.ready_replicas().await == 0;
         let mut waiter = match s.router.take(limits.queue as usize) {
             Take::Now(conn) => return Ok((conn, None)),
             Take::Full => {
@@ -513,6 +510,9 @@ impl Function {
             }
             Take::Queued(w) => w,
         };
+        // No replica ready: a cold start (calls that found the function at
+        // zero are also counted by the gateway, which woke it).
+        let cold = self.ready_replicas().await == 0;
         let full = !cold && self.at_capacity(limits).await;
         let deadline = arrived + if full { brief } else { current.timeout };
         loop {
