@@ -133,25 +133,14 @@ impl<P: Provider> Gateway<P> {
     async fn deploy(&self, d: Deployment) -> Result<(), graphene_core::provider::ProviderError> {
         let (ns, name) = (d.namespace.clone(), d.spec.service.clone());
         let policy = d.settings.scaling.clone();
-        let desired = match d.replicas {
-            Some(n) => n,
-            None => self
-                .provider
-                .status(&ns, &name)
-                .await
-                .map(|s| s.desired_replicas)
-                .unwrap_or(d.settings.min_replicas),
-        };
-        let fresh = !self.provider.has(&ns, &name);
+        let fallback = d.replicas.unwrap_or(d.settings.min_replicas);
         self.provider.deploy(d).await?;
-        let desired = if fresh {
-            self.provider
-                .status(&ns, &name)
-                .await
-                .map_or(desired, |s| s.desired_replicas)
-        } else {
-            desired
-        };
+        // The count the provider settled on (a redeploy keeps the current one).
+        let desired = self
+            .provider
+            .status(&ns, &name)
+            .await
+            .map_or(fallback, |s| s.desired_replicas);
         self.scaler.track(&ns, &name, policy, desired).await;
         Ok(())
     }
