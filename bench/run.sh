@@ -81,7 +81,7 @@ nginx_conf proxy "$(nproc)" "upstream fast { server 127.0.0.1:$U_PORT; keepalive
   server { listen 127.0.0.1:$N_PORT; location / { proxy_pass http://fast; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 wait_http "http://127.0.0.1:$N_PORT/"
 curl -fs -X POST -H "Authorization: Bearer $(cat "$WORK/state/admin-token")" \
-  -d "{\"service\":\"fast\",\"image\":\"external\",\"annotations\":{\"com.graphene.upstream\":\"http://127.0.0.1:$U_PORT\"}}" \
+  -d "{\"service\":\"fast\",\"image\":\"external\",\"labels\":{\"com.graphene.public\":\"true\"},\"annotations\":{\"com.graphene.upstream\":\"http://127.0.0.1:$U_PORT\"}}" \
   "http://127.0.0.1:$G_PORT/system/functions"
 wait_http "http://127.0.0.1:$G_PORT/function/fast"
 

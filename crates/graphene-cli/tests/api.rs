@@ -249,7 +249,7 @@ fn secrets_api_never_shows_values() {
 fn bad_input_gets_clear_errors() {
     let s = Server::start_with(&["--max-body", "1000"]);
     // Management routes need the credential.
-    let r = s.get("/system/functions");
+    let r = s.anonymous("GET", "/system/functions", "");
     assert_eq!(r.status, 401);
     assert!(r.header("www-authenticate").is_some());
     let r = s.request(

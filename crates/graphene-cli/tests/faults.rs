@@ -111,6 +111,7 @@ fn a_caller_that_gives_up_frees_its_worker() {
     s.wait_ready("slow");
     // The caller gives up after half a second; the only worker is stuck.
     let gave_up = ureq::post(&format!("{}/function/slow", s.url))
+        .set("Authorization", &format!("Bearer {}", s.token()))
         .timeout(Duration::from_millis(500))
         .send_string("hang");
     assert!(gave_up.is_err());

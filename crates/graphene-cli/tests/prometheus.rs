@@ -36,7 +36,8 @@ fn prometheus_scrapes_gateway_metrics() {
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: graphene\n    static_configs:\n      - targets: ['{target}']\n"
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: graphene\n    authorization:\n      credentials: {}\n    static_configs:\n      - targets: ['{target}']\n",
+            s.token()
         ),
     )
     .unwrap();

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use util::{eventually, Server};
 
-/// A call straight to the server (usable from many threads).
-fn call(url: &str, body: &str) -> (u16, String, Option<String>) {
+/// A call straight to the server as the operator (usable from many threads).
+fn call(s: &Server, url: &str, body: &str) -> (u16, String, Option<String>) {
     let r = ureq::post(url)
+        .set("Authorization", &format!("Bearer {}", s.token()))
         .timeout(Duration::from_secs(60))
         .send_string(body);
     let r = match r {
@@ -61,6 +62,7 @@ fn scales_up_under_load_and_back_down_without_errors() {
     s.wait_ready("busy");
     assert_eq!(replicas(&s, "busy"), 1);
     let url = format!("{}/function/busy", s.url);
+    let srv = &s;
     let stop = Instant::now() + Duration::from_secs(5);
     let mut peak = 0;
     let failures: Vec<String> = std::thread::scope(|scope| {
@@ -70,7 +72,7 @@ fn scales_up_under_load_and_back_down_without_errors() {
                 scope.spawn(move || {
                     let mut bad = Vec::new();
                     while Instant::now() < stop {
-                        let (status, body, _) = call(&url, "sleep 0.2");
+                        let (status, body, _) = call(srv, &url, "sleep 0.2");
                         if status != 200 {
                             bad.push(format!("{status} {body}"));
                         }
@@ -160,12 +162,13 @@ fn scales_to_zero_when_idle_and_back_on_the_next_call() {
     // A burst of 50 concurrent calls at zero: all are held and all succeed.
     to_zero("scale to zero again");
     let url = format!("{}/function/nap", s.url);
+    let srv = &s;
     let results: Vec<(u16, String)> = std::thread::scope(|scope| {
         let calls: Vec<_> = (0..50)
             .map(|_| {
                 let url = url.clone();
                 scope.spawn(move || {
-                    let (status, body, _) = call(&url, "x");
+                    let (status, body, _) = call(srv, &url, "x");
                     (status, body)
                 })
             })
@@ -196,13 +199,14 @@ fn a_full_function_at_its_maximum_answers_429_with_retry_after() {
     s.ok(&["up"]);
     s.wait_ready("one");
     let url = format!("{}/function/one", s.url);
+    let srv = &s;
     std::thread::scope(|scope| {
-        let busy = scope.spawn(|| call(&url, "sleep 1.5"));
+        let busy = scope.spawn(|| call(srv, &url, "sleep 1.5"));
         eventually("the worker to be busy", Duration::from_secs(10), || {
             (s.describe("one")["graphene"]["instances"][0]["inFlight"] == 1).then_some(())
         });
         let started = Instant::now();
-        let (status, body, retry) = call(&url, "x");
+        let (status, body, retry) = call(srv, &url, "x");
         assert_eq!(status, 429, "{body}");
         assert!(body.contains("are busy and autoscaling is off"), "{body}");
         assert_eq!(retry.as_deref(), Some("1"));
@@ -299,12 +303,13 @@ fn a_crash_mid_call_fails_only_that_call() {
     s.ok(&["up"]);
     s.wait_ready("crashy");
     let url = format!("{}/function/crashy", s.url);
+    let srv = &s;
     std::thread::scope(|scope| {
-        let slow = scope.spawn(|| call(&url, "sleep 1"));
+        let slow = scope.spawn(|| call(srv, &url, "sleep 1"));
         eventually("the slow call to run", Duration::from_secs(10), || {
             (s.describe("crashy")["graphene"]["instances"][0]["inFlight"] == 1).then_some(())
         });
-        let (status, body, _) = call(&url, "crash");
+        let (status, body, _) = call(srv, &url, "crash");
         assert_eq!(status, 502, "{body}");
         assert!(
             body.contains("exited during the call (exited with code 9)"),
@@ -373,12 +378,13 @@ fn a_full_queue_turns_calls_away_with_503() {
             .then_some(())
     });
     let url = format!("{}/function/slowstart", s.url);
+    let srv = &s;
     std::thread::scope(|scope| {
-        let first = scope.spawn(|| call(&url, "x"));
+        let first = scope.spawn(|| call(srv, &url, "x"));
         eventually("the first call to wait", Duration::from_secs(10), || {
             (s.describe("slowstart")["graphene"]["queued"] == 1).then_some(())
         });
-        let (status, body, _) = call(&url, "x");
+        let (status, body, _) = call(srv, &url, "x");
         assert_eq!(status, 503, "{body}");
         assert!(body.contains("already holds 1 calls waiting"), "{body}");
         assert!(body.contains("com.graphene.queue"), "{body}");

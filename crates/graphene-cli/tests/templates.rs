@@ -43,11 +43,12 @@ def handle(event, context):
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello graphene");
 
     // python3-http: status, headers, path, query and body pass through.
+    let auth = format!("Bearer {}", s.token());
     let r = s.request(
         "PUT",
         "/function/web/items/7?colour=red",
         b"payload",
-        &[("X-Test", "yes")],
+        &[("X-Test", "yes"), ("Authorization", &auth)],
     );
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.header("x-seen-method"), Some("PUT"));
@@ -69,7 +70,12 @@ def handle(event, context):
         .unwrap()
         .parse::<f64>()
         .is_ok());
-    let r = s.request("POST", "/function/web", b"", &[("X-Call-Id", "my-call-1")]);
+    let r = s.request(
+        "POST",
+        "/function/web",
+        b"",
+        &[("X-Call-Id", "my-call-1"), ("Authorization", &auth)],
+    );
     assert_eq!(r.header("x-call-id"), Some("my-call-1"));
 
     // exec: stdin to stdout, a process per call, Http_* variables.
@@ -80,7 +86,12 @@ def handle(event, context):
         "#!/bin/sh\necho \"$Http_Method $Http_Path $Http_Query $Http_X_Thing\"\n",
     );
     s.ok(&["up", "--filter", "shout"]);
-    let r = s.request("GET", "/function/shout/a/b?q=1", b"", &[("X-Thing", "th")]);
+    let r = s.request(
+        "GET",
+        "/function/shout/a/b?q=1",
+        b"",
+        &[("X-Thing", "th"), ("Authorization", &auth)],
+    );
     assert_eq!(r.body.trim(), "GET /a/b q=1 th");
 
     // The handler can import its own modules, relatively or by name.

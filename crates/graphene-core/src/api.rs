@@ -269,6 +269,91 @@ pub struct BuildResult {
     pub error: String,
 }
 
+/// A grant as the API takes it: actions (`invoke`, `read`, `deploy`,
+/// `manage-secrets`, `admin`) on a resource for a principal, optionally
+/// under a rate limit (`100/s`, `600/m`, `10000/d`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrantSpec {
+    /// Left out in a token's own grants (they are for the token).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub principal: String,
+    pub actions: Vec<String>,
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantInfo {
+    pub id: String,
+    pub principal: String,
+    pub actions: Vec<String>,
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    pub created_at: String,
+    pub created_by: String,
+}
+
+/// `POST /system/tokens`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenRequest {
+    pub name: String,
+    /// Who the token is for (a person, team or customer); defaults to the
+    /// principal creating it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    /// How long the token is valid, e.g. `30d` or `12h`; empty for ever.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub expires_in: String,
+    #[serde(default)]
+    pub grants: Vec<GrantSpec>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub name: String,
+    pub owner: String,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub expired: bool,
+    /// The token itself: only in the answer that created it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
+    #[serde(default)]
+    pub grants: Vec<GrantInfo>,
+}
+
+/// One line of the audit trail: who changed what, when.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub at: String,
+    pub principal: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// `GET /system/whoami`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WhoAmI {
+    pub principal: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

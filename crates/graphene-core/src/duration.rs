@@ -19,9 +19,10 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         _ => {
             return Err(format!(
-                "{text:?} has unknown unit {unit:?} (use ms, s, m or h)"
+                "{text:?} has unknown unit {unit:?} (use ms, s, m, h or d)"
             ))
         }
     };
@@ -46,7 +47,8 @@ mod tests {
         assert_eq!(parse("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse("ten").unwrap_err().contains("not a duration"));
-        assert!(parse("5d").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse("2d").unwrap(), Duration::from_secs(2 * 86_400));
+        assert!(parse("5w").unwrap_err().contains("unknown unit"));
         assert!(parse("99999999999999999999999")
             .unwrap_err()
             .contains("longer than a year"));

@@ -28,6 +28,10 @@ pub const ANNOTATION_QUEUE: &str = "com.graphene.queue";
 pub const ANNOTATION_WORKERS: &str = "com.graphene.workers";
 /// An HTTP service that serves the function's calls instead of a built image.
 pub const ANNOTATION_UPSTREAM: &str = "com.graphene.upstream";
+/// `true` lets anyone call the function without a credential.
+pub const LABEL_PUBLIC: &str = "com.graphene.public";
+/// `none` cuts the function off the network (it still answers calls).
+pub const ANNOTATION_NETWORK: &str = "com.graphene.network";
 /// The function's timeout: the one number a user sets.
 pub const ANNOTATION_TIMEOUT: &str = "com.graphene.timeout";
 
@@ -77,6 +81,10 @@ pub struct FunctionSettings {
     pub fork: bool,
     /// Calls that may wait for a worker at once.
     pub queue: u64,
+    /// Anyone may invoke it without a credential.
+    pub public: bool,
+    /// Whether the function's processes may use the network.
+    pub network: bool,
 }
 
 impl FunctionSettings {
@@ -284,6 +292,18 @@ impl FunctionSettings {
                 format!("must be between 1 and {MAX_QUEUE}"),
             ));
         }
+        let public = flag(LABEL_PUBLIC, false)?;
+        let network = match get(ANNOTATION_NETWORK).map(|v| v.trim().to_ascii_lowercase()) {
+            None => true,
+            Some(v) if v == "all" => true,
+            Some(v) if v == "none" => false,
+            Some(v) => {
+                return Err(InvalidField::new(
+                    field(ANNOTATION_NETWORK),
+                    format!("{v:?} is not a network policy (use all or none)"),
+                ))
+            }
+        };
         if upstream.is_none() && d.image.trim().is_empty() {
             return Err(InvalidField::new(
                 "image",
@@ -299,6 +319,8 @@ impl FunctionSettings {
             scaling,
             fork,
             queue,
+            public,
+            network,
         })
     }
 }

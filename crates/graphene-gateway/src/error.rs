@@ -85,6 +85,12 @@ impl IntoResponse for ApiError {
         let mut r = (self.status, body).into_response();
         r.headers_mut()
             .insert("x-graphene-layer", HeaderValue::from_static(self.layer));
+        if self.status == axum::http::StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"graphene\""),
+            );
+        }
         if let Some(seconds) = self.retry_after {
             r.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));

@@ -9,14 +9,22 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use graphene_core::provider::{is_hop_by_hop, Invocation, Provider};
 use graphene_core::{names, DEFAULT_NAMESPACE};
 use rand::RngCore;
 
+use crate::access::{Action, Identity};
 use crate::error::ApiError;
 use crate::Gateway;
 
-pub async fn invoke<P: Provider>(State(gw): State<Arc<Gateway<P>>>, req: Request) -> Response {
+/// Checks the caller's grant before anything else, so a caller without one
+/// learns nothing about whether the function exists.
+pub async fn invoke<P: Provider>(
+    State(gw): State<Arc<Gateway<P>>>,
+    Extension(who): Extension<Identity>,
+    req: Request,
+) -> Response {
     let started = Instant::now();
     let start_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -37,6 +45,9 @@ pub async fn invoke<P: Provider>(State(gw): State<Arc<Gateway<P>>>, req: Request
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(uuid_v4);
+    if let Err(e) = gw.authorize(&who, Action::Invoke, ns, name) {
+        return e.into_response();
+    }
     let known = names::validate("function", name).is_ok()
         && names::validate("namespace", ns).is_ok()
         && gw.provider.has(ns, name);

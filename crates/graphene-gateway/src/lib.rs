@@ -1,17 +1,23 @@
 //! graphene-gateway: the HTTP front door and the control plane.
 //!
-//! Start with [`Gateway::router`]: `/function/*` goes to `invoke.rs` (call a
-//! function through the provider, with OpenFaaS's headers and metrics),
-//! `/system/*` to `system.rs` (the OpenFaaS management API, behind the admin
-//! credential of `auth.rs`). `scaler.rs` wakes functions at zero and runs the
+//! Start with [`Gateway::router`]: every request first passes `auth.rs`
+//! (who is calling: admin credential, API token or OIDC JWT), then
+//! `/function/*` goes to `invoke.rs` (call a function through the provider,
+//! with OpenFaaS's headers and metrics), `/system/*` to `system.rs` (the
+//! OpenFaaS management API) and `admin.rs` (tokens, grants, audit). Each
+//! handler asks `access.rs` whether the caller may do its action. `scaler.rs` wakes functions at zero and runs the
 //! autoscaler. `store.rs` keeps what was accepted in SQLite;
 //! [`Gateway::restore`] brings every stored function back at start-up. The
 //! gateway knows providers only through `graphene_core::provider::Provider`.
 
+mod access;
+mod admin;
 mod auth;
 mod error;
 mod invoke;
 mod metrics;
+pub mod oidc;
+pub mod proxy;
 mod scaler;
 mod store;
 mod system;
@@ -20,11 +26,9 @@ pub mod tls;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::http::{Request, StatusCode};
+use axum::middleware;
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 use graphene_core::provider::{Deployment, Provider};
 use graphene_core::settings::FunctionSettings;
@@ -40,12 +44,20 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest function folder `/system/build` accepts (models can be big).
 pub const MAX_BUILD_UPLOAD: usize = 1 << 30;
+/// How long a client may take to send a request's headers (HTTP/1.1).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Largest request head (request line and headers) accepted, in bytes.
+pub const MAX_HEADERS: usize = 64 << 10;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct GatewayConfig {
     pub state_dir: PathBuf,
     /// Largest request body accepted, in bytes (413 above).
     pub max_body: usize,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<proxy::Cidr>,
+    /// OIDC issuers whose bearer JWTs are accepted.
+    pub auth: oidc::AuthConfig,
 }
 
 pub struct Gateway<P> {
@@ -54,6 +66,10 @@ pub struct Gateway<P> {
     metrics: metrics::Metrics,
     scaler: scaler::Scaler,
     config: GatewayConfig,
+    policy: std::sync::RwLock<Arc<access::Policy>>,
+    limiter: access::Limiter,
+    oidc: oidc::Oidc,
+    admin_hash: String,
 }
 
 impl<P: Provider> Gateway<P> {
@@ -65,13 +81,22 @@ impl<P: Provider> Gateway<P> {
     ) -> anyhow::Result<(Arc<Self>, Option<PathBuf>)> {
         let store = Store::open(&config.state_dir.join("state.db"))?;
         let created = auth::ensure_admin(&store, &config.state_dir)?;
+        let admin_hash = store
+            .credential_hash(auth::ADMIN)?
+            .ok_or_else(|| anyhow::anyhow!("the admin credential is missing from the database"))?;
         let gw = Arc::new(Self {
             provider,
             store,
             metrics: Default::default(),
             scaler: Default::default(),
+            oidc: oidc::Oidc::new(&config.auth)?,
             config,
+            policy: Default::default(),
+            limiter: Default::default(),
+            admin_hash,
         });
+        gw.reload_access()
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         Ok((gw, created))
     }
 
@@ -146,7 +171,7 @@ impl<P: Provider> Gateway<P> {
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
-        let system = Router::new()
+        Router::new()
             .route(
                 "/system/functions",
                 get(system::list::<P>)
@@ -167,12 +192,18 @@ impl<P: Provider> Gateway<P> {
             .route("/system/logs", get(system::logs::<P>))
             .route("/system/info", get(system::info::<P>))
             .route("/system/build", post(system::build::<P>))
-            .route_layer(middleware::from_fn_with_state(
-                self.clone(),
-                require_admin::<P>,
-            ));
-        Router::new()
-            .merge(system)
+            .route(
+                "/system/tokens",
+                get(admin::tokens::<P>).post(admin::token_create::<P>),
+            )
+            .route("/system/tokens/{name}", delete(admin::token_revoke::<P>))
+            .route(
+                "/system/grants",
+                get(admin::grants::<P>).post(admin::grant_add::<P>),
+            )
+            .route("/system/grants/{id}", delete(admin::grant_remove::<P>))
+            .route("/system/audit", get(admin::audit::<P>))
+            .route("/system/whoami", get(admin::whoami::<P>))
             .route("/function/{*rest}", any(invoke::invoke::<P>))
             .route(
                 "/async-function/{*rest}",
@@ -183,70 +214,101 @@ impl<P: Provider> Gateway<P> {
                     )
                 }),
             )
-            .route("/healthz", get(|| async { "OK" }))
             .route("/metrics", get(system::metrics::<P>))
+            .route_layer(middleware::from_fn_with_state(
+                self.clone(),
+                auth::identify::<P>,
+            ))
+            .route("/healthz", get(|| async { "OK" }))
             .fallback(|| async { ApiError::not_found("no such route") })
             .with_state(self.clone())
     }
 
     /// Serves until `shutdown` completes, then lets requests in flight
     /// finish for up to [`SHUTDOWN_GRACE`] (followed log streams never do).
-    /// With `tls`, every connection is TLS (HTTP/2 or HTTP/1.1 by ALPN).
+    /// With `tls`, every connection is TLS (HTTP/2 or HTTP/1.1 by ALPN);
+    /// without, HTTP/1.1 and cleartext HTTP/2. Either way a client has
+    /// [`HEADER_TIMEOUT`] to send a request's head of at most
+    /// [`MAX_HEADERS`] bytes.
     pub async fn serve(
         self: &Arc<Self>,
         listener: tokio::net::TcpListener,
         tls: Option<Arc<tls::Tls>>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (tx, mut stopping) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
             let _ = tx.send(true);
         });
         self.start_autoscaler();
-        let mut stopping = rx.clone();
-        let Some(tls) = tls else {
-            let graceful = async move {
-                let mut rx = rx;
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            let server = axum::serve(listener, self.router()).with_graceful_shutdown(graceful);
-            return tokio::select! {
-                r = server => r,
-                _ = async {
-                    let _ = stopping.wait_for(|s| *s).await;
-                    tokio::time::sleep(SHUTDOWN_GRACE).await;
-                } => Ok(()),
-            };
-        };
-        tls.watch();
+        self.oidc.warm_up();
+        if let Some(tls) = &tls {
+            tls.watch();
+        }
         let router = self.router();
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut builder =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(MAX_HEADERS);
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .max_header_list_size(MAX_HEADERS as u32);
+        let builder = Arc::new(builder);
         loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((tcp, _)) = accepted else { continue };
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-                    let service = hyper_util::service::TowerToHyperService::new(router.clone());
-                    let watcher = graceful.watcher();
-                    tokio::spawn(async move {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stopping.wait_for(|s| *s) => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let router = router.clone();
+            let service =
+                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(auth::Peer(peer));
+                    let mut router = router.clone();
+                    async move {
+                        use tower_service::Service;
+                        router.call(req.map(axum::body::Body::new)).await
+                    }
+                });
+            let watcher = graceful.watcher();
+            let builder = builder.clone();
+            let acceptor = tls
+                .as_ref()
+                .map(|t| tokio_rustls::TlsAcceptor::from(t.config()));
+            tokio::spawn(async move {
+                use hyper_util::rt::TokioIo;
+                match acceptor {
+                    None => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                    Some(acceptor) => {
                         let Ok(Ok(stream)) =
                             tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                         else {
                             return; // not TLS, or too slow: dropped
                         };
-                        let builder = hyper_util::server::conn::auto::Builder::new(
-                            hyper_util::rt::TokioExecutor::new(),
-                        );
-                        let conn = builder.serve_connection_with_upgrades(
-                            hyper_util::rt::TokioIo::new(stream),
-                            service,
-                        );
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         let _ = watcher.watch(conn.into_owned()).await;
-                    });
+                    }
                 }
-                _ = stopping.wait_for(|s| *s) => break,
-            }
+            });
         }
         drop(listener);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
@@ -256,31 +318,4 @@ impl<P: Provider> Gateway<P> {
     pub async fn shutdown(&self) {
         self.provider.shutdown().await;
     }
-}
-
-async fn require_admin<P: Provider>(
-    State(gw): State<Arc<Gateway<P>>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let ok = match (
-        auth::presented(req.headers()),
-        gw.store.credential_hash(auth::ADMIN),
-    ) {
-        (Some(token), Ok(Some(hash))) => auth::matches(&token, &hash),
-        _ => false,
-    };
-    if !ok {
-        let mut r = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong credential: /system needs the admin credential, as a bearer token or HTTP basic auth with user admin",
-        )
-        .into_response();
-        r.headers_mut().insert(
-            axum::http::header::WWW_AUTHENTICATE,
-            axum::http::HeaderValue::from_static("Basic realm=\"graphene\""),
-        );
-        return r;
-    }
-    next.run(req).await
 }

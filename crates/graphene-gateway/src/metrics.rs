@@ -30,6 +30,16 @@ pub struct Metrics {
     scale_events: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// How long calls waited for a first replica.
     cold_starts: Mutex<BTreeMap<String, Series>>,
+    /// Per principal and result (`allowed`, `denied`, `limited`).
+    principals: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+/// A label value as the text format wants it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Name, type, help text and value of a per-function gauge.
@@ -116,6 +126,16 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// An access check's outcome for a principal.
+    pub fn access(&self, principal: &str, result: &'static str) {
+        *self
+            .principals
+            .lock()
+            .expect("metrics lock")
+            .entry((principal.to_string(), result))
+            .or_default() += 1;
+    }
+
     /// Completed invocations of one function (for `invocationCount`).
     pub fn invocations(&self, function: &str) -> u64 {
         self.finished
@@ -173,6 +193,15 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "graphene_scale_events_total{{direction=\"{direction}\",function_name=\"{f}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP graphene_principal_requests_total Access checks per principal: allowed, denied (401/403) or limited (429)\n");
+        out.push_str("# TYPE graphene_principal_requests_total counter\n");
+        for ((p, result), n) in self.principals.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "graphene_principal_requests_total{{principal=\"{}\",result=\"{result}\"}} {n}",
+                escape(p)
             );
         }
         let gauges: [Gauge; 6] = [
@@ -264,5 +293,9 @@ mod tests {
             "graphene_cold_start_wait_seconds_bucket{function_name=\"echo.openfaas-fn\",le=\"0.005\"} 1"
         ));
         assert_eq!(m.invocations("echo.openfaas-fn"), 2);
+        m.access("user:a\"b", "limited");
+        assert!(m.render(&[]).contains(
+            "graphene_principal_requests_total{principal=\"user:a\\\"b\",result=\"limited\"} 1"
+        ));
     }
 }

@@ -1,5 +1,6 @@
-//! The control plane's durable state: deployed functions, secrets and
-//! credentials, in one SQLite database in the state directory. Every write is
+//! The control plane's durable state: deployed functions, secrets,
+//! credentials, API tokens (as hashes), grants and the audit trail, in one
+//! SQLite database in the state directory. Every write is
 //! committed before the API answers, so nothing accepted is lost when the
 //! server is killed.
 
@@ -8,6 +9,9 @@ use std::sync::Mutex;
 
 use graphene_core::api::FunctionDeployment;
 use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::access::{Action, Grant, Rate, Resource, TokenRecord};
+pub use graphene_core::api::AuditEntry;
 
 pub struct Store {
     db: Mutex<Connection>,
@@ -39,7 +43,17 @@ impl Store {
                 created_at TEXT NOT NULL,
                 PRIMARY KEY (namespace, name));
              CREATE TABLE IF NOT EXISTS credentials (
-                name TEXT PRIMARY KEY, hash TEXT NOT NULL, created_at TEXT NOT NULL);",
+                name TEXT PRIMARY KEY, hash TEXT NOT NULL, created_at TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS tokens (
+                name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, owner TEXT NOT NULL,
+                created_at TEXT NOT NULL, expires_at INTEGER);
+             CREATE TABLE IF NOT EXISTS grants (
+                id TEXT PRIMARY KEY, principal TEXT NOT NULL, actions TEXT NOT NULL,
+                resource TEXT NOT NULL, rate TEXT, burst INTEGER,
+                created_at TEXT NOT NULL, created_by TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS audit (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, principal TEXT NOT NULL,
+                action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL);",
         )?;
         Ok(Self { db: Mutex::new(db) })
     }
@@ -180,6 +194,174 @@ impl Store {
             params![name, hash, graphene_core::time::now_rfc3339()],
         )?;
         Ok(())
+    }
+}
+
+fn audit(db: &Connection, e: &AuditEntry) -> Result<()> {
+    db.execute(
+        "INSERT INTO audit (at, principal, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![e.at, e.principal, e.action, e.target, e.detail],
+    )?;
+    Ok(())
+}
+
+fn put_grant(db: &Connection, g: &Grant) -> Result<()> {
+    let actions: Vec<&str> = g.actions.iter().map(|a| a.name()).collect();
+    db.execute(
+        "INSERT INTO grants (id, principal, actions, resource, rate, burst, created_at, created_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            g.id,
+            g.principal,
+            actions.join(","),
+            g.resource.to_string(),
+            g.rate.map(|r| r.to_string()),
+            g.rate.map(|r| r.burst as i64),
+            g.created_at,
+            g.created_by
+        ],
+    )?;
+    Ok(())
+}
+
+fn conversion(e: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+}
+
+impl Store {
+    /// Appends to the audit trail.
+    pub fn audit(&self, e: &AuditEntry) -> Result<()> {
+        audit(&self.db(), e)
+    }
+
+    /// The newest entries first.
+    pub fn audit_trail(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT at, principal, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok(AuditEntry {
+                at: r.get(0)?,
+                principal: r.get(1)?,
+                action: r.get(2)?,
+                target: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Stores a token's hash with its grants and the audit line, at once.
+    /// False when a token of that name exists.
+    pub fn create_token(
+        &self,
+        t: &TokenRecord,
+        hash: &str,
+        grants: &[Grant],
+        entry: &AuditEntry,
+    ) -> Result<bool> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO tokens (name, hash, owner, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![t.name, hash, t.owner, t.created_at, t.expires_at.map(|e| e as i64)],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        for g in grants {
+            put_grant(&tx, g)?;
+        }
+        audit(&tx, entry)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Removes a token and the grants made to it. False if there was none.
+    pub fn revoke_token(&self, name: &str, entry: &AuditEntry) -> Result<bool> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        if tx.execute("DELETE FROM tokens WHERE name = ?1", [name])? == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "DELETE FROM grants WHERE principal = ?1",
+            [format!("token:{name}")],
+        )?;
+        audit(&tx, entry)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Every token by hash.
+    pub fn tokens(&self) -> Result<Vec<(String, TokenRecord)>> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT hash, name, owner, created_at, expires_at FROM tokens ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                TokenRecord {
+                    name: r.get(1)?,
+                    owner: r.get(2)?,
+                    created_at: r.get(3)?,
+                    expires_at: r.get::<_, Option<i64>>(4)?.map(|e| e as u64),
+                },
+            ))
+        })?;
+        rows.collect()
+    }
+
+    pub fn add_grant(&self, g: &Grant, entry: &AuditEntry) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        put_grant(&tx, g)?;
+        audit(&tx, entry)?;
+        tx.commit()
+    }
+
+    pub fn remove_grant(&self, id: &str, entry: &AuditEntry) -> Result<bool> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        if tx.execute("DELETE FROM grants WHERE id = ?1", [id])? == 0 {
+            return Ok(false);
+        }
+        audit(&tx, entry)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    pub fn grants(&self) -> Result<Vec<Grant>> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT id, principal, actions, resource, rate, burst, created_at, created_by
+             FROM grants ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let actions: String = r.get(2)?;
+            let resource: String = r.get(3)?;
+            let rate: Option<String> = r.get(4)?;
+            let burst: Option<i64> = r.get(5)?;
+            Ok(Grant {
+                id: r.get(0)?,
+                principal: r.get(1)?,
+                actions: actions
+                    .split(',')
+                    .map(Action::parse)
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(conversion)?,
+                resource: Resource::parse(&resource).map_err(conversion)?,
+                rate: rate
+                    .map(|r| Rate::parse(&r, burst.map(|b| b as u64)))
+                    .transpose()
+                    .map_err(conversion)?,
+                created_at: r.get(6)?,
+                created_by: r.get(7)?,
+            })
+        })?;
+        rows.collect()
     }
 }
 

@@ -9,7 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use base64::Engine;
 use futures_util::StreamExt;
 use graphene_core::api::{
@@ -21,12 +21,14 @@ use graphene_core::stack::Lang;
 use graphene_core::{names, DEFAULT_NAMESPACE};
 use serde::Deserialize;
 
+use crate::access::{Action, Identity, Permit};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::ReplicaGauge;
 use crate::store::StoredFunction;
 use crate::Gateway;
 
 type Gw<P> = State<Arc<Gateway<P>>>;
+type Who = Extension<Identity>;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct NamespaceQuery {
@@ -93,13 +95,21 @@ impl<P: Provider> Gateway<P> {
         }
     }
 
+    /// Whether `who` could do `action` (for filtering lists; takes nothing
+    /// from rate limits).
+    fn can(&self, who: &Identity, action: Action, namespace: &str, name: &str) -> bool {
+        self.policy().permit(who, action, namespace, name) != Permit::Denied
+    }
+
     async fn apply(
         &self,
+        who: &Identity,
         spec: FunctionDeployment,
         query: &NamespaceQuery,
         must_exist: bool,
     ) -> ApiResult<Response> {
         let ns = namespace(&spec.namespace, query)?;
+        self.authorize(who, Action::Deploy, &ns, &spec.service)?;
         let existing = self.store.function(&ns, &spec.service)?;
         if must_exist && existing.is_none() {
             return Err(ApiError::no_function(&spec.service, &ns));
@@ -108,6 +118,18 @@ impl<P: Provider> Gateway<P> {
         let d = self.deployment(&ns, spec.clone(), replicas)?;
         self.deploy(d).await?;
         self.store.put_function(&ns, &spec)?;
+        self.reload_access()?;
+        let verb = if must_exist {
+            "function.update"
+        } else {
+            "function.deploy"
+        };
+        self.audited(
+            who,
+            verb,
+            &format!("{}.{ns}", spec.service),
+            format!("image {}", spec.image),
+        );
         tracing::info!(function = %spec.service, namespace = %ns, image = %spec.image, "deployed");
         Ok(accepted())
     }
@@ -127,11 +149,16 @@ impl<P: Provider> Gateway<P> {
 
 pub async fn list<P: Provider>(
     State(gw): Gw<P>,
+    Extension(who): Who,
     Query(q): Query<NamespaceQuery>,
 ) -> ApiResult<Response> {
+    gw.signed_in(&who)?;
     let ns = namespace("", &q)?;
     let mut out = Vec::new();
     for f in gw.store.functions(Some(&ns))? {
+        if !gw.can(&who, Action::Read, &ns, &f.spec.service) {
+            continue;
+        }
         out.push(gw.status_of(f).await);
     }
     Ok(Json(out).into_response())
@@ -139,11 +166,13 @@ pub async fn list<P: Provider>(
 
 pub async fn describe<P: Provider>(
     State(gw): Gw<P>,
+    Extension(who): Who,
     Path(name): Path<String>,
     Query(q): Query<NamespaceQuery>,
 ) -> ApiResult<Response> {
     let (name, in_path) = names::split_qualified(&name);
     let ns = namespace(in_path.unwrap_or(""), &q)?;
+    gw.authorize(&who, Action::Read, &ns, name)?;
     let f = gw
         .store
         .function(&ns, name)?
@@ -153,33 +182,47 @@ pub async fn describe<P: Provider>(
 
 pub async fn create<P: Provider>(
     State(gw): Gw<P>,
+    Extension(who): Who,
     Query(q): Query<NamespaceQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    gw.apply(parse(&body)?, &q, false).await
+    gw.signed_in(&who)?;
+    gw.apply(&who, parse(&body)?, &q, false).await
 }
 
 pub async fn update<P: Provider>(
     State(gw): Gw<P>,
+    Extension(who): Who,
     Query(q): Query<NamespaceQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    gw.apply(parse(&body)?, &q, true).await
+    gw.signed_in(&who)?;
+    gw.apply(&who, parse(&body)?, &q, true).await
 }
 
 pub async fn delete<P: Provider>(
     State(gw): Gw<P>,
+    Extension(who): Who,
     Query(q): Query<NamespaceQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
+    gw.signed_in(&who)?;
     let req: DeleteFunctionRequest = parse(&body)?;
     if req.function_name.is_empty() {
         return Err(ApiError::bad_request("functionName: must not be empty"));
     }
     let ns = namespace(&req.namespace, &q)?;
+    gw.authorize(&who, Action::Deploy, &ns, &req.function_name)?;
     if !gw.store.delete_function(&ns, &req.function_name)? {
         return Err(ApiError::no_function(&req.function_name, &ns));
     }
+    gw.reload_access()?;
+    gw.audited(
+        &who,
+        "function.remove",
+        &format!("{}.{ns}", req.function_name),
+        String::new(),
+    );
     gw.scaler.forget(&ns, &req.function_name);
     match gw.provider.remove(&ns, &req.function_name).await {
         Ok(()) | Err(ProviderError::NotFound(_)) => {}
@@ -191,13 +234,16 @@ pub async fn delete<P: Provider>(
 
 pub async fn scale<P: Provider>(
     State(gw): Gw<P>,
+    Extension(who): Who,
     Path(name): Path<String>,
     Query(q): Query<NamespaceQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
+    gw.signed_in(&who)?;
     let req: ScaleServiceRequest = parse(&body)?;
     let (name, in_path) = names::split_qualified(&name);
     let ns = namespace(in_path.unwrap_or(&req.namespace), &q)?;
+    gw.authorize(&who, Action::Deploy, &ns, name)?;
     let f = gw
         .store
         .function(&ns, name)?
@@ -206,6 +252,12 @@ pub async fn scale<P: Provider>(
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     check_manual_scale(req.replicas, &settings.scaling)?;
     gw.scale_by_hand(&ns, name, req.replicas).await?;
+    gw.audited(
+        &who,
+        "function.scale",
+        &format!("{name}.{ns}"),
+        format!("{} replicas", req.replicas),
+    );
     tracing::info!(function = %name, namespace = %ns, replicas = req.replicas, "scaled");
     Ok(accepted())
 }
@@ -241,23 +293,29 @@ fn check_manual_scale(replicas: u64, policy: &graphene_core::autoscale::Policy) 
     Ok(())
 }
 
-pub async fn namespaces<P: Provider>(State(gw): Gw<P>) -> ApiResult<Response> {
+pub async fn namespaces<P: Provider>(State(gw): Gw<P>, Extension(who): Who) -> ApiResult<Response> {
+    gw.signed_in(&who)?;
     let mut all = gw.store.namespaces()?;
     if !all.iter().any(|n| n == DEFAULT_NAMESPACE) {
         all.insert(0, DEFAULT_NAMESPACE.to_string());
     }
+    let policy = gw.policy();
+    all.retain(|ns| policy.sees_namespace(&who, ns));
     Ok(Json(all).into_response())
 }
 
 pub async fn secrets<P: Provider>(
     State(gw): Gw<P>,
+    Extension(who): Who,
     Query(q): Query<NamespaceQuery>,
 ) -> ApiResult<Response> {
+    gw.signed_in(&who)?;
     let ns = namespace("", &q)?;
     let list: Vec<Secret> = gw
         .store
         .secret_names(&ns)?
         .into_iter()
+        .filter(|name| gw.can(&who, Action::ManageSecrets, &ns, name))
         .map(|name| Secret {
             name,
             namespace: ns.clone(),
@@ -284,10 +342,13 @@ fn secret_body(body: &[u8], q: &NamespaceQuery) -> ApiResult<(String, String, Ve
 
 pub async fn secret_create<P: Provider>(
     State(gw): Gw<P>,
+    Extension(who): Who,
     Query(q): Query<NamespaceQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
+    gw.signed_in(&who)?;
     let (name, ns, value) = secret_body(&body, &q)?;
+    gw.authorize(&who, Action::ManageSecrets, &ns, &name)?;
     if value.is_empty() {
         return Err(ApiError::bad_request("value: must not be empty"));
     }
@@ -296,16 +357,25 @@ pub async fn secret_create<P: Provider>(
             "secret {name} already exists in namespace {ns}; use `graphene secret update` to change it"
         )));
     }
+    gw.audited(
+        &who,
+        "secret.create",
+        &format!("{name}.{ns}"),
+        String::new(),
+    );
     tracing::info!(secret = %name, namespace = %ns, "secret created");
     Ok(accepted())
 }
 
 pub async fn secret_update<P: Provider>(
     State(gw): Gw<P>,
+    Extension(who): Who,
     Query(q): Query<NamespaceQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
+    gw.signed_in(&who)?;
     let (name, ns, value) = secret_body(&body, &q)?;
+    gw.authorize(&who, Action::ManageSecrets, &ns, &name)?;
     if value.is_empty() {
         return Err(ApiError::bad_request("value: must not be empty"));
     }
@@ -315,16 +385,25 @@ pub async fn secret_update<P: Provider>(
         )));
     }
     gw.refresh_users_of(&ns, &name).await?;
+    gw.audited(
+        &who,
+        "secret.update",
+        &format!("{name}.{ns}"),
+        String::new(),
+    );
     tracing::info!(secret = %name, namespace = %ns, "secret updated");
     Ok(accepted())
 }
 
 pub async fn secret_delete<P: Provider>(
     State(gw): Gw<P>,
+    Extension(who): Who,
     Query(q): Query<NamespaceQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
+    gw.signed_in(&who)?;
     let (name, ns, _) = secret_body(&body, &q)?;
+    gw.authorize(&who, Action::ManageSecrets, &ns, &name)?;
     let users: Vec<String> = gw
         .store
         .functions(Some(&ns))?
@@ -343,6 +422,12 @@ pub async fn secret_delete<P: Provider>(
             "secret {name} not found in namespace {ns}"
         )));
     }
+    gw.audited(
+        &who,
+        "secret.remove",
+        &format!("{name}.{ns}"),
+        String::new(),
+    );
     tracing::info!(secret = %name, namespace = %ns, "secret removed");
     Ok(accepted())
 }
@@ -363,7 +448,12 @@ pub struct LogQuery {
     instance: Option<String>,
 }
 
-pub async fn logs<P: Provider>(State(gw): Gw<P>, Query(q): Query<LogQuery>) -> ApiResult<Response> {
+pub async fn logs<P: Provider>(
+    State(gw): Gw<P>,
+    Extension(who): Who,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    gw.signed_in(&who)?;
     if q.name.is_empty() {
         return Err(ApiError::bad_request(
             "name: the function whose logs to read is required",
@@ -401,6 +491,7 @@ pub async fn logs<P: Provider>(State(gw): Gw<P>, Query(q): Query<LogQuery>) -> A
             )))
         }
     };
+    gw.authorize(&who, Action::Read, &ns, &q.name)?;
     if gw.store.function(&ns, &q.name)?.is_none() {
         return Err(ApiError::no_function(&q.name, &ns));
     }
@@ -440,7 +531,8 @@ pub async fn logs<P: Provider>(State(gw): Gw<P>, Query(q): Query<LogQuery>) -> A
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
-pub async fn info<P: Provider>(State(gw): Gw<P>) -> Response {
+pub async fn info<P: Provider>(State(gw): Gw<P>, Extension(who): Who) -> ApiResult<Response> {
+    gw.signed_in(&who)?;
     let version = VersionInfo {
         commit_message: String::new(),
         sha: option_env!("GRAPHENE_GIT_SHA")
@@ -448,7 +540,7 @@ pub async fn info<P: Provider>(State(gw): Gw<P>) -> Response {
             .to_string(),
         release: env!("CARGO_PKG_VERSION").to_string(),
     };
-    Json(ProviderInfo {
+    Ok(Json(ProviderInfo {
         provider: ProviderDetails {
             provider: gw.provider.name().to_string(),
             orchestration: "local".to_string(),
@@ -457,7 +549,7 @@ pub async fn info<P: Provider>(State(gw): Gw<P>) -> Response {
         version,
         arch: std::env::consts::ARCH.to_string(),
     })
-    .into_response()
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -466,21 +558,34 @@ pub struct BuildQuery {
     image: String,
     #[serde(default)]
     lang: String,
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 /// Builds an uploaded function folder (a tar) into a named image, streaming
 /// progress as NDJSON: `{"log": "..."}` lines, then `{"result": {...}}`.
+/// Building runs the function's own install steps, so it needs `deploy` on
+/// the function the image is named after (`echo` for `echo:latest`).
 pub async fn build<P: Provider>(
     State(gw): Gw<P>,
+    Extension(who): Who,
     Query(q): Query<BuildQuery>,
     request: axum::extract::Request,
 ) -> ApiResult<Response> {
+    gw.signed_in(&who)?;
     let lang = Lang::parse(&q.lang).map_err(|e| ApiError::bad_request(format!("lang: {e}")))?;
     if q.image.trim().is_empty() || q.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ApiError::bad_request(
             "image: must be a name such as echo:latest",
         ));
     }
+    let ns = namespace(
+        q.namespace.as_deref().unwrap_or(""),
+        &NamespaceQuery::default(),
+    )?;
+    let repo = q.image.rsplit('/').next().unwrap_or("");
+    let function = repo.split(':').next().unwrap_or("");
+    gw.authorize(&who, Action::Deploy, &ns, function)?;
     let archive = axum::body::to_bytes(request.into_body(), crate::MAX_BUILD_UPLOAD)
         .await
         .map_err(|_| {
@@ -530,7 +635,9 @@ pub async fn build<P: Provider>(
         .into_response())
 }
 
-pub async fn metrics<P: Provider>(State(gw): Gw<P>) -> ApiResult<Response> {
+/// Names every function, so it needs `read` on everything.
+pub async fn metrics<P: Provider>(State(gw): Gw<P>, Extension(who): Who) -> ApiResult<Response> {
+    gw.authorize(&who, Action::Read, "*", "*")?;
     let mut gauges = Vec::new();
     for f in gw.store.functions(None)? {
         if let Ok(r) = gw.provider.status(&f.namespace, &f.spec.service).await {

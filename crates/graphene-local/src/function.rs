@@ -706,6 +706,7 @@ impl Function {
             image_dir: &launch.image.dir,
             run_dir: None,
             secrets_dir: &launch.secrets_dir,
+            network: launch.network,
         };
         let mut cmd = launch.sandbox.command(
             Path::new("/bin/sh"),

@@ -165,8 +165,12 @@ fn fingerprint(image_digest: &str, d: &Deployment) -> String {
     }
     field(
         format!(
-            "{:?} {} {:?} {}",
-            d.settings.timeout, d.settings.workers, d.settings.upstream, d.settings.fork
+            "{:?} {} {:?} {} {}",
+            d.settings.timeout,
+            d.settings.workers,
+            d.settings.upstream,
+            d.settings.fork,
+            d.settings.network
         )
         .as_bytes(),
     );
@@ -265,7 +269,11 @@ impl Provider for LocalProvider {
                     workers: d.settings.workers,
                     secrets_dir,
                     sandbox: self.sandbox.clone(),
+                    network: d.settings.network,
                 });
+                if !d.settings.network && !self.sandbox.enabled() {
+                    tracing::warn!(function = %d.spec.service, "com.graphene.network is none, but without the sandbox (bubblewrap) the function's network cannot be cut off");
+                }
                 if python {
                     Target::Python(launch)
                 } else {

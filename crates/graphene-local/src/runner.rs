@@ -36,6 +36,8 @@ pub struct Launch {
     pub workers: u64,
     pub secrets_dir: PathBuf,
     pub sandbox: Sandbox,
+    /// Whether its processes may use the network.
+    pub network: bool,
 }
 
 /// The secrets folder belongs to one launch: it goes when the last runner
@@ -294,6 +296,7 @@ async fn run_once(
         image_dir: &launch.image.dir,
         run_dir: Some(&run_dir),
         secrets_dir: &launch.secrets_dir,
+        network: launch.network,
     };
     let mut child = match launch
         .sandbox

@@ -53,6 +53,8 @@ pub struct Mounts<'a> {
     pub image_dir: &'a Path,
     pub run_dir: Option<&'a Path>,
     pub secrets_dir: &'a Path,
+    /// Whether the process may use the network (`com.graphene.network`).
+    pub network: bool,
 }
 
 impl Sandbox {
@@ -122,6 +124,11 @@ impl Sandbox {
                     .arg(mounts.secrets_dir)
                     .arg(SECRETS_MOUNT);
                 c.args(ISOLATION);
+                if !mounts.network {
+                    // Only loopback, in a namespace of its own: the
+                    // gateway still reaches it over its Unix socket.
+                    c.arg("--unshare-net");
+                }
                 c.arg("--chdir").arg(mounts.image_dir.join("function"));
                 c.arg("--").arg(program).args(args);
                 c

@@ -47,6 +47,13 @@ pub struct Serve {
     /// (for development; clients trust it with GRAPHENE_CA=<state-dir>/tls/cert.pem)
     #[arg(long)]
     pub tls_self_signed: bool,
+    /// A reverse proxy (address or block, e.g. 10.0.0.0/8) whose
+    /// X-Forwarded-For is believed; repeat for several
+    #[arg(long, env = "GRAPHENE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxy: Vec<graphene_gateway::proxy::Cidr>,
+    /// YAML file naming the OIDC issuers whose tokens are accepted
+    #[arg(long, env = "GRAPHENE_AUTH_CONFIG")]
+    pub auth_config: Option<PathBuf>,
 }
 
 impl Serve {
@@ -77,6 +84,10 @@ impl Serve {
                 state.display()
             )
         })?;
+        let auth = match &self.auth_config {
+            Some(path) => graphene_gateway::oidc::AuthConfig::load(path)?,
+            None => Default::default(),
+        };
         let provider = Arc::new(
             LocalProvider::open(LocalConfig {
                 dir: state.join("local"),
@@ -90,6 +101,8 @@ impl Serve {
             GatewayConfig {
                 state_dir: state.clone(),
                 max_body: self.max_body,
+                trusted_proxies: self.trusted_proxy.clone(),
+                auth,
             },
             provider.clone(),
         )?;

@@ -218,12 +218,25 @@ impl Server {
         }
     }
 
+    /// GET as the operator (with the admin credential).
     pub fn get(&self, path: &str) -> Reply {
-        self.request("GET", path, b"", &[])
+        self.admin("GET", path, "")
     }
 
+    /// POST as the operator (with the admin credential).
     pub fn post(&self, path: &str, body: &str) -> Reply {
-        self.request("POST", path, body.as_bytes(), &[])
+        self.admin("POST", path, body)
+    }
+
+    /// A request with no credential at all.
+    pub fn anonymous(&self, method: &str, path: &str, body: &str) -> Reply {
+        self.request(method, path, body.as_bytes(), &[])
+    }
+
+    /// A request with `Authorization: Bearer <token>`.
+    pub fn bearer(&self, token: &str, method: &str, path: &str, body: &str) -> Reply {
+        let auth = format!("Bearer {token}");
+        self.request(method, path, body.as_bytes(), &[("Authorization", &auth)])
     }
 
     pub fn admin(&self, method: &str, path: &str, body: &str) -> Reply {
