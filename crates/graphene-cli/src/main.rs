@@ -49,8 +49,16 @@ enum Command {
     Scale(commands::scale::Scale),
     /// Manage secrets.
     Secret(commands::secret::Secret),
-    /// Store a credential for a gateway.
+    /// Store a credential for a gateway: a token, or one from an OIDC issuer.
     Login(commands::login::Login),
+    /// Show who the gateway takes you for.
+    Whoami(commands::grant::Whoami),
+    /// Manage API tokens (for services and customers).
+    Token(commands::token::Token),
+    /// Manage who may do what.
+    Grant(commands::grant::Grant),
+    /// Show who changed what, and when.
+    Audit(commands::grant::Audit),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +88,10 @@ fn main() -> ExitCode {
             Command::Scale(c) => c.run().await,
             Command::Secret(c) => c.run().await,
             Command::Login(c) => c.run().await,
+            Command::Whoami(c) => c.run().await,
+            Command::Token(c) => c.run().await,
+            Command::Grant(c) => c.run().await,
+            Command::Audit(c) => c.run().await,
         }
     });
     match result {

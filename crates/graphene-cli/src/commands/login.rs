@@ -43,7 +43,7 @@ impl Login {
         let url = config::gateway(self.target.gateway.as_deref(), None);
         let client = Client::new(&url, Some(token.clone()))?;
         let (status, body) = client
-            .call(Method::GET, "/system/functions", Vec::new())
+            .call(Method::GET, "/system/whoami", Vec::new())
             .await?;
         if status == hyper::StatusCode::UNAUTHORIZED {
             bail!("the gateway at {url} refused this credential");

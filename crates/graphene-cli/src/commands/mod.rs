@@ -3,6 +3,7 @@
 pub mod build;
 pub mod deploy;
 pub mod describe;
+pub mod grant;
 pub mod invoke;
 pub mod list;
 pub mod login;
@@ -12,6 +13,7 @@ pub mod rm;
 pub mod scale;
 pub mod secret;
 pub mod serve;
+pub mod token;
 pub mod up;
 
 use std::path::PathBuf;

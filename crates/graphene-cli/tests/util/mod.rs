@@ -158,12 +158,21 @@ impl Server {
     }
 
     pub fn cli_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        self.cli_as(&self.token(), args, stdin)
+    }
+
+    /// Runs the CLI with another credential (empty: none).
+    pub fn cli_as(&self, token: &str, args: &[&str], stdin: &[u8]) -> Output {
         use std::io::Write;
         let mut child = Command::new(BIN)
             .args(args)
             .current_dir(self.work.path())
             .env("GRAPHENE_URL", &self.url)
-            .env("GRAPHENE_TOKEN", self.token())
+            .env("GRAPHENE_TOKEN", token)
+            .env(
+                "GRAPHENE_STATE_DIR",
+                self.work.path().join("no-local-state"),
+            )
             .envs(self.ca.iter().map(|c| ("GRAPHENE_CA", c)))
             .env("HOME", self.work.path())
             .env_remove("XDG_CONFIG_HOME")
