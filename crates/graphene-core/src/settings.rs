@@ -85,6 +85,10 @@ pub struct FunctionSettings {
     pub public: bool,
     /// Whether the function's processes may use the network.
     pub network: bool,
+    /// `limits.memory`, in bytes, per replica.
+    pub memory_limit: Option<u64>,
+    /// `limits.cpu`, in thousandths of a CPU, per replica.
+    pub cpu_limit: Option<u64>,
 }
 
 impl FunctionSettings {
@@ -304,6 +308,17 @@ impl FunctionSettings {
                 ))
             }
         };
+        let limits = d.limits.clone().unwrap_or_default();
+        let memory_limit = Some(limits.memory.trim())
+            .filter(|m| !m.is_empty())
+            .map(parse_memory)
+            .transpose()
+            .map_err(|e| InvalidField::new("limits.memory", e))?;
+        let cpu_limit = Some(limits.cpu.trim())
+            .filter(|c| !c.is_empty())
+            .map(parse_cpu)
+            .transpose()
+            .map_err(|e| InvalidField::new("limits.cpu", e))?;
         if upstream.is_none() && d.image.trim().is_empty() {
             return Err(InvalidField::new(
                 "image",
@@ -321,14 +336,76 @@ impl FunctionSettings {
             queue,
             public,
             network,
+            memory_limit,
+            cpu_limit,
         })
     }
+}
+
+/// Kubernetes quantities: `128Mi`, `1Gi`, `500M`, `1000000` bytes.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a memory size (use e.g. 128Mi or 1Gi)"))?;
+    let factor: f64 = match unit {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0f64.powi(4),
+        "k" | "K" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        _ => {
+            return Err(format!(
+                "{text:?} has unknown unit {unit:?} (use Ki, Mi, Gi, Ti, k, M, G or T)"
+            ))
+        }
+    };
+    let bytes = value * factor;
+    if bytes.is_nan() || bytes < 4.0 * 1024.0 * 1024.0 || bytes > 1e15 {
+        return Err(format!("{text:?} must be at least 4Mi"));
+    }
+    Ok(bytes as u64)
+}
+
+/// `500m`, `0.5` or `2` CPUs, in thousandths.
+pub fn parse_cpu(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let millis = match t.strip_suffix('m') {
+        Some(m) => m.parse::<f64>().ok(),
+        None => t.parse::<f64>().ok().map(|c| c * 1000.0),
+    }
+    .filter(|m| m.is_finite() && *m >= 10.0 && *m <= 1_000_000.0)
+    .ok_or_else(|| {
+        format!("{text:?} is not a CPU amount of at least 10m (use e.g. 500m, 0.5 or 2)")
+    })?;
+    Ok(millis as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::Map;
+
+    #[test]
+    fn resource_quantities() {
+        assert_eq!(parse_memory("128Mi").unwrap(), 128 << 20);
+        assert_eq!(parse_memory("1G").unwrap(), 1_000_000_000);
+        assert_eq!(parse_memory("0.5Gi").unwrap(), 512 << 20);
+        assert!(parse_memory("1Ki").is_err() && parse_memory("lots").is_err());
+        assert!(parse_memory("5Qi").is_err());
+        assert_eq!(parse_cpu("500m").unwrap(), 500);
+        assert_eq!(parse_cpu("0.25").unwrap(), 250);
+        assert_eq!(parse_cpu("2").unwrap(), 2000);
+        assert!(parse_cpu("1m").is_err() && parse_cpu("fast").is_err());
+    }
 
     fn deployment(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> FunctionDeployment {
         let map = |kv: &[(&str, &str)]| -> Map {

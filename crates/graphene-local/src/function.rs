@@ -272,7 +272,12 @@ impl Function {
                 ),
             };
             let workers = if current.fork { launch.workers } else { 1 };
-            running.push(Replica::start(self.shared.clone(), runner, id, workers).await);
+            // Forked workers leave the parent's group for their replica's.
+            let group = match parent {
+                Some(_) => launch.cgroups.group(&id, launch.resources),
+                None => None,
+            };
+            running.push(Replica::start(self.shared.clone(), runner, id, workers, group).await);
         }
         // Scale-downs take the replicas with the fewest calls in flight.
         running.sort_by_key(|r| std::cmp::Reverse(r.busy()));
@@ -707,6 +712,7 @@ impl Function {
             run_dir: None,
             secrets_dir: &launch.secrets_dir,
             network: launch.network,
+            join: &[],
         };
         let mut cmd = launch.sandbox.command(
             Path::new("/bin/sh"),

@@ -9,6 +9,7 @@
 //! `images.rs` builds function folders into runnable images; `sandbox.rs`
 //! starts processes inside bubblewrap where available.
 
+mod cgroup;
 mod function;
 mod images;
 mod logs;
@@ -50,6 +51,7 @@ pub struct LocalProvider {
     dir: PathBuf,
     images: ImageStore,
     sandbox: sandbox::Sandbox,
+    cgroups: Arc<cgroup::Cgroups>,
     sockets: Arc<SocketNames>,
     functions: RwLock<HashMap<String, Arc<Function>>>,
     /// Numbers each deployed version's secrets folder.
@@ -77,6 +79,7 @@ impl LocalProvider {
         Ok(Self {
             images: ImageStore::open(dir.join("images"), config.python)?,
             sandbox: sandbox::Sandbox::detect(config.sandbox, config.hidden),
+            cgroups: Arc::new(cgroup::Cgroups::detect()),
             sockets: Arc::new(SocketNames {
                 dir: sockets,
                 next: AtomicU64::new(1),
@@ -165,12 +168,14 @@ fn fingerprint(image_digest: &str, d: &Deployment) -> String {
     }
     field(
         format!(
-            "{:?} {} {:?} {} {}",
+            "{:?} {} {:?} {} {} {:?} {:?}",
             d.settings.timeout,
             d.settings.workers,
             d.settings.upstream,
             d.settings.fork,
-            d.settings.network
+            d.settings.network,
+            d.settings.memory_limit,
+            d.settings.cpu_limit
         )
         .as_bytes(),
     );
@@ -270,7 +275,19 @@ impl Provider for LocalProvider {
                     secrets_dir,
                     sandbox: self.sandbox.clone(),
                     network: d.settings.network,
+                    resources: cgroup::Resources {
+                        memory_bytes: d.settings.memory_limit,
+                        cpu_millis: d.settings.cpu_limit,
+                    },
+                    cgroups: self.cgroups.clone(),
                 });
+                if launch.resources.any() {
+                    if let Some(reason) = self.cgroups.unavailable() {
+                        tracing::warn!(function = %d.spec.service, "limits.memory / limits.cpu are NOT enforced: {reason}");
+                    } else if !python {
+                        tracing::warn!(function = %d.spec.service, "limits.memory / limits.cpu are enforced for Python functions only");
+                    }
+                }
                 if !d.settings.network && !self.sandbox.enabled() {
                     tracing::warn!(function = %d.spec.service, "com.graphene.network is none, but without the sandbox (bubblewrap) the function's network cannot be cut off");
                 }

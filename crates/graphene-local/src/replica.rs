@@ -25,6 +25,8 @@ pub struct Replica {
     draining: AtomicBool,
     stopped: AtomicBool,
     pub started_at: String,
+    /// Where its forked workers go, for its memory and cpu limits.
+    cgroup: Option<crate::cgroup::Group>,
 }
 
 impl Replica {
@@ -33,6 +35,7 @@ impl Replica {
         runner: Arc<Runner>,
         id: String,
         workers: u64,
+        cgroup: Option<crate::cgroup::Group>,
     ) -> Arc<Replica> {
         let replica = Arc::new(Replica {
             id,
@@ -44,12 +47,16 @@ impl Replica {
             draining: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             started_at: graphene_core::time::now_rfc3339(),
+            cgroup,
         });
         runner.attach(&replica).await;
         replica
     }
 
     pub fn worker_joined(&self, pid: u32, host_pid: u32) {
+        if let Some(g) = &self.cgroup {
+            g.add(host_pid);
+        }
         self.pids.lock().expect("lock").push((pid, host_pid));
         self.shared.changed.notify_waiters();
     }

@@ -38,6 +38,9 @@ pub struct Launch {
     pub sandbox: Sandbox,
     /// Whether its processes may use the network.
     pub network: bool,
+    /// Memory and CPU per replica (and for the warm parent).
+    pub resources: crate::cgroup::Resources,
+    pub cgroups: Arc<crate::cgroup::Cgroups>,
 }
 
 /// The secrets folder belongs to one launch: it goes when the last runner
@@ -292,11 +295,15 @@ async fn run_once(
         ("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()),
     ]);
     let script = launch.image.dir.join("runner.py");
+    // The warm parent, or a replica's only process, in a group of its own.
+    let group = launch.cgroups.group(&runner.id, launch.resources);
+    let join = group.as_ref().map(|g| g.procs_files()).unwrap_or_default();
     let mounts = Mounts {
         image_dir: &launch.image.dir,
         run_dir: Some(&run_dir),
         secrets_dir: &launch.secrets_dir,
         network: launch.network,
+        join: &join,
     };
     let mut child = match launch
         .sandbox

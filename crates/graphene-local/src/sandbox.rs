@@ -2,11 +2,14 @@
 //! (its secrets mounted at /var/openfaas/secrets, a private /tmp), or as plain
 //! child processes with a warning where it does not. Inside the sandbox the
 //! state directory (credentials, database, other functions' files) is hidden
-//! behind an empty tmpfs, other processes are invisible (own PID namespace)
-//! and capabilities are dropped. Either way the process
+//! behind an empty tmpfs, other processes are invisible (own PID namespace),
+//! capabilities are dropped, and the function runs as `nobody` in a user
+//! namespace of its own where the kernel allows it. `com.graphene.network:
+//! none` adds a network namespace with nothing but loopback. Either way the process
 //! gets a clean environment: nothing of the server's own (tokens, paths)
 //! leaks into a function.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -41,9 +44,14 @@ const ISOLATION: &[&str] = &[
     "--die-with-parent",
 ];
 
+/// Not root inside: `nobody`, in a user namespace of its own.
+const NOT_ROOT: &[&str] = &["--unshare-user", "--uid", "65534", "--gid", "65534"];
+
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     bwrap: Option<PathBuf>,
+    /// Functions run as `nobody` (the kernel allows user namespaces).
+    not_root: bool,
     /// Folders hidden from functions (the state directory).
     hidden: Vec<PathBuf>,
 }
@@ -55,6 +63,8 @@ pub struct Mounts<'a> {
     pub secrets_dir: &'a Path,
     /// Whether the process may use the network (`com.graphene.network`).
     pub network: bool,
+    /// `cgroup.procs` files the process joins before it starts.
+    pub join: &'a [PathBuf],
 }
 
 impl Sandbox {
@@ -63,6 +73,7 @@ impl Sandbox {
         if !enabled {
             return Self {
                 bwrap: None,
+                not_root: false,
                 hidden,
             };
         }
@@ -72,16 +83,24 @@ impl Sandbox {
                 .find(|p| p.is_file())
         });
         // Probe with the very flags functions will run under.
-        let works = found.as_ref().is_some_and(|b| {
-            std::process::Command::new(b)
-                .args(BASE)
-                .args(ISOLATION)
-                .arg("true")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
+        let probe = |extra: &[&str]| {
+            found.as_ref().is_some_and(|b| {
+                std::process::Command::new(b)
+                    .args(BASE)
+                    .args(ISOLATION)
+                    .args(extra)
+                    .arg("true")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+        };
+        let not_root = probe(NOT_ROOT);
+        let works = not_root || probe(&[]);
+        if works && !not_root {
+            tracing::warn!("user namespaces are not available: sandboxed functions run as the server's user, without capabilities");
+        }
         if !works {
             tracing::warn!(
                 "bubblewrap (bwrap) is not available or does not work here: functions run without a sandbox, \
@@ -90,6 +109,7 @@ impl Sandbox {
         }
         Self {
             bwrap: found.filter(|_| works),
+            not_root,
             hidden,
         }
     }
@@ -107,38 +127,77 @@ impl Sandbox {
         mounts: &Mounts<'_>,
         env: &[(String, String)],
     ) -> tokio::process::Command {
-        let mut cmd = match &self.bwrap {
+        let mut argv: Vec<OsString> = Vec::new();
+        match &self.bwrap {
             Some(bwrap) => {
-                let mut c = tokio::process::Command::new(bwrap);
-                c.args(BASE);
+                let mut arg = |a: &dyn AsRef<std::ffi::OsStr>| argv.push(a.as_ref().to_owned());
+                arg(bwrap);
+                BASE.iter().for_each(|a| arg(a));
                 for dir in &self.hidden {
-                    c.arg("--tmpfs").arg(dir);
+                    arg(&"--tmpfs");
+                    arg(dir);
                 }
-                c.arg("--ro-bind")
-                    .arg(mounts.image_dir)
-                    .arg(mounts.image_dir);
+                for a in [
+                    &"--ro-bind" as &dyn AsRef<std::ffi::OsStr>,
+                    &mounts.image_dir,
+                    &mounts.image_dir,
+                ] {
+                    arg(a);
+                }
                 if let Some(run) = mounts.run_dir {
-                    c.arg("--bind").arg(run).arg(run);
+                    for a in [&"--bind" as &dyn AsRef<std::ffi::OsStr>, &run, &run] {
+                        arg(a);
+                    }
                 }
-                c.arg("--ro-bind")
-                    .arg(mounts.secrets_dir)
-                    .arg(SECRETS_MOUNT);
-                c.args(ISOLATION);
+                for a in [
+                    &"--ro-bind" as &dyn AsRef<std::ffi::OsStr>,
+                    &mounts.secrets_dir,
+                    &SECRETS_MOUNT,
+                ] {
+                    arg(a);
+                }
+                ISOLATION.iter().for_each(|a| arg(a));
+                if self.not_root {
+                    NOT_ROOT.iter().for_each(|a| arg(a));
+                }
                 if !mounts.network {
                     // Only loopback, in a namespace of its own: the
                     // gateway still reaches it over its Unix socket.
-                    c.arg("--unshare-net");
+                    arg(&"--unshare-net");
                 }
-                c.arg("--chdir").arg(mounts.image_dir.join("function"));
-                c.arg("--").arg(program).args(args);
-                c
+                arg(&"--chdir");
+                arg(&mounts.image_dir.join("function"));
+                arg(&"--");
+                arg(&program);
+                args.iter().for_each(|a| arg(a));
             }
             None => {
-                let mut c = tokio::process::Command::new(program);
-                c.args(args).current_dir(mounts.image_dir.join("function"));
+                argv.push(program.into());
+                argv.extend(args.iter().map(OsString::from));
+            }
+        }
+        let mut cmd = match mounts.join {
+            [] => {
+                let mut c = tokio::process::Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+            // A shell joins the cgroup first and then becomes the program,
+            // so nothing it starts runs outside the group even for a moment.
+            files => {
+                let joins: Vec<String> = files
+                    .iter()
+                    .map(|f| format!("echo $$ > '{}' || exit 97;", f.display()))
+                    .collect();
+                let mut c = tokio::process::Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(format!("{} exec \"$@\"", joins.join(" ")))
+                    .arg("sh")
+                    .args(&argv);
                 c
             }
         };
+        cmd.current_dir(mounts.image_dir.join("function"));
         let secrets = if self.enabled() {
             SECRETS_MOUNT.to_string()
         } else {
