@@ -369,7 +369,7 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
         }
     };
     let bytes = value * factor;
-    if bytes.is_nan() || bytes < 4.0 * 1024.0 * 1024.0 || bytes > 1e15 {
+    if !(4.0 * 1024.0 * 1024.0..=1e15).contains(&bytes) {
         return Err(format!("{text:?} must be at least 4Mi"));
     }
     Ok(bytes as u64)
