@@ -108,6 +108,54 @@ impl Client {
         })
     }
 
+    /// A request to another server (an OIDC issuer): an absolute URL, no
+    /// gateway credential; `basic` is sent as HTTP basic auth.
+    pub async fn fetch(
+        &self,
+        method: Method,
+        url: &str,
+        form: Option<&[(&str, &str)]>,
+        basic: Option<(&str, &str)>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(url)
+            .header("accept", "application/json");
+        if let Some((user, pass)) = basic {
+            use base64::Engine;
+            let pair = format!("{}:{}", form_encode(user), form_encode(pass));
+            req = req.header(
+                "authorization",
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ),
+            );
+        }
+        let body = match form {
+            Some(fields) => {
+                req = req.header("content-type", "application/x-www-form-urlencoded");
+                fields
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+                    .collect::<Vec<_>>()
+                    .join("&")
+            }
+            None => String::new(),
+        };
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .with_context(|| format!("{url}: not a usable URL"))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| anyhow!("could not reach {url}: {e}"))?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok((status, bytes))
+    }
+
     /// Sends a request and reads the whole answer.
     pub async fn call(
         &self,
@@ -189,4 +237,16 @@ pub async fn for_each_line(
         f(String::from_utf8_lossy(&buf).as_ref())?;
     }
     Ok(())
+}
+
+/// `application/x-www-form-urlencoded` escaping.
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -30,14 +30,21 @@ fn prometheus_scrapes_gateway_metrics() {
         assert_eq!(s.post("/function/echo", "x").status, 200);
     }
 
+    // Prometheus scrapes with a token that may only read.
+    let out = s.cli_as(
+        &s.token(),
+        &["token", "create", "prometheus", "--grant", "read:*"],
+        b"",
+    );
+    assert!(out.status.success());
+    let scrape_token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let dir = TempDir::new("prom");
     let target = s.url.trim_start_matches("http://");
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: graphene\n    authorization:\n      credentials: {}\n    static_configs:\n      - targets: ['{target}']\n",
-            s.token()
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: graphene\n    authorization:\n      credentials: {scrape_token}\n    static_configs:\n      - targets: ['{target}']\n"
         ),
     )
     .unwrap();
