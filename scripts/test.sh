@@ -24,6 +24,12 @@ command -v bwrap >/dev/null || apt_install bubblewrap || echo "warning: no bubbl
 # Prometheus: a real scraper of /metrics in the tests.
 command -v prometheus >/dev/null || apt_install prometheus || echo "warning: no prometheus; its tests are skipped" >&2
 
+# A real OpenID provider (npm oidc-provider) for the OIDC tests.
+command -v npm >/dev/null || apt_install nodejs npm
+if [ ! -d tests/oidc/node_modules/oidc-provider ] || [ tests/oidc/package-lock.json -nt tests/oidc/node_modules ]; then
+  (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
