@@ -12,8 +12,16 @@ import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 import { exportJWK, SignJWT } from 'jose';
 import Provider from 'oidc-provider';
+import { createMemoryAdapter } from 'oidc-provider/lib/adapters/memory_adapter.js';
 
-const AUDIENCE = 'graphene';
+// oidc-provider prints its notices with console.info; send them to stderr so
+// that stdout carries nothing but the ready line.
+console.info = console.error;
+
+// The resource indicator of graphene, also the `aud` of its access tokens.
+// oidc-provider (RFC 8707) only accepts absolute URIs as resource indicators,
+// so a bare `graphene` is rejected with invalid_target.
+const AUDIENCE = 'urn:graphene';
 
 // Confidential clients for the client_credentials grant and one public
 // client for the device authorization grant.
@@ -34,6 +42,10 @@ const CLIENTS = [
   },
 ];
 
+// One in-memory store for every provider built here, so that sessions,
+// grants and pending device codes survive a key rotation.
+const adapter = createMemoryAdapter();
+
 // Generates an RSA 2048 signing key; `jwk` is the private JWK handed to oidc-provider.
 async function generateKey(kid) {
   const { privateKey, publicKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -44,6 +56,7 @@ async function generateKey(kid) {
 // Builds a provider that signs with `key` only.
 function buildProvider(issuer, key) {
   const provider = new Provider(issuer, {
+    adapter,
     clients: CLIENTS,
     jwks: { keys: [key.jwk] },
     cookies: { keys: ['graphene-oidc-test-cookie-key'] },
@@ -53,8 +66,9 @@ function buildProvider(issuer, key) {
       devInteractions: { enabled: true },
       resourceIndicators: {
         enabled: true,
-        // A request without `resource` targets graphene.
-        defaultResource: () => AUDIENCE,
+        // A request without `resource` targets urn:graphene; of several
+        // granted resources the first is used.
+        defaultResource: (ctx, client, oneOf) => oneOf?.[0] ?? AUDIENCE,
         // The token request re-uses the resource from the device authorization.
         useGrantedResource: () => true,
         // Every resource server gets RS256-signed JWT access tokens.
@@ -71,7 +85,7 @@ function buildProvider(issuer, key) {
     extraTokenClaims: (ctx, token) => (token.clientId === 'analyst'
       ? {
         realm_access: { roles: ['analyst', 'offline_access'] },
-        resource_access: { [AUDIENCE]: { roles: ['deployer'] } },
+        resource_access: { graphene: { roles: ['deployer'] } },
       }
       : undefined),
   });
@@ -81,7 +95,8 @@ function buildProvider(issuer, key) {
   for (const event of ['server_error', 'grant.error', 'device_authorization.error',
     'code_verification.error', 'device_resume.error', 'jwks.error', 'discovery.error']) {
     provider.on(event, (ctx, err) => {
-      if (!quiet.has(err?.error)) console.error(`[oidc] ${event}:`, err?.error ?? '', err?.error_description ?? err);
+      if (quiet.has(err?.error)) return;
+      console.error(`[oidc] ${event}:`, err?.expose ? `${err.error} ${err.error_description ?? ''}` : err);
     });
   }
   return provider;
@@ -114,9 +129,10 @@ async function mint(issuer, key, body) {
       return sign({ alg: 'RS256', kid: stranger.kid, typ: 'JWT' }, stranger.privateKey);
     }
     case 'tamper': {
-      // Valid signature over the original payload, then the payload is swapped.
+      // Valid signature over the original payload, then the payload's sub is changed.
       const [header, , signature] = (await sign({ alg: 'RS256', kid: key.kid, typ: 'JWT' }, key.privateKey)).split('.');
-      return `${header}.${b64url({ ...claims, sub: 'admin' })}.${signature}`;
+      const sub = claims.sub === 'admin' ? 'root' : 'admin';
+      return `${header}.${b64url({ ...claims, sub })}.${signature}`;
     }
     case 'no-kid':
       return sign({ alg: 'RS256', typ: 'JWT' }, key.privateKey);
@@ -174,8 +190,12 @@ async function approve(issuer, userCode, account) {
 
   const field = (html, name) => html.match(new RegExp(`name="${name}" value="([^"]*)"`))?.[1];
   const action = (html) => html.match(/<form[^>]*action="([^"]+)"/)?.[1]?.replace(/&amp;/g, '&');
-  const errorOf = (page) => page.html.match(/<pre>([\s\S]*?)<\/pre>/)?.[1]?.trim()
-    ?? `unexpected page (HTTP ${page.status})`;
+  // The message of an error page or of a re-rendered code form, tags removed.
+  const errorOf = (page) => {
+    const text = page.html.match(/<p class="red">([\s\S]*?)<\/p>/)?.[1]
+      ?? [...page.html.matchAll(/<pre>([\s\S]*?)<\/pre>/g)].map((m) => m[1]).join('; ');
+    return text.replace(/<[^>]*>/g, '').trim() || `unexpected page (HTTP ${page.status})`;
+  };
 
   // 1. The user-code entry form carries the xsrf token.
   let page = await request('GET', '/device');
@@ -212,7 +232,7 @@ const issuer = `http://127.0.0.1:${server.address().port}`;
 
 let generation = 1;
 let key = await generateKey(`k${generation}`);
-let provider = buildProvider(issuer, key);
+let handle = buildProvider(issuer, key).callback();
 
 const readJson = async (req) => {
   let text = '';
@@ -236,7 +256,7 @@ async function control(req, res, path) {
       // New key k2, k3, ...; the new provider only knows the new key.
       generation += 1;
       key = await generateKey(`k${generation}`);
-      provider = buildProvider(issuer, key);
+      handle = buildProvider(issuer, key).callback();
       return sendJson(res, 200, { kid: key.kid });
     case '/_test/approve':
       if (!body.user_code) return sendJson(res, 400, { ok: false, error: 'user_code is required' });
@@ -261,7 +281,7 @@ server.on('request', (req, res) => {
     });
     return;
   }
-  provider.callback()(req, res);
+  handle(req, res);
 });
 
-console.log(`ready ${issuer}`);
+process.stdout.write(`ready ${issuer}\n`);

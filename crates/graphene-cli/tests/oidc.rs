@@ -117,13 +117,16 @@ fn header_kid(token: &str) -> String {
     v["kid"].as_str().unwrap_or("").to_string()
 }
 
+/// A configured issuer that does not answer.
+const DOWN: &str = "http://127.0.0.1:9";
+
 fn server_for(p: &Provider) -> Server {
     let config = util::TempDir::new("auth");
     let path = config.path().join("auth.yaml");
     std::fs::write(
         &path,
         format!(
-            "oidc:\n  - issuer: {}\n    audience: urn:graphene\n    roles: [realm_access.roles, resource_access.graphene.roles]\n    leeway: 60s\n",
+            "oidc:\n  - issuer: {}\n    audience: urn:graphene\n    roles: [realm_access.roles, resource_access.graphene.roles]\n    leeway: 60s\n  - issuer: {DOWN}\n    audience: urn:graphene\n",
             p.url
         ),
     )
@@ -204,6 +207,13 @@ fn bearer_jwts_are_checked_every_way() {
     for (case, claims, mode, says) in cases {
         expect(&p.mint(mode, claims), 401, says, case);
     }
+    // An issuer whose keys can't be fetched: the gateway can't tell, so 503.
+    expect(
+        &p.mint("rs256", json!({"iss": DOWN})),
+        503,
+        "could not be fetched",
+        "issuer down",
+    );
     // Within the leeway, and without a kid when the issuer has one key.
     expect(
         &p.mint("rs256", json!({"exp": t - 20})),

@@ -231,6 +231,64 @@ fn tokens_grants_and_public_functions() {
 }
 
 #[test]
+fn deploy_and_secret_grants() {
+    let s = Server::start();
+    s.function("svc", "python3", ECHO, "    secrets: [svc-key]\n");
+    let ci = stdout(&s.cli_as(
+        &s.token(),
+        &[
+            "token",
+            "create",
+            "ci",
+            "--grant",
+            "deploy:namespace:openfaas-fn",
+            "--grant",
+            "manage-secrets:svc-*",
+        ],
+        b"",
+    ));
+    // The CI token creates the secret, builds and deploys...
+    let out = s.cli_as(
+        &ci,
+        &["secret", "create", "svc-key", "--from-literal", "v"],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = s.cli_as(&ci, &["up"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&s.cli_as(&ci, &["list"], b"")).contains("svc"));
+    // ...but may not call it, touch other secrets, or hand out access.
+    assert_eq!(s.bearer(&ci, "POST", "/function/svc", "x").status, 403);
+    let other = s.cli_as(
+        &ci,
+        &["secret", "create", "db-password", "--from-literal", "v"],
+        b"",
+    );
+    assert!(String::from_utf8_lossy(&other.stderr).contains("403"));
+    let grant = s.cli_as(&ci, &["grant", "add", "token:ci", "invoke", "svc"], b"");
+    assert!(String::from_utf8_lossy(&grant.stderr).contains("403"));
+    assert!(s.ok(&["secret", "list"]).contains("svc-key"));
+    let audit = s.ok(&["audit"]);
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("token:ci") && l.contains("function.deploy")),
+        "{audit}"
+    );
+    assert!(audit
+        .lines()
+        .any(|l| l.contains("token:ci") && l.contains("secret.create")));
+}
+
+#[test]
 fn rate_limits_per_principal_and_client() {
     let s = Server::start_with(&["--trusted-proxy", "127.0.0.1"]);
     s.function("scored", "python3", ECHO, "");
