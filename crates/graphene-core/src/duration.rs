@@ -5,12 +5,17 @@ use std::time::Duration;
 
 const MAX_SECONDS: f64 = 366.0 * 86_400.0;
 
-pub fn parse(text: &str) -> Result<Duration, String> {
+/// `"128Mi"` → `("128", "Mi")`: the leading number and what follows it.
+pub(crate) fn number_and_unit(text: &str) -> (&str, &str) {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
+    t.split_at(split)
+}
+
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let (num, unit) = number_and_unit(text);
     let value: f64 = num
         .parse()
         .map_err(|_| format!("{text:?} is not a duration (use e.g. 30s, 500ms, 2m)"))?;

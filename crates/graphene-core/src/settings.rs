@@ -344,11 +344,7 @@ impl FunctionSettings {
 
 /// Kubernetes quantities: `128Mi`, `1Gi`, `500M`, `1000000` bytes.
 pub fn parse_memory(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
+    let (num, unit) = duration::number_and_unit(text);
     let value: f64 = num
         .parse()
         .map_err(|_| format!("{text:?} is not a memory size (use e.g. 128Mi or 1Gi)"))?;

@@ -15,8 +15,10 @@ use graphene_core::provider::Provider;
 use serde::Deserialize;
 
 use crate::access::{validate_principal, Action, Grant, Identity, Rate, Resource, TokenRecord};
+use crate::auth::now_unix;
 use crate::error::{ApiError, ApiResult};
 use crate::store::AuditEntry;
+use crate::system::parse;
 use crate::Gateway;
 
 type Gw<P> = State<Arc<Gateway<P>>>;
@@ -116,15 +118,6 @@ fn describe(g: &Grant) -> String {
     format!("{} on {}{rate}", actions.join(","), g.resource)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "invalid JSON body: {}",
-            graphene_core::humanize_serde_error(&e.to_string())
-        ))
-    })
-}
-
 fn token_info(t: &TokenRecord, grants: &[Grant], now: u64) -> TokenInfo {
     let principal = format!("token:{}", t.name);
     TokenInfo {
@@ -142,13 +135,6 @@ fn token_info(t: &TokenRecord, grants: &[Grant], now: u64) -> TokenInfo {
             .map(grant_info)
             .collect(),
     }
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 pub async fn tokens<P: Provider>(

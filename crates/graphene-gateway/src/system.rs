@@ -49,7 +49,7 @@ fn namespace(body: &str, query: &NamespaceQuery) -> ApiResult<String> {
     Ok(ns)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "invalid JSON body: {}",
