@@ -59,6 +59,8 @@ enum Command {
     Grant(commands::grant::Grant),
     /// Show who changed what, and when.
     Audit(commands::grant::Audit),
+    /// Follow, list and cancel asynchronous calls.
+    Job(commands::job::Job),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
             Command::Token(c) => c.run().await,
             Command::Grant(c) => c.run().await,
             Command::Audit(c) => c.run().await,
+            Command::Job(c) => c.run().await,
         }
     });
     match result {

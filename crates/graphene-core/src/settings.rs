@@ -32,6 +32,15 @@ pub const ANNOTATION_UPSTREAM: &str = "com.graphene.upstream";
 pub const LABEL_PUBLIC: &str = "com.graphene.public";
 /// `none` cuts the function off the network (it still answers calls).
 pub const ANNOTATION_NETWORK: &str = "com.graphene.network";
+/// Asynchronous calls: how many attempts, the first and the longest wait
+/// between them, and which status codes are worth another attempt.
+pub const ANNOTATION_RETRY_ATTEMPTS: &str = "com.openfaas.retry.attempts";
+pub const ANNOTATION_RETRY_MIN_BACKOFF: &str = "com.openfaas.retry.min_backoff";
+pub const ANNOTATION_RETRY_MAX_BACKOFF: &str = "com.openfaas.retry.max_backoff";
+pub const ANNOTATION_RETRY_CODES: &str = "com.openfaas.retry.codes";
+/// How many asynchronous calls of the function run at once.
+pub const ANNOTATION_ASYNC_CONCURRENCY: &str = "com.graphene.async.concurrency";
+pub const DEFAULT_ASYNC_CONCURRENCY: u64 = 4;
 /// The function's timeout: the one number a user sets.
 pub const ANNOTATION_TIMEOUT: &str = "com.graphene.timeout";
 
@@ -89,6 +98,47 @@ pub struct FunctionSettings {
     pub memory_limit: Option<u64>,
     /// `limits.cpu`, in thousandths of a CPU, per replica.
     pub cpu_limit: Option<u64>,
+    /// How asynchronous calls are retried.
+    pub retry: RetryPolicy,
+    /// Asynchronous calls running at once (apart from synchronous traffic).
+    pub async_concurrency: u64,
+}
+
+/// When an asynchronous call is tried again: on a status in `codes` (or a
+/// timeout or crash, which answer 504/502), up to `attempts` tries in all,
+/// waiting `min_backoff`, then twice as long each time, at most
+/// `max_backoff`, each wait jittered to between half and all of it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub codes: Vec<u16>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            codes: vec![429, 500, 502, 503, 504],
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `next` (2 for the first retry), given a
+    /// random number in [0, 1).
+    pub fn backoff(&self, next: u32, random: f64) -> Duration {
+        let doubling = 2f64.powi(next.saturating_sub(2).min(30) as i32);
+        let full = (self.min_backoff.as_secs_f64() * doubling).min(self.max_backoff.as_secs_f64());
+        Duration::from_secs_f64(full * (0.5 + random.clamp(0.0, 1.0) / 2.0))
+    }
+
+    pub fn retries(&self, code: u16) -> bool {
+        self.codes.contains(&code)
+    }
 }
 
 impl FunctionSettings {
@@ -319,6 +369,75 @@ impl FunctionSettings {
             .map(parse_cpu)
             .transpose()
             .map_err(|e| InvalidField::new("limits.cpu", e))?;
+        let defaults = RetryPolicy::default();
+        let attempts = number(
+            ANNOTATION_RETRY_ATTEMPTS,
+            defaults.attempts as u64,
+            "annotations",
+        )?;
+        if !(1..=100).contains(&attempts) {
+            return Err(InvalidField::new(
+                field(ANNOTATION_RETRY_ATTEMPTS),
+                "must be between 1 and 100",
+            ));
+        }
+        let wait = |key: &str, default: Duration| -> Result<Duration, InvalidField> {
+            match get(key) {
+                None => Ok(default),
+                Some(text) => {
+                    let d = duration::parse(text).map_err(|e| InvalidField::new(field(key), e))?;
+                    if d < Duration::from_millis(10) || d > Duration::from_secs(86_400) {
+                        return Err(InvalidField::new(
+                            field(key),
+                            "must be between 10ms and 24h",
+                        ));
+                    }
+                    Ok(d)
+                }
+            }
+        };
+        let min_backoff = wait(ANNOTATION_RETRY_MIN_BACKOFF, defaults.min_backoff)?;
+        let max_backoff = wait(
+            ANNOTATION_RETRY_MAX_BACKOFF,
+            defaults.max_backoff.max(min_backoff),
+        )?;
+        if max_backoff < min_backoff {
+            return Err(InvalidField::new(
+                field(ANNOTATION_RETRY_MAX_BACKOFF),
+                format!("must not be shorter than {ANNOTATION_RETRY_MIN_BACKOFF}"),
+            ));
+        }
+        let codes = match get(ANNOTATION_RETRY_CODES) {
+            None => defaults.codes,
+            Some(text) => text
+                .split([',', ' '])
+                .filter(|c| !c.is_empty())
+                .map(|c| match c.trim().parse::<u16>() {
+                    Ok(n) if (400..=599).contains(&n) => Ok(n),
+                    _ => Err(InvalidField::new(
+                        field(ANNOTATION_RETRY_CODES),
+                        format!("{c:?} is not a status code from 400 to 599 (write e.g. \"429,502,503\")"),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let retry = RetryPolicy {
+            attempts: attempts as u32,
+            min_backoff,
+            max_backoff,
+            codes,
+        };
+        let async_concurrency = number(
+            ANNOTATION_ASYNC_CONCURRENCY,
+            DEFAULT_ASYNC_CONCURRENCY,
+            "annotations",
+        )?;
+        if !(1..=1000).contains(&async_concurrency) {
+            return Err(InvalidField::new(
+                field(ANNOTATION_ASYNC_CONCURRENCY),
+                "must be between 1 and 1000",
+            ));
+        }
         if upstream.is_none() && d.image.trim().is_empty() {
             return Err(InvalidField::new(
                 "image",
@@ -338,6 +457,8 @@ impl FunctionSettings {
             network,
             memory_limit,
             cpu_limit,
+            retry,
+            async_concurrency,
         })
     }
 }
@@ -389,6 +510,21 @@ pub fn parse_cpu(text: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
     use crate::api::Map;
+
+    #[test]
+    fn retry_backoff_doubles_within_bounds() {
+        let p = RetryPolicy {
+            attempts: 5,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+            codes: vec![500],
+        };
+        assert_eq!(p.backoff(2, 0.999_999).as_millis(), 99);
+        assert_eq!(p.backoff(2, 0.0).as_millis(), 50);
+        assert_eq!(p.backoff(3, 0.0).as_millis(), 100);
+        assert_eq!(p.backoff(9, 0.0).as_millis(), 250, "capped at max_backoff");
+        assert!(p.retries(500) && !p.retries(404));
+    }
 
     #[test]
     fn resource_quantities() {

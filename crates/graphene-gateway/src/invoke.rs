@@ -180,7 +180,7 @@ async fn call<P: Provider>(
     Ok(response)
 }
 
-fn uuid_v4() -> String {
+pub(crate) fn uuid_v4() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut b);

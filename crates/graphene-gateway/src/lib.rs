@@ -15,6 +15,7 @@ mod admin;
 mod auth;
 mod error;
 mod invoke;
+mod jobs;
 mod metrics;
 pub mod oidc;
 pub mod proxy;
@@ -26,7 +27,7 @@ pub mod tls;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::http::{Request, StatusCode};
+use axum::http::Request;
 use axum::middleware;
 use axum::routing::{any, delete, get, post};
 use axum::Router;
@@ -58,7 +59,14 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<proxy::Cidr>,
     /// OIDC issuers whose bearer JWTs are accepted.
     pub auth: oidc::AuthConfig,
+    /// How long finished asynchronous jobs are kept.
+    pub job_retention: std::time::Duration,
+    /// Largest job result kept (and sent to its callback), in bytes.
+    pub job_result_limit: usize,
 }
+
+pub const DEFAULT_JOB_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+pub const DEFAULT_JOB_RESULT_LIMIT: usize = 1 << 20;
 
 pub struct Gateway<P> {
     provider: Arc<P>,
@@ -70,6 +78,8 @@ pub struct Gateway<P> {
     limiter: access::Limiter,
     oidc: oidc::Oidc,
     admin_hash: String,
+    jobs: Arc<graphene_queue::Jobs>,
+    dispatch: jobs::Dispatch,
 }
 
 impl<P: Provider> Gateway<P> {
@@ -84,7 +94,13 @@ impl<P: Provider> Gateway<P> {
         let admin_hash = store
             .credential_hash(auth::ADMIN)?
             .ok_or_else(|| anyhow::anyhow!("the admin credential is missing from the database"))?;
+        let jobs = Arc::new(graphene_queue::Jobs::open(
+            &config.state_dir.join("jobs.db"),
+            config.job_result_limit,
+        )?);
         let gw = Arc::new(Self {
+            jobs,
+            dispatch: Default::default(),
             provider,
             store,
             metrics: Default::default(),
@@ -158,6 +174,12 @@ impl<P: Provider> Gateway<P> {
     async fn deploy(&self, d: Deployment) -> Result<(), graphene_core::provider::ProviderError> {
         let (ns, name) = (d.namespace.clone(), d.spec.service.clone());
         let policy = d.settings.scaling.clone();
+        self.dispatch.track(
+            &ns,
+            &name,
+            d.settings.async_concurrency,
+            d.settings.retry.clone(),
+        );
         let fallback = d.replicas.unwrap_or(d.settings.min_replicas);
         self.provider.deploy(d).await?;
         // The count the provider settled on (a redeploy keeps the current one).
@@ -205,15 +227,12 @@ impl<P: Provider> Gateway<P> {
             .route("/system/audit", get(admin::audit::<P>))
             .route("/system/whoami", get(admin::whoami::<P>))
             .route("/function/{*rest}", any(invoke::invoke::<P>))
+            .route("/async-function/{*rest}", any(jobs::enqueue::<P>))
             .route(
-                "/async-function/{*rest}",
-                any(|| async {
-                    ApiError::new(
-                        StatusCode::NOT_IMPLEMENTED,
-                        "asynchronous invocation is not available yet; call /function/<name> instead",
-                    )
-                }),
+                "/async-function/status/{id}",
+                get(jobs::status::<P>).delete(jobs::cancel::<P>),
             )
+            .route("/system/jobs", get(jobs::list::<P>))
             .route("/metrics", get(system::metrics::<P>))
             .route_layer(middleware::from_fn_with_state(
                 self.clone(),
@@ -242,6 +261,7 @@ impl<P: Provider> Gateway<P> {
             let _ = tx.send(true);
         });
         self.start_autoscaler();
+        self.start_jobs();
         self.oidc.warm_up();
         if let Some(tls) = &tls {
             tls.watch();

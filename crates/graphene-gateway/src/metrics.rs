@@ -30,6 +30,9 @@ pub struct Metrics {
     scale_events: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// How long calls waited for a first replica.
     cold_starts: Mutex<BTreeMap<String, Series>>,
+    /// Asynchronous calls per function and result (`succeeded`, `failed`,
+    /// `retried`).
+    jobs: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Per principal and result (`allowed`, `denied`, `limited`).
     principals: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
@@ -126,6 +129,15 @@ impl Metrics {
             .observe(seconds);
     }
 
+    pub fn job(&self, function: &str, result: &'static str) {
+        *self
+            .jobs
+            .lock()
+            .expect("metrics lock")
+            .entry((function.to_string(), result))
+            .or_default() += 1;
+    }
+
     /// An access check's outcome for a principal.
     pub fn access(&self, principal: &str, result: &'static str) {
         *self
@@ -193,6 +205,14 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "graphene_scale_events_total{{direction=\"{direction}\",function_name=\"{f}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP graphene_async_jobs_total Attempts of asynchronous calls: succeeded, failed (for good) or retried\n");
+        out.push_str("# TYPE graphene_async_jobs_total counter\n");
+        for ((f, result), n) in self.jobs.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "graphene_async_jobs_total{{function_name=\"{f}\",result=\"{result}\"}} {n}"
             );
         }
         out.push_str("# HELP graphene_principal_requests_total Access checks per principal: allowed, denied (401/403) or limited (429)\n");

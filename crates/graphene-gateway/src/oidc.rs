@@ -384,7 +384,15 @@ fn claim_values(claims: &Value, path: &str) -> Vec<String> {
     }
 }
 
-fn http_client(ca: Option<&std::path::Path>) -> anyhow::Result<Http> {
+/// An HTTP(S) client trusting the public roots and, if given, a CA file.
+pub(crate) fn http_client<B>(
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<Client<HttpsConnector<HttpConnector>, B>>
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca {

@@ -224,6 +224,7 @@ pub async fn delete<P: Provider>(
         String::new(),
     );
     gw.scaler.forget(&ns, &req.function_name);
+    gw.dispatch.forget(&ns, &req.function_name);
     match gw.provider.remove(&ns, &req.function_name).await {
         Ok(()) | Err(ProviderError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),

@@ -26,6 +26,12 @@ pub struct Invoke {
     /// Content type of the body
     #[arg(long, default_value = "text/plain")]
     pub content_type: String,
+    /// Queue the call and print its call id (see `graphene job`)
+    #[arg(short = 'a', long = "async")]
+    pub asynchronous: bool,
+    /// With --async: POST the result to this URL when the job ends
+    #[arg(long, requires = "asynchronous")]
+    pub callback_url: Option<String>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -55,7 +61,15 @@ impl Invoke {
             _ => self.name.clone(),
         };
         let sub = self.path.trim_start_matches('/');
-        let mut path = format!("/function/{name}");
+        if let Some(url) = &self.callback_url {
+            headers.push(("x-callback-url".to_string(), url.clone()));
+        }
+        let route = if self.asynchronous {
+            "async-function"
+        } else {
+            "function"
+        };
+        let mut path = format!("/{route}/{name}");
         if !sub.is_empty() {
             path = format!("{path}/{sub}");
         }
@@ -65,6 +79,19 @@ impl Invoke {
         let client = self.target.client(None)?;
         let resp = client.send(method, &path, body, &headers).await?;
         let status = resp.status();
+        if self.asynchronous {
+            let id = resp
+                .headers()
+                .get("x-call-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = resp.into_body().collect().await?.to_bytes();
+            crate::client::check(status, &body)?;
+            println!("{id}");
+            eprintln!("Queued; follow it with `graphene job status {id}`");
+            return Ok(());
+        }
         let layer = resp
             .headers()
             .get("x-graphene-layer")

@@ -54,6 +54,12 @@ pub struct Serve {
     /// YAML file naming the OIDC issuers whose tokens are accepted
     #[arg(long, env = "GRAPHENE_AUTH_CONFIG")]
     pub auth_config: Option<PathBuf>,
+    /// How long finished asynchronous jobs (and their results) are kept
+    #[arg(long, env = "GRAPHENE_JOB_RETENTION", default_value = "7d", value_parser = graphene_core::duration::parse)]
+    pub job_retention: std::time::Duration,
+    /// Largest job result kept and sent to callbacks, in bytes
+    #[arg(long, env = "GRAPHENE_JOB_RESULT_LIMIT", default_value_t = graphene_gateway::DEFAULT_JOB_RESULT_LIMIT)]
+    pub job_result_limit: usize,
 }
 
 impl Serve {
@@ -103,6 +109,8 @@ impl Serve {
                 max_body: self.max_body,
                 trusted_proxies: self.trusted_proxy.clone(),
                 auth,
+                job_retention: self.job_retention,
+                job_result_limit: self.job_result_limit,
             },
             provider.clone(),
         )?;

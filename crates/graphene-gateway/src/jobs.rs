@@ -1,0 +1,591 @@
+//! Asynchronous calls: `/async-function/<name>[.<ns>][/<path>]` stores the
+//! request durably (graphene-queue) and answers 202 with `X-Call-Id`; the
+//! dispatcher runs due jobs, at most `com.graphene.async.concurrency` at once
+//! per function, through the same provider and autoscaler as synchronous
+//! calls; failures the function's retry policy names are tried again with
+//! backoff; the result is kept for `GET /async-function/status/<id>` and
+//! POSTed to `X-Callback-Url` (itself retried). A job is run at least once:
+//! one whose gateway died while it ran is run again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use graphene_core::provider::{is_hop_by_hop, Invocation, Provider, ProviderError};
+use graphene_core::settings::RetryPolicy;
+use graphene_core::{names, DEFAULT_NAMESPACE};
+use graphene_queue::{Cancel, Jobs, NewJob, Outcome, State as JobState};
+use http_body_util::Full;
+use serde::Deserialize;
+
+use crate::access::{Action, Identity, Permit};
+use crate::error::{ApiError, ApiResult};
+use crate::Gateway;
+
+/// How long a running job is leased; renewed every third of it.
+const LEASE: Duration = Duration::from_secs(30);
+/// Jobs running at once across all functions.
+const MAX_RUNNING: usize = 256;
+/// Callbacks being delivered at once.
+const MAX_CALLBACKS: usize = 32;
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Headers not kept with a job: credentials are not stored.
+const NOT_STORED: &[&str] = &["authorization", "cookie", "x-callback-url", "host"];
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// The dispatcher's view of each function: its async settings and how many
+/// of its jobs run now.
+#[derive(Default)]
+pub struct Dispatch {
+    functions: Mutex<HashMap<(String, String), FunctionJobs>>,
+    running: AtomicUsize,
+    callbacks: AtomicUsize,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Clone)]
+struct FunctionJobs {
+    concurrency: u64,
+    retry: RetryPolicy,
+    running: u64,
+}
+
+impl Dispatch {
+    /// Called on every deploy.
+    pub fn track(&self, ns: &str, name: &str, concurrency: u64, retry: RetryPolicy) {
+        let mut f = self.functions.lock().expect("dispatch lock");
+        let e = f
+            .entry((ns.to_string(), name.to_string()))
+            .or_insert(FunctionJobs {
+                concurrency,
+                retry: retry.clone(),
+                running: 0,
+            });
+        e.concurrency = concurrency;
+        e.retry = retry;
+    }
+
+    pub fn forget(&self, ns: &str, name: &str) {
+        self.functions
+            .lock()
+            .expect("dispatch lock")
+            .remove(&(ns.to_string(), name.to_string()));
+    }
+
+    fn retry_policy(&self, ns: &str, name: &str) -> Option<RetryPolicy> {
+        self.functions
+            .lock()
+            .expect("dispatch lock")
+            .get(&(ns.to_string(), name.to_string()))
+            .map(|f| f.retry.clone())
+    }
+
+    fn adjust(&self, ns: &str, name: &str, up: bool) {
+        if let Some(f) = self
+            .functions
+            .lock()
+            .expect("dispatch lock")
+            .get_mut(&(ns.to_string(), name.to_string()))
+        {
+            f.running = if up {
+                f.running + 1
+            } else {
+                f.running.saturating_sub(1)
+            };
+        }
+    }
+}
+
+/// Runs a job-store call off the async threads (each write is fsynced).
+async fn blocking<T: Send + 'static>(
+    jobs: &Arc<Jobs>,
+    f: impl FnOnce(&Jobs) -> rusqlite::Result<T> + Send + 'static,
+) -> rusqlite::Result<T> {
+    let jobs = jobs.clone();
+    tokio::task::spawn_blocking(move || f(&jobs))
+        .await
+        .unwrap_or_else(|e| Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+}
+
+/// `POST /async-function/<name>[.<namespace>][/<path>]`.
+pub async fn enqueue<P: Provider>(
+    State(gw): State<Arc<Gateway<P>>>,
+    Extension(who): Extension<Identity>,
+    req: Request,
+) -> ApiResult<Response> {
+    let (parts, body) = req.into_parts();
+    let rest = parts
+        .uri
+        .path()
+        .strip_prefix("/async-function/")
+        .unwrap_or("");
+    let (qualified, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (name, ns) = names::split_qualified(qualified);
+    let ns = ns.unwrap_or(DEFAULT_NAMESPACE);
+    gw.authorize(&who, Action::Invoke, ns, name)?;
+    let retry = match gw.dispatch.retry_policy(ns, name) {
+        Some(r) if gw.provider.has(ns, name) => r,
+        _ => return Err(ApiError::no_function(name, ns)),
+    };
+    let header = |k: &str| parts.headers.get(k).and_then(|v| v.to_str().ok());
+    let callback = match header("x-callback-url").map(str::trim) {
+        None | Some("") => None,
+        Some(url) => {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.parse::<hyper::Uri>().is_ok_and(|u| u.host().is_some());
+            if !ok {
+                return Err(ApiError::bad_request(
+                    "X-Callback-Url: must be an absolute http:// or https:// URL",
+                ));
+            }
+            Some(url.to_string())
+        }
+    };
+    let id = match header("x-call-id") {
+        None => crate::invoke::uuid_v4(),
+        Some(id)
+            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            id.to_string()
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "X-Call-Id: 1 to 128 visible ASCII characters",
+            ))
+        }
+    };
+    let body = axum::body::to_bytes(body, gw.config.max_body)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is larger than the limit of {} bytes",
+                    gw.config.max_body
+                ),
+            )
+        })?;
+    let job = NewJob {
+        id: id.clone(),
+        namespace: ns.to_string(),
+        function: name.to_string(),
+        method: parts.method.as_str().to_string(),
+        path: path.to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(k, _)| !is_hop_by_hop(k.as_str()) && !NOT_STORED.contains(&k.as_str()))
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        body: body.to_vec(),
+        callback,
+        principal: who.principal.clone(),
+        retry,
+    };
+    let new = blocking(&gw.jobs, move |j| j.enqueue(&job, now_ms())).await?;
+    if new {
+        gw.dispatch.wake.notify_one();
+        tracing::debug!(call_id = %id, function = %name, "job accepted");
+    }
+    let mut r = StatusCode::ACCEPTED.into_response();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        r.headers_mut().insert("x-call-id", v);
+    }
+    Ok(r)
+}
+
+impl<P: Provider> Gateway<P> {
+    /// The job, if `who` asked for it or may `action` its function; a job
+    /// they may not see is reported missing.
+    async fn job_for(
+        &self,
+        who: &Identity,
+        id: &str,
+        action: Action,
+    ) -> ApiResult<graphene_queue::JobStatus> {
+        let key = id.to_string();
+        let found = blocking(&self.jobs, move |j| j.status(&key)).await?;
+        let missing = || ApiError::not_found(format!("no job with call id {id}"));
+        let Some(s) = found else {
+            self.signed_in(who)?;
+            return Err(missing());
+        };
+        if s.principal == who.principal
+            || self.policy().permit(who, action, &s.namespace, &s.function) != Permit::Denied
+        {
+            return Ok(s);
+        }
+        self.signed_in(who)?;
+        Err(missing())
+    }
+
+    /// Starts the dispatcher, the callback sender and the cleaner.
+    pub(crate) fn start_jobs(self: &Arc<Self>) {
+        let gw = self.clone();
+        tokio::spawn(async move {
+            match blocking(&gw.jobs, |j| j.requeue_running(now_ms())).await {
+                Ok(n) if n > 0 => tracing::info!(
+                    jobs = n,
+                    "queued again the jobs that were running when the server stopped"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "could not requeue running jobs"),
+            }
+            gw.dispatch_loop().await;
+        });
+        let gw = self.clone();
+        tokio::spawn(async move { gw.callback_loop().await });
+        let gw = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let before = now_ms().saturating_sub(gw.config.job_retention.as_millis() as u64);
+                if let Err(e) = blocking(&gw.jobs, move |j| j.purge(before)).await {
+                    tracing::warn!(error = %e, "could not purge old jobs");
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        });
+    }
+
+    async fn dispatch_loop(self: Arc<Self>) {
+        loop {
+            let _ = tokio::time::timeout(Duration::from_millis(200), self.dispatch.wake.notified())
+                .await;
+            let now = now_ms();
+            if let Err(e) = blocking(&self.jobs, move |j| j.requeue_expired(now)).await {
+                tracing::warn!(error = %e, "job store");
+                continue;
+            }
+            let free = MAX_RUNNING.saturating_sub(self.dispatch.running.load(Ordering::Acquire));
+            if free == 0 {
+                continue;
+            }
+            let room: HashMap<(String, String), usize> = self
+                .dispatch
+                .functions
+                .lock()
+                .expect("dispatch lock")
+                .iter()
+                .map(|(k, f)| (k.clone(), f.concurrency.saturating_sub(f.running) as usize))
+                .collect();
+            let lease = now + LEASE.as_millis() as u64;
+            let claimed = blocking(&self.jobs, move |j| {
+                j.claim(now, lease, free, |ns, f| {
+                    room.get(&(ns.to_string(), f.to_string()))
+                        .copied()
+                        .unwrap_or(0)
+                })
+            })
+            .await;
+            match claimed {
+                Ok(jobs) => {
+                    for job in jobs {
+                        self.dispatch.running.fetch_add(1, Ordering::AcqRel);
+                        self.dispatch
+                            .adjust(&job.new.namespace, &job.new.function, true);
+                        let gw = self.clone();
+                        tokio::spawn(async move {
+                            let (ns, f) = (job.new.namespace.clone(), job.new.function.clone());
+                            gw.run_job(job).await;
+                            gw.dispatch.adjust(&ns, &f, false);
+                            gw.dispatch.running.fetch_sub(1, Ordering::AcqRel);
+                            gw.dispatch.wake.notify_one();
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not claim jobs"),
+            }
+        }
+    }
+
+    async fn run_job(self: &Arc<Self>, job: graphene_queue::Job) {
+        let j = job.new;
+        let attempt = job.attempt;
+        // The lease is renewed while the call runs, however long it takes.
+        let renew = {
+            let jobs = self.jobs.clone();
+            let id = j.id.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE / 3).await;
+                    let ids = vec![(id.clone(), attempt)];
+                    let until = now_ms() + LEASE.as_millis() as u64;
+                    if let Err(e) = blocking(&jobs, move |q| q.extend(&ids, until)).await {
+                        tracing::warn!(error = %e, "could not renew a job's lease");
+                    }
+                }
+            })
+        };
+        let started = Instant::now();
+        let function = format!("{}.{}", j.function, j.namespace);
+        self.metrics.started(&function);
+        let mut headers = j.headers.clone();
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("x-call-id"))
+        {
+            headers.push(("x-call-id".into(), j.id.clone()));
+        }
+        let (_load, _) = self.call_starts(&j.namespace, &j.function).await;
+        let result = self
+            .provider
+            .invoke(
+                &j.namespace,
+                &j.function,
+                Invocation {
+                    method: j.method.clone(),
+                    path: j.path.clone(),
+                    query: j.query.clone(),
+                    headers,
+                    body: Bytes::from(j.body.clone()),
+                    call_id: j.id.clone(),
+                },
+            )
+            .await;
+        drop(_load);
+        renew.abort();
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let outcome = match result {
+            Ok(r) => Outcome {
+                code: r.status,
+                body: r.body.to_vec(),
+                headers: r.headers,
+                duration_ms,
+                error: (r.status >= 400).then(|| format!("the function answered {}", r.status)),
+            },
+            Err(e) => {
+                let gone = matches!(e, ProviderError::NotFound(_));
+                let api = ApiError::from(e);
+                Outcome {
+                    code: if gone { 404 } else { api.status.as_u16() },
+                    body: api.message.clone().into_bytes(),
+                    headers: vec![("content-type".into(), "text/plain".into())],
+                    duration_ms,
+                    error: Some(api.message),
+                }
+            }
+        };
+        self.metrics
+            .finished(&function, outcome.code, started.elapsed().as_secs_f64());
+        let retryable = j.retry.retries(outcome.code) && attempt < j.retry.attempts;
+        let id = j.id.clone();
+        let stored = if retryable {
+            let wait = j.retry.backoff(attempt + 1, rand::random::<f64>());
+            let next = now_ms() + wait.as_millis() as u64;
+            let error = outcome.error.clone().unwrap_or_default();
+            tracing::info!(call_id = %id, attempt, code = outcome.code, wait_ms = wait.as_millis() as u64, "job will be tried again");
+            self.metrics.job(&function, "retried");
+            blocking(&self.jobs, move |q| q.retry(&id, attempt, next, &error)).await
+        } else {
+            let succeeded = outcome.code < 400;
+            let mut outcome = outcome;
+            if !succeeded && attempt > 1 {
+                outcome.error = outcome
+                    .error
+                    .map(|e| format!("{e} (gave up after {attempt} attempts)"));
+            }
+            self.metrics
+                .job(&function, if succeeded { "succeeded" } else { "failed" });
+            blocking(&self.jobs, move |q| {
+                q.finish(&id, attempt, succeeded, &outcome, now_ms())
+            })
+            .await
+        };
+        match stored {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(call_id = %j.id, attempt, "a newer attempt of this job took over; this one's outcome is dropped")
+            }
+            Err(e) => {
+                tracing::error!(call_id = %j.id, error = %e, "could not record a job's outcome; it runs again when its lease ends")
+            }
+        }
+    }
+
+    async fn callback_loop(self: Arc<Self>) {
+        let http = match crate::oidc::http_client::<Full<Bytes>>(None) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "no HTTP client for callbacks");
+                return;
+            }
+        };
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let free =
+                MAX_CALLBACKS.saturating_sub(self.dispatch.callbacks.load(Ordering::Acquire));
+            if free == 0 {
+                continue;
+            }
+            let now = now_ms();
+            let due = match blocking(&self.jobs, move |j| j.callbacks_due(now, free)).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "job store");
+                    continue;
+                }
+            };
+            for cb in due {
+                // Not picked again while this delivery is under way.
+                let id = cb.id.clone();
+                let hold = now + 2 * CALLBACK_TIMEOUT.as_millis() as u64;
+                if blocking(&self.jobs, move |j| j.callback_sending(&id, hold))
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+                self.dispatch.callbacks.fetch_add(1, Ordering::AcqRel);
+                let gw = self.clone();
+                let http = http.clone();
+                tokio::spawn(async move {
+                    let error = deliver(&http, &cb).await.err();
+                    if let Some(e) = &error {
+                        tracing::info!(call_id = %cb.id, url = %cb.url, error = %e, "callback not delivered; it will be tried again");
+                    }
+                    let wait = Duration::from_secs((1u64 << cb.attempts.min(8)).min(300));
+                    let next = now_ms() + wait.as_millis() as u64;
+                    let id = cb.id.clone();
+                    if let Err(e) = blocking(&gw.jobs, move |j| {
+                        j.callback_done(&id, error.as_deref(), next)
+                    })
+                    .await
+                    {
+                        tracing::warn!(error = %e, "could not record a callback");
+                    }
+                    gw.dispatch.callbacks.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+        }
+    }
+}
+
+type Http = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+/// POSTs a job's result with OpenFaaS's callback headers.
+async fn deliver(http: &Http, cb: &graphene_queue::Callback) -> Result<(), String> {
+    let mut req = hyper::Request::post(&cb.url)
+        .header("x-call-id", &cb.id)
+        .header("x-function-status", cb.code.to_string())
+        .header("x-function-name", &cb.function)
+        .header("x-function-namespace", &cb.namespace)
+        .header(
+            "x-duration-seconds",
+            format!("{:.6}", cb.duration_ms as f64 / 1000.0),
+        );
+    if cb.truncated {
+        req = req.header("x-result-truncated", "true");
+    }
+    for (k, v) in &cb.headers {
+        if k.eq_ignore_ascii_case("content-type") {
+            req = req.header("content-type", v);
+        }
+    }
+    let req = req
+        .body(Full::new(Bytes::from(cb.body.clone())))
+        .map_err(|e| format!("bad callback request: {e}"))?;
+    let resp = tokio::time::timeout(CALLBACK_TIMEOUT, http.request(req))
+        .await
+        .map_err(|_| format!("no answer in {CALLBACK_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    match resp.status() {
+        s if s.is_success() => Ok(()),
+        s => Err(format!("the receiver answered {s}")),
+    }
+}
+
+/// `GET /async-function/status/<call-id>`.
+pub async fn status<P: Provider>(
+    State(gw): State<Arc<Gateway<P>>>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(gw.job_for(&who, &id, Action::Read).await?).into_response())
+}
+
+/// `DELETE /async-function/status/<call-id>`: cancels a queued job.
+pub async fn cancel<P: Provider>(
+    State(gw): State<Arc<Gateway<P>>>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    gw.job_for(&who, &id, Action::Invoke).await?;
+    let key = id.clone();
+    match blocking(&gw.jobs, move |j| j.cancel(&key, now_ms())).await? {
+        Cancel::Cancelled => {
+            tracing::info!(call_id = %id, by = %who.principal, "job cancelled");
+            Ok(StatusCode::OK.into_response())
+        }
+        Cancel::NotFound => Err(ApiError::not_found(format!("no job with call id {id}"))),
+        Cancel::Already(s) => Err(ApiError::conflict(format!(
+            "job {id} is {} and can no longer be cancelled (only queued jobs can)",
+            s.name()
+        ))),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    function: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /system/jobs`: jobs of the functions the caller may read.
+pub async fn list<P: Provider>(
+    State(gw): State<Arc<Gateway<P>>>,
+    Extension(who): Extension<Identity>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    gw.signed_in(&who)?;
+    let ns = q
+        .namespace
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state: {s:?} is not one of queued, running, succeeded, failed, cancelled"
+            ))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let function = q.function.filter(|f| !f.is_empty());
+    let policy = gw.policy();
+    let list: Vec<_> = blocking(&gw.jobs, move |j| {
+        j.list(&ns, function.as_deref(), state, limit)
+    })
+    .await?
+    .into_iter()
+    .filter(|s| {
+        s.principal == who.principal
+            || policy.permit(&who, Action::Read, &s.namespace, &s.function) != Permit::Denied
+    })
+    .collect();
+    Ok(Json(list).into_response())
+}
