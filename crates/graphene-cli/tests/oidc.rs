@@ -126,7 +126,7 @@ fn server_for(p: &Provider) -> Server {
     std::fs::write(
         &path,
         format!(
-            "oidc:\n  - issuer: {}\n    audience: urn:graphene\n    roles: [realm_access.roles, resource_access.graphene.roles]\n    leeway: 60s\n  - issuer: {DOWN}\n    audience: urn:graphene\n",
+            "oidc:\n  - issuer: {}\n    audience: urn:graphene\n    roles: [realm_access.roles, resource_access.graphene.roles]\n    leeway: 60s\n    prefix: \"kc:\"\n  - issuer: {DOWN}\n    audience: urn:graphene\n    prefix: \"down:\"\n",
             p.url
         ),
     )
@@ -162,10 +162,10 @@ fn bearer_jwts_are_checked_every_way() {
     expect(
         &valid,
         403,
-        "user:minted may not invoke model",
+        "user:kc:minted may not invoke model",
         "valid, no grant",
     );
-    s.ok(&["grant", "add", "user:minted", "invoke", "model"]);
+    s.ok(&["grant", "add", "user:kc:minted", "invoke", "model"]);
     expect(&valid, 200, "scored x", "valid, with grant");
     let t = now();
     let cases = [
@@ -235,13 +235,13 @@ fn bearer_jwts_are_checked_every_way() {
     expect(
         &analyst,
         403,
-        "user:analyst may not invoke model",
+        "user:kc:analyst may not invoke model",
         "no grant for the role yet",
     );
     s.ok(&[
         "grant",
         "add",
-        "role:analyst",
+        "role:kc:analyst",
         "invoke",
         "model",
         "--rate",
@@ -250,7 +250,7 @@ fn bearer_jwts_are_checked_every_way() {
     s.ok(&[
         "grant",
         "add",
-        "role:deployer",
+        "role:kc:deployer",
         "deploy",
         "namespace:openfaas-fn",
     ]);
@@ -258,12 +258,12 @@ fn bearer_jwts_are_checked_every_way() {
     expect(
         &plain,
         403,
-        "user:plain may not invoke",
+        "user:kc:plain may not invoke",
         "a client without the role",
     );
     let who: Value =
         serde_json::from_str(&s.bearer(&analyst, "GET", "/system/whoami", "").body).unwrap();
-    assert_eq!(who["principal"], "user:analyst");
+    assert_eq!(who["principal"], "user:kc:analyst");
     let roles = who["roles"].to_string();
     assert!(
         roles.contains("analyst") && roles.contains("deployer"),
@@ -301,8 +301,8 @@ fn bearer_jwts_are_checked_every_way() {
 fn cli_login_with_client_credentials_and_device_flow() {
     let p = Provider::start();
     let s = server_for(&p);
-    s.ok(&["grant", "add", "user:analyst", "read", "*"]);
-    s.ok(&["grant", "add", "user:alice", "invoke", "model"]);
+    s.ok(&["grant", "add", "user:kc:analyst", "read", "*"]);
+    s.ok(&["grant", "add", "user:kc:alice", "invoke", "model"]);
 
     // A service: client credentials, the secret on stdin.
     let out = s.cli_as(
@@ -325,9 +325,9 @@ fn cli_login_with_client_credentials_and_device_flow() {
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(said.contains("as user:analyst"), "{said}");
+    assert!(said.contains("as user:kc:analyst"), "{said}");
     let who = s.cli_as("", &["whoami"], b"");
-    assert!(String::from_utf8_lossy(&who.stdout).starts_with("user:analyst"));
+    assert!(String::from_utf8_lossy(&who.stdout).starts_with("user:kc:analyst"));
     let wrong = s.cli_as(
         "",
         &[
@@ -395,5 +395,5 @@ fn cli_login_with_client_credentials_and_device_flow() {
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     assert!(status.success(), "{out}{rest}");
-    assert!(out.contains("as user:alice"), "{out}");
+    assert!(out.contains("as user:kc:alice"), "{out}");
 }

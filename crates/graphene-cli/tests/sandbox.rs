@@ -69,6 +69,7 @@ fn functions_cannot_reach_the_state_or_each_other() {
         "state_dir": state,
         "secrets_dir": format!("{state}/local/secrets"),
         "state_file": format!("{state}/planted-by-fa"),
+        "server_config": format!("{}/.config", std::env::var("HOME").unwrap_or_default()),
     });
     let r = s.post("/function/fa", &targets.to_string());
     assert_eq!(r.status, 200, "{}", r.body);
@@ -97,6 +98,11 @@ fn functions_cannot_reach_the_state_or_each_other() {
         "{v}"
     );
     assert_ne!(v["uid"], 0, "functions do not run as root: {v}");
+    let config = v["server_config"].as_str().unwrap();
+    assert!(
+        config == "listed " || config.starts_with("denied"),
+        "the server user's ~/.config is hidden: {config}"
+    );
     assert!(
         !s.state.join("planted-by-fa").exists(),
         "a write to the state directory must not reach it"

@@ -9,6 +9,8 @@ use std::time::Duration;
 use util::{eventually, Server};
 
 const ECHO: &str = "def handle(req):\n    return req\n";
+/// Answers with the names of the headers it received.
+const HEADERS: &str = "def handle(event, context):\n    return ' '.join(sorted(event.headers))\n";
 
 fn stdout(out: &std::process::Output) -> String {
     assert!(
@@ -233,7 +235,7 @@ fn tokens_grants_and_public_functions() {
 #[test]
 fn deploy_and_secret_grants() {
     let s = Server::start();
-    s.function("svc", "python3", ECHO, "    secrets: [svc-key]\n");
+    s.function("svc", "python3-http", HEADERS, "    secrets: [svc-key]\n");
     let ci = stdout(&s.cli_as(
         &s.token(),
         &[
@@ -247,35 +249,58 @@ fn deploy_and_secret_grants() {
         ],
         b"",
     ));
-    // The CI token creates the secret, builds and deploys...
-    let out = s.cli_as(
+    let fails_with = |out: std::process::Output, code: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && err.contains(code), "{err}");
+    };
+    // Builds run install steps outside the sandbox: only admins build.
+    fails_with(s.cli_as(&ci, &["build"], b""), "403");
+    s.ok(&["build"]);
+    // The CI token creates its secret and deploys...
+    stdout(&s.cli_as(
         &ci,
         &["secret", "create", "svc-key", "--from-literal", "v"],
         b"",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = s.cli_as(&ci, &["up"], b"");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ));
+    stdout(&s.cli_as(&ci, &["deploy"], b""));
     assert!(stdout(&s.cli_as(&ci, &["list"], b"")).contains("svc"));
     // ...but may not call it, touch other secrets, or hand out access.
     assert_eq!(s.bearer(&ci, "POST", "/function/svc", "x").status, 403);
-    let other = s.cli_as(
-        &ci,
-        &["secret", "create", "db-password", "--from-literal", "v"],
-        b"",
+    fails_with(
+        s.cli_as(
+            &ci,
+            &["secret", "create", "db-password", "--from-literal", "v"],
+            b"",
+        ),
+        "403",
     );
-    assert!(String::from_utf8_lossy(&other.stderr).contains("403"));
-    let grant = s.cli_as(&ci, &["grant", "add", "token:ci", "invoke", "svc"], b"");
-    assert!(String::from_utf8_lossy(&grant.stderr).contains("403"));
-    assert!(s.ok(&["secret", "list"]).contains("svc-key"));
+    fails_with(
+        s.cli_as(&ci, &["grant", "add", "token:ci", "invoke", "svc"], b""),
+        "403",
+    );
+    // Nor mount a secret it may not manage, nor make the function public.
+    s.ok(&[
+        "secret",
+        "create",
+        "db-password",
+        "--from-literal",
+        "hunter2",
+    ]);
+    let spec = |extra: &str| {
+        format!(r#"{{"service":"svc","image":"svc:latest","secrets":["svc-key"{extra}]}}"#)
+    };
+    let r = s.bearer(&ci, "PUT", "/system/functions", &spec(r#","db-password""#));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("manage-secrets"), "{}", r.body);
+    let public = r#"{"service":"svc","image":"svc:latest","secrets":["svc-key"],"labels":{"com.graphene.public":"true"}}"#;
+    assert_eq!(
+        s.bearer(&ci, "PUT", "/system/functions", public).status,
+        403
+    );
+    assert_eq!(
+        s.bearer(&ci, "PUT", "/system/functions", &spec("")).status,
+        202
+    );
     let audit = s.ok(&["audit"]);
     assert!(
         audit
@@ -286,6 +311,16 @@ fn deploy_and_secret_grants() {
     assert!(audit
         .lines()
         .any(|l| l.contains("token:ci") && l.contains("secret.create")));
+
+    // The caller's credential is for the gateway: the function never sees it.
+    s.wait_ready("svc");
+    let seen = s.post("/function/svc", "x");
+    assert_eq!(seen.status, 200, "{}", seen.body);
+    assert!(
+        seen.body.contains("x-call-id") && !seen.body.contains("authorization"),
+        "{}",
+        seen.body
+    );
 }
 
 #[test]

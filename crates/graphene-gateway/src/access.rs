@@ -116,18 +116,27 @@ impl fmt::Display for Resource {
 }
 
 /// `*` matches any run of characters; everything else matches itself.
+/// Linear in practice: on a mismatch it only retries from the last star.
 fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, rest)) => {
-            let Some(tail) = text.strip_prefix(head) else {
-                return false;
-            };
-            (0..=tail.len())
-                .filter(|i| tail.is_char_boundary(*i))
-                .any(|i| glob(rest, &tail[i..]))
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while j < t.len() {
+        if i < p.len() && p[i] == b'*' {
+            star = Some((i, j));
+            i += 1;
+        } else if i < p.len() && p[i] == t[j] {
+            i += 1;
+            j += 1;
+        } else if let Some((si, sj)) = star {
+            i = si + 1;
+            j = sj + 1;
+            star = Some((si, sj + 1));
+        } else {
+            return false;
         }
     }
+    p[i..].iter().all(|c| *c == b'*')
 }
 
 /// A token bucket: `count` calls per `per`, up to `burst` at once.
@@ -246,9 +255,14 @@ impl Identity {
                 .is_some_and(|r| !self.is_anonymous() && self.roles.iter().any(|x| x == r))
     }
 
-    /// The key its rate-limit buckets are kept under.
+    /// The key its rate-limit buckets are kept under: anonymous callers by
+    /// address (an IPv6 caller by its /64, which one host usually holds).
     fn bucket_key(&self) -> String {
         match (self.is_anonymous(), self.client) {
+            (true, Some(IpAddr::V6(v6))) => {
+                let s = v6.segments();
+                format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
             (true, Some(ip)) => format!("ip:{ip}"),
             _ => self.principal.clone(),
         }
@@ -326,9 +340,23 @@ pub struct Limiter {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    rate: Rate,
 }
 
-/// How many buckets to keep before forgetting full ones.
+impl Bucket {
+    fn refill(&mut self, now: Instant) {
+        let gained = now.duration_since(self.at).as_secs_f64() * self.rate.per_second();
+        self.tokens = (self.tokens + gained).min(self.rate.burst as f64);
+        self.at = now;
+    }
+
+    fn full(&self) -> bool {
+        self.tokens >= self.rate.burst as f64
+    }
+}
+
+/// How many buckets to keep: beyond it, full ones (no different from new
+/// ones) are forgotten, then the least recently used.
 const MAX_BUCKETS: usize = 100_000;
 
 impl Limiter {
@@ -337,20 +365,26 @@ impl Limiter {
     pub fn take(&self, grant: &str, who: &Identity, rate: Rate) -> Result<(), u64> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("limiter lock");
-        if buckets.len() >= MAX_BUCKETS {
+        let key = (grant.to_string(), who.bucket_key());
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&key) {
             buckets.retain(|_, b| {
-                now.duration_since(b.at) < Duration::from_secs(86_400) && b.tokens < 1.0
+                b.refill(now);
+                !b.full()
             });
+            if buckets.len() >= MAX_BUCKETS * 9 / 10 {
+                let mut ages: Vec<Instant> = buckets.values().map(|b| b.at).collect();
+                ages.sort_unstable();
+                let cut = ages[ages.len() / 5];
+                buckets.retain(|_, b| b.at > cut);
+            }
         }
-        let b = buckets
-            .entry((grant.to_string(), who.bucket_key()))
-            .or_insert(Bucket {
-                tokens: rate.burst as f64,
-                at: now,
-            });
-        let refill = now.duration_since(b.at).as_secs_f64() * rate.per_second();
-        b.tokens = (b.tokens + refill).min(rate.burst as f64);
-        b.at = now;
+        let b = buckets.entry(key).or_insert(Bucket {
+            tokens: rate.burst as f64,
+            at: now,
+            rate,
+        });
+        b.rate = rate;
+        b.refill(now);
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
             return Ok(());
@@ -402,6 +436,9 @@ mod tests {
             assert!(Resource::parse(bad).is_err(), "{bad:?} must be refused");
         }
         assert!(glob("a*b*c", "aXXbYc") && !glob("a*b*c", "aXXbY"));
+        assert!(glob("*", "") && glob("a*", "a") && !glob("a", "ab") && glob("*b", "ab"));
+        let long = "a".repeat(60_000);
+        assert!(!glob("*a*a*a*a*b", &long), "fast on a hostile mismatch");
     }
 
     #[test]

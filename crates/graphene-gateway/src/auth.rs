@@ -130,6 +130,8 @@ impl<P: Provider> Gateway<P> {
     /// Rebuilds the in-memory policy from the store (after any change to
     /// tokens, grants or functions).
     pub(crate) fn reload_access(&self) -> ApiResult<()> {
+        // One reload at a time, so an older snapshot never replaces a newer.
+        let _one = self.reloading.lock().expect("reload lock");
         let mut p = Policy {
             tokens: self.store.tokens()?.into_iter().collect(),
             grants: self.store.grants()?,

@@ -125,7 +125,7 @@ async fn call<P: Provider>(
     let mut headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .filter(|(k, _)| !is_hop_by_hop(k.as_str()))
+        .filter(|(k, _)| !is_hop_by_hop(k.as_str()) && !is_credential(k.as_str()))
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
     if !parts.headers.contains_key("x-call-id") {
@@ -178,6 +178,13 @@ async fn call<P: Provider>(
         }
     }
     Ok(response)
+}
+
+/// The caller's credential is for the gateway: it never reaches a
+/// function or an upstream.
+pub(crate) fn is_credential(header: &str) -> bool {
+    header.eq_ignore_ascii_case("authorization")
+        || header.eq_ignore_ascii_case("proxy-authorization")
 }
 
 pub(crate) fn uuid_v4() -> String {

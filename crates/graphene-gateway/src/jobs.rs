@@ -36,7 +36,7 @@ const MAX_RUNNING: usize = 256;
 const MAX_CALLBACKS: usize = 32;
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Headers not kept with a job: credentials are not stored.
-const NOT_STORED: &[&str] = &["authorization", "cookie", "x-callback-url", "host"];
+const NOT_STORED: &[&str] = &["cookie", "x-callback-url", "host"];
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -190,7 +190,11 @@ pub async fn enqueue<P: Provider>(
         headers: parts
             .headers
             .iter()
-            .filter(|(k, _)| !is_hop_by_hop(k.as_str()) && !NOT_STORED.contains(&k.as_str()))
+            .filter(|(k, _)| {
+                !is_hop_by_hop(k.as_str())
+                    && !crate::invoke::is_credential(k.as_str())
+                    && !NOT_STORED.contains(&k.as_str())
+            })
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect(),
         body: body.to_vec(),
@@ -198,10 +202,17 @@ pub async fn enqueue<P: Provider>(
         principal: who.principal.clone(),
         retry,
     };
-    let new = blocking(&gw.jobs, move |j| j.enqueue(&job, now_ms())).await?;
-    if new {
-        gw.dispatch.wake.notify_one();
-        tracing::debug!(call_id = %id, function = %name, "job accepted");
+    match blocking(&gw.jobs, move |j| j.enqueue(&job, now_ms())).await? {
+        None => {
+            gw.dispatch.wake.notify_one();
+            tracing::debug!(call_id = %id, function = %name, "job accepted");
+        }
+        Some(owner) if owner != who.principal => {
+            return Err(ApiError::conflict(
+                "X-Call-Id: this call id was already used by another caller; pick another",
+            ))
+        }
+        Some(_) => {}
     }
     let mut r = StatusCode::ACCEPTED.into_response();
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -75,6 +75,7 @@ pub struct Gateway<P> {
     scaler: scaler::Scaler,
     config: GatewayConfig,
     policy: std::sync::RwLock<Arc<access::Policy>>,
+    reloading: std::sync::Mutex<()>,
     limiter: access::Limiter,
     oidc: oidc::Oidc,
     admin_hash: String,
@@ -108,6 +109,7 @@ impl<P: Provider> Gateway<P> {
             oidc: oidc::Oidc::new(&config.auth)?,
             config,
             policy: Default::default(),
+            reloading: Default::default(),
             limiter: Default::default(),
             admin_hash,
         });

@@ -99,6 +99,17 @@ impl AuthConfig {
             .with_context(|| format!("--auth-config: reading {}", path.display()))?;
         let c: AuthConfig = serde_yaml::from_str(&text)
             .map_err(|e| anyhow!("--auth-config {}: {e}", path.display()))?;
+        if c.oidc.len() > 1 {
+            let mut seen = std::collections::HashSet::new();
+            for (i, o) in c.oidc.iter().enumerate() {
+                if o.prefix.is_empty() || !seen.insert(o.prefix.as_str()) {
+                    bail!(
+                        "--auth-config {}: oidc[{i}].prefix: with several issuers each needs its own prefix (e.g. \"azure:\"), or one issuer's subjects and roles would pass for another's",
+                        path.display()
+                    );
+                }
+            }
+        }
         for (i, o) in c.oidc.iter().enumerate() {
             let at = format!("--auth-config {}: oidc[{i}]", path.display());
             if !o.issuer.starts_with("https://") && !o.issuer.starts_with("http://") {
@@ -302,6 +313,9 @@ impl Issuer {
             .get("jwks_uri")
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow!("{discovery} has no jwks_uri"))?;
+        if self.config.issuer.starts_with("https://") && !uri.starts_with("https://") {
+            bail!("{discovery}: the jwks_uri {uri} is not https");
+        }
         let set: JwkSet = serde_json::from_value(self.get(uri).await?)
             .map_err(|e| anyhow!("{uri}: not a JWK set: {e}"))?;
         tracing::info!(issuer = %self.config.issuer, keys = set.keys.len(), "fetched signing keys");
@@ -466,6 +480,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("audiense"));
+        std::fs::write(
+            &f,
+            "oidc:\n  - issuer: https://a\n    audience: g\n  - issuer: https://b\n    audience: g\n    prefix: \"b:\"\n",
+        )
+        .unwrap();
+        assert!(AuthConfig::load(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("oidc[0].prefix"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -29,7 +29,13 @@ impl std::str::FromStr for Cidr {
             None => max,
             Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
         };
-        Ok(Self { addr, prefix })
+        Ok(Self {
+            addr: canonical(addr),
+            prefix: match (addr, canonical(addr)) {
+                (IpAddr::V6(_), IpAddr::V4(_)) => prefix.saturating_sub(96),
+                _ => prefix,
+            },
+        })
     }
 }
 
@@ -65,21 +71,28 @@ pub fn client(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
     if !is_trusted(peer) {
         return peer;
     }
-    let chain: Vec<IpAddr> = headers
+    // From the right: each trusted hop vouches for the address before it.
+    // An entry that is not an address ends the walk: nothing to its left
+    // can be believed.
+    let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map_while(|s| s.trim().parse::<IpAddr>().ok())
-        .map(canonical)
         .collect();
-    chain
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(**ip))
-        .or(chain.first())
-        .copied()
-        .unwrap_or(peer)
+    let mut client = peer;
+    for e in entries.iter().rev() {
+        match e.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = canonical(ip);
+                if !is_trusted(client) {
+                    return client;
+                }
+            }
+            Err(_) => return client,
+        }
+    }
+    client
 }
 
 #[cfg(test)]
@@ -124,5 +137,17 @@ mod tests {
             "forged header ignored"
         );
         assert_eq!(client(proxy, &HeaderMap::new(), &trusted), proxy);
+        let mut forged = HeaderMap::new();
+        forged.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.2.3.4, junk, 203.0.113.7"),
+        );
+        assert_eq!(
+            client(proxy, &forged, &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap(),
+            "the proxy's own entry wins over what the client wrote"
+        );
+        forged.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, junk"));
+        assert_eq!(client(proxy, &forged, &trusted), proxy);
     }
 }

@@ -110,6 +110,16 @@ impl<P: Provider> Gateway<P> {
     ) -> ApiResult<Response> {
         let ns = namespace(&spec.namespace, query)?;
         self.authorize(who, Action::Deploy, &ns, &spec.service)?;
+        // What a deploy grant alone may not do: mount secrets it may not
+        // manage, open the function to anyone, or point it at a host.
+        for secret in &spec.secrets {
+            self.authorize(who, Action::ManageSecrets, &ns, secret)?;
+        }
+        let settings = graphene_core::settings::FunctionSettings::from_deployment(&spec)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if settings.public || settings.upstream.is_some() {
+            self.authorize(who, Action::Admin, &ns, &spec.service)?;
+        }
         let existing = self.store.function(&ns, &spec.service)?;
         if must_exist && existing.is_none() {
             return Err(ApiError::no_function(&spec.service, &ns));
@@ -413,9 +423,17 @@ pub async fn secret_delete<P: Provider>(
         .map(|f| f.spec.service)
         .collect();
     if !users.is_empty() {
+        let named: Vec<&str> = users
+            .iter()
+            .filter(|f| gw.can(&who, Action::Read, &ns, f))
+            .map(String::as_str)
+            .collect();
+        let who_uses = match named.len() == users.len() {
+            true => named.join(", "),
+            false => format!("{} functions", users.len()),
+        };
         return Err(ApiError::conflict(format!(
-            "secret {name} is used by {}; remove it from those functions first",
-            users.join(", ")
+            "secret {name} is used by {who_uses}; remove it from those functions first"
         )));
     }
     if !gw.store.delete_secret(&ns, &name)? {
@@ -559,14 +577,12 @@ pub struct BuildQuery {
     image: String,
     #[serde(default)]
     lang: String,
-    #[serde(default)]
-    namespace: Option<String>,
 }
 
 /// Builds an uploaded function folder (a tar) into a named image, streaming
 /// progress as NDJSON: `{"log": "..."}` lines, then `{"result": {...}}`.
-/// Building runs the function's own install steps, so it needs `deploy` on
-/// the function the image is named after (`echo` for `echo:latest`).
+/// Building runs the function's own install steps as the server's user, so
+/// it needs `admin` on everything.
 pub async fn build<P: Provider>(
     State(gw): Gw<P>,
     Extension(who): Who,
@@ -580,13 +596,9 @@ pub async fn build<P: Provider>(
             "image: must be a name such as echo:latest",
         ));
     }
-    let ns = namespace(
-        q.namespace.as_deref().unwrap_or(""),
-        &NamespaceQuery::default(),
-    )?;
-    let repo = q.image.rsplit('/').next().unwrap_or("");
-    let function = repo.split(':').next().unwrap_or("");
-    gw.authorize(&who, Action::Deploy, &ns, function)?;
+    // Install steps (pip) run outside the sandbox, and images are shared by
+    // every namespace: building is for admins.
+    gw.authorize(&who, Action::Admin, "*", "*")?;
     let archive = axum::body::to_bytes(request.into_body(), crate::MAX_BUILD_UPLOAD)
         .await
         .map_err(|_| {

@@ -90,47 +90,50 @@ impl Cgroups {
             label.replace(['/', '.'], "_"),
             self.next.fetch_add(1, Ordering::Relaxed)
         );
+        // Folders made so far are removed (by Group's drop) if a step fails.
+        let mut g = Group { dirs: Vec::new() };
         let made = match &self.base {
             Base::Off(_) => return None,
             Base::V1 { memory, cpu } => (|| {
-                let mut dirs = Vec::new();
                 let m = memory.join(&name);
                 std::fs::create_dir(&m)?;
-                dirs.push(m.clone());
+                g.dirs.push(m.clone());
                 if let Some(bytes) = r.memory_bytes {
                     std::fs::write(m.join("memory.limit_in_bytes"), bytes.to_string())?;
                 }
                 if let (Some(cpu), Some(millis)) = (cpu, r.cpu_millis) {
                     let c = cpu.join(&name);
                     std::fs::create_dir(&c)?;
-                    dirs.push(c.clone());
+                    g.dirs.push(c.clone());
                     std::fs::write(c.join("cpu.cfs_period_us"), PERIOD_US.to_string())?;
                     std::fs::write(
                         c.join("cpu.cfs_quota_us"),
                         (millis * PERIOD_US / 1000).to_string(),
                     )?;
                 }
-                Ok::<_, std::io::Error>(Group { dirs })
+                Ok::<_, std::io::Error>(())
             })(),
             Base::V2 { dir } => (|| {
                 let d = dir.join(&name);
                 std::fs::create_dir(&d)?;
-                let g = Group {
-                    dirs: vec![d.clone()],
-                };
+                g.dirs.push(d.clone());
                 if let Some(bytes) = r.memory_bytes {
                     std::fs::write(d.join("memory.max"), bytes.to_string())?;
                     let _ = std::fs::write(d.join("memory.swap.max"), "0");
                 }
                 if let Some(millis) = r.cpu_millis {
-                    std::fs::write(
+                    // Without a delegated cpu controller only memory is held.
+                    if let Err(e) = std::fs::write(
                         d.join("cpu.max"),
                         format!("{} {PERIOD_US}", millis * PERIOD_US / 1000),
-                    )?;
+                    ) {
+                        tracing::warn!(group = %name, error = %e, "cpu limit not enforced");
+                    }
                 }
-                Ok(g)
+                Ok(())
             })(),
-        };
+        }
+        .map(|()| g);
         match made {
             Ok(g) => Some(g),
             Err(e) => {

@@ -52,7 +52,8 @@ pub struct Sandbox {
     bwrap: Option<PathBuf>,
     /// Functions run as `nobody` (the kernel allows user namespaces).
     not_root: bool,
-    /// Folders hidden from functions (the state directory).
+    /// Folders and files hidden from functions (the state directory, the
+    /// server user's configuration and keys).
     hidden: Vec<PathBuf>,
 }
 
@@ -133,9 +134,19 @@ impl Sandbox {
                 let mut arg = |a: &dyn AsRef<std::ffi::OsStr>| argv.push(a.as_ref().to_owned());
                 arg(bwrap);
                 BASE.iter().for_each(|a| arg(a));
-                for dir in &self.hidden {
-                    arg(&"--tmpfs");
-                    arg(dir);
+                for path in &self.hidden {
+                    if path.is_dir() {
+                        arg(&"--tmpfs");
+                        arg(path);
+                    } else if path.exists() {
+                        for a in [
+                            &"--ro-bind" as &dyn AsRef<std::ffi::OsStr>,
+                            &"/dev/null",
+                            path,
+                        ] {
+                            arg(a);
+                        }
+                    }
                 }
                 for a in [
                     &"--ro-bind" as &dyn AsRef<std::ffi::OsStr>,
@@ -185,14 +196,12 @@ impl Sandbox {
             // A shell joins the cgroup first and then becomes the program,
             // so nothing it starts runs outside the group even for a moment.
             files => {
-                let joins: Vec<String> = files
-                    .iter()
-                    .map(|f| format!("echo $$ > '{}' || exit 97;", f.display()))
-                    .collect();
                 let mut c = tokio::process::Command::new("/bin/sh");
                 c.arg("-c")
-                    .arg(format!("{} exec \"$@\"", joins.join(" ")))
+                    .arg(r#"while [ "$1" != -- ]; do echo $$ > "$1" || exit 97; shift; done; shift; exec "$@""#)
                     .arg("sh")
+                    .args(files)
+                    .arg("--")
                     .args(&argv);
                 c
             }

@@ -208,9 +208,11 @@ impl Jobs {
         self.db.lock().expect("jobs lock")
     }
 
-    /// Stores a job. False when a job with this id was accepted before.
-    pub fn enqueue(&self, j: &NewJob, now: u64) -> Result<bool> {
-        let n = self.db().execute(
+    /// Stores a job. When a job with this id was accepted before, nothing
+    /// is stored and the principal that queued that one is returned.
+    pub fn enqueue(&self, j: &NewJob, now: u64) -> Result<Option<String>> {
+        let db = self.db();
+        let n = db.execute(
             "INSERT OR IGNORE INTO jobs (id, namespace, function, method, path, query, headers, body,
                 callback, principal, retry, state, next_at, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'queued', ?12, ?12)",
@@ -229,7 +231,13 @@ impl Jobs {
                 now as i64
             ],
         )?;
-        Ok(n > 0)
+        if n > 0 {
+            return Ok(None);
+        }
+        db.query_row("SELECT principal FROM jobs WHERE id = ?1", [&j.id], |r| {
+            r.get(0)
+        })
+        .map(Some)
     }
 
     /// Jobs left running by a gateway that is gone: queued again. The
@@ -580,13 +588,14 @@ mod tests {
         let path = dir.join("jobs.db");
         let _ = std::fs::remove_file(&path);
         let q = Jobs::open(&path, 4).unwrap();
-        assert!(q.enqueue(&job("a", "f"), 10).unwrap());
-        assert!(
-            !q.enqueue(&job("a", "f"), 11).unwrap(),
+        assert_eq!(q.enqueue(&job("a", "f"), 10).unwrap(), None);
+        assert_eq!(
+            q.enqueue(&job("a", "f"), 11).unwrap().as_deref(),
+            Some("admin"),
             "an id is accepted once"
         );
-        assert!(q.enqueue(&job("b", "f"), 12).unwrap());
-        assert!(q.enqueue(&job("c", "g"), 13).unwrap());
+        assert_eq!(q.enqueue(&job("b", "f"), 12).unwrap(), None);
+        assert_eq!(q.enqueue(&job("c", "g"), 13).unwrap(), None);
         // Room for one of f and one of g.
         let got = q.claim(20, 100, 10, |_, _| 1).unwrap();
         let ids: Vec<_> = got.iter().map(|j| j.new.id.as_str()).collect();

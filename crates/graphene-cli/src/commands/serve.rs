@@ -99,7 +99,7 @@ impl Serve {
                 dir: state.join("local"),
                 python: self.python.clone(),
                 sandbox: !self.no_sandbox,
-                hidden: vec![state.clone()],
+                hidden: self.hidden_from_functions(&state),
             })
             .context("opening the local runtime")?,
         );
@@ -167,6 +167,35 @@ impl Serve {
         tracing::info!("stopping functions");
         gateway.shutdown().await;
         Ok(())
+    }
+}
+
+impl Serve {
+    /// What functions must not read even though the server's user can: its
+    /// state, its keys and configuration, its per-user runtime sockets.
+    fn hidden_from_functions(&self, state: &std::path::Path) -> Vec<PathBuf> {
+        let mut hidden = vec![state.to_path_buf()];
+        if let Some(home) = config::env("HOME").map(PathBuf::from) {
+            for sub in [
+                ".config", ".ssh", ".gnupg", ".aws", ".kube", ".docker", ".netrc",
+            ] {
+                hidden.push(home.join(sub));
+            }
+        }
+        if let Some(run) = config::env("XDG_RUNTIME_DIR") {
+            hidden.push(run.into());
+        }
+        hidden.extend(
+            self.tls_cert
+                .iter()
+                .chain(&self.tls_key)
+                .chain(&self.auth_config)
+                .cloned(),
+        );
+        hidden
+            .into_iter()
+            .filter_map(|p| p.canonicalize().ok())
+            .collect()
     }
 }
 
