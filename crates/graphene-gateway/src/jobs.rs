@@ -51,8 +51,9 @@ fn now_ms() -> u64 {
 pub struct Dispatch {
     functions: Mutex<HashMap<(String, String), FunctionJobs>>,
     running: AtomicUsize,
-    callbacks: AtomicUsize,
     wake: tokio::sync::Notify,
+    /// A job ended: its callback may be due.
+    callbacks_due: tokio::sync::Notify,
 }
 
 #[derive(Clone)]
@@ -419,7 +420,7 @@ impl<P: Provider> Gateway<P> {
             .await
         };
         match stored {
-            Ok(true) => {}
+            Ok(true) => self.dispatch.callbacks_due.notify_one(),
             Ok(false) => {
                 tracing::info!(call_id = %j.id, attempt, "a newer attempt of this job took over; this one's outcome is dropped")
             }
@@ -437,15 +438,21 @@ impl<P: Provider> Gateway<P> {
                 return;
             }
         };
+        // Deliveries under way, so a due callback is not sent twice at once.
+        let sending: Arc<Mutex<std::collections::HashSet<String>>> = Default::default();
         loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let free =
-                MAX_CALLBACKS.saturating_sub(self.dispatch.callbacks.load(Ordering::Acquire));
+            let _ = tokio::time::timeout(
+                Duration::from_millis(100),
+                self.dispatch.callbacks_due.notified(),
+            )
+            .await;
+            let busy = sending.lock().expect("callbacks lock").len();
+            let free = MAX_CALLBACKS.saturating_sub(busy);
             if free == 0 {
                 continue;
             }
             let now = now_ms();
-            let due = match blocking(&self.jobs, move |j| j.callbacks_due(now, free)).await {
+            let due = match blocking(&self.jobs, move |j| j.callbacks_due(now, busy + free)).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(error = %e, "job store");
@@ -453,18 +460,16 @@ impl<P: Provider> Gateway<P> {
                 }
             };
             for cb in due {
-                // Not picked again while this delivery is under way.
-                let id = cb.id.clone();
-                let hold = now + 2 * CALLBACK_TIMEOUT.as_millis() as u64;
-                if blocking(&self.jobs, move |j| j.callback_sending(&id, hold))
-                    .await
-                    .is_err()
+                if !sending
+                    .lock()
+                    .expect("callbacks lock")
+                    .insert(cb.id.clone())
                 {
                     continue;
                 }
-                self.dispatch.callbacks.fetch_add(1, Ordering::AcqRel);
                 let gw = self.clone();
                 let http = http.clone();
+                let sending = sending.clone();
                 tokio::spawn(async move {
                     let error = deliver(&http, &cb).await.err();
                     if let Some(e) = &error {
@@ -480,7 +485,8 @@ impl<P: Provider> Gateway<P> {
                     {
                         tracing::warn!(error = %e, "could not record a callback");
                     }
-                    gw.dispatch.callbacks.fetch_sub(1, Ordering::AcqRel);
+                    sending.lock().expect("callbacks lock").remove(&cb.id);
+                    gw.dispatch.callbacks_due.notify_one();
                 });
             }
         }

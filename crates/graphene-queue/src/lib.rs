@@ -426,15 +426,6 @@ impl Jobs {
         rows.collect()
     }
 
-    /// Holds a callback back while it is being sent (until `until`).
-    pub fn callback_sending(&self, id: &str, until: u64) -> Result<()> {
-        self.db().execute(
-            "UPDATE jobs SET callback_next_at = ?2 WHERE id = ?1",
-            params![id, until as i64],
-        )?;
-        Ok(())
-    }
-
     /// Records a delivery, or schedules another try (`next_at`), or gives up
     /// after [`CALLBACK_ATTEMPTS`].
     pub fn callback_done(&self, id: &str, error: Option<&str>, next_at: u64) -> Result<()> {
