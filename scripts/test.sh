@@ -24,6 +24,8 @@ command -v bwrap >/dev/null || apt_install bubblewrap || echo "warning: no bubbl
 # Prometheus: a real scraper of /metrics in the tests.
 command -v prometheus >/dev/null || apt_install prometheus || echo "warning: no prometheus; its tests are skipped" >&2
 
+# NATS JetStream: the second backend of asynchronous calls.
+command -v nats-server >/dev/null || apt_install nats-server
 # A real OpenID provider (npm oidc-provider) for the OIDC tests.
 command -v npm >/dev/null || apt_install nodejs npm
 if [ ! -d tests/oidc/node_modules/oidc-provider ] || [ tests/oidc/package-lock.json -nt tests/oidc/node_modules ]; then
@@ -31,9 +33,9 @@ if [ ! -d tests/oidc/node_modules/oidc-provider ] || [ tests/oidc/package-lock.j
 fi
 
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  cargo nextest run --workspace --all-features --locked --no-fail-fast
 else
-  cargo test --workspace --locked --no-fail-fast
+  cargo test --workspace --all-features --locked --no-fail-fast
 fi

@@ -43,10 +43,15 @@ impl Receiver {
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
                     let mut headers = HashMap::new();
                     let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
+                    // A connection closed before a request (a sender killed).
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
                     loop {
                         line.clear();
-                        reader.read_line(&mut line).unwrap();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
                         let l = line.trim_end();
                         if l.is_empty() {
                             break;
@@ -60,7 +65,9 @@ impl Receiver {
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(0);
                     let mut body = vec![0; n];
-                    reader.read_exact(&mut body).unwrap();
+                    if reader.read_exact(&mut body).is_err() {
+                        return; // cut off mid-request
+                    }
                     let status = if seen.fetch_add(1, Ordering::SeqCst) < refuse {
                         "500 Internal Server Error"
                     } else {
@@ -108,7 +115,20 @@ fn status(s: &Server, id: &str) -> Value {
 
 #[test]
 fn a_thousand_jobs_survive_sigkill() {
-    let s = Server::start();
+    thousand_jobs(Server::start(), None);
+}
+
+#[cfg(feature = "nats")]
+#[test]
+fn a_thousand_jobs_survive_sigkill_and_a_nats_restart() {
+    let mut nats = util::Nats::start();
+    let s = Server::start_with(&["--queue", &nats.url.clone()]);
+    thousand_jobs(s, Some(&mut nats));
+}
+
+/// Enqueues 1000 jobs, SIGKILLs the gateway mid-way (and restarts NATS
+/// when there is one) and checks every job completes.
+fn thousand_jobs(s: Server, nats: Option<&mut util::Nats>) {
     s.function(
         "work",
         "python3",
@@ -146,6 +166,12 @@ fn a_thousand_jobs_survive_sigkill() {
     let before = cb.received().len();
     let s = s.kill_and_restart();
     assert!(before < total, "the kill came too late to test anything");
+    if let Some(n) = nats {
+        eventually("more callbacks", Duration::from_secs(120), || {
+            (cb.received().len() > before + 50).then_some(())
+        });
+        n.restart();
+    }
     let got = eventually("every job's callback", Duration::from_secs(180), || {
         let got = cb.received();
         let ok: std::collections::HashSet<String> = got
@@ -158,7 +184,11 @@ fn a_thousand_jobs_survive_sigkill() {
     // Each accepted job completed, with its own answer.
     let mut per_id: HashMap<&str, usize> = HashMap::new();
     for r in &got {
-        *per_id.entry(r.headers["x-call-id"].as_str()).or_default() += 1;
+        let id = r
+            .headers
+            .get("x-call-id")
+            .unwrap_or_else(|| panic!("a callback without X-Call-Id: {r:?}"));
+        *per_id.entry(id.as_str()).or_default() += 1;
         assert_eq!(r.headers["x-function-name"], "work");
         assert!(r.headers.contains_key("x-duration-seconds"));
         assert!(r.body.starts_with("done "), "{}", r.body);
@@ -194,7 +224,17 @@ def handle(event, context):
 
 #[test]
 fn retries_backoff_cancel_callbacks_and_idempotency() {
-    let s = Server::start();
+    retries_and_more(Server::start());
+}
+
+#[cfg(feature = "nats")]
+#[test]
+fn retries_backoff_cancel_callbacks_and_idempotency_on_nats() {
+    let nats = util::Nats::start();
+    retries_and_more(Server::start_with(&["--queue", &nats.url]));
+}
+
+fn retries_and_more(s: Server) {
     s.function(
         "flaky",
         "python3-http",

@@ -38,11 +38,103 @@ const CALLBACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Headers not kept with a job: credentials are not stored.
 const NOT_STORED: &[&str] = &["cookie", "x-callback-url", "host"];
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64
+}
+
+/// What follows an attempt.
+pub(crate) enum Decision {
+    Retry { wait: Duration, error: String },
+    Finish { succeeded: bool, outcome: Outcome },
+}
+
+/// Where jobs are kept: the state directory's database, or NATS JetStream.
+pub enum Backend {
+    Embedded(Arc<Jobs>),
+    #[cfg(feature = "nats")]
+    Nats(Arc<graphene_queue::nats::NatsJobs>),
+}
+
+#[cfg(feature = "nats")]
+fn unavailable(e: String) -> ApiError {
+    tracing::warn!(error = %e, "job queue");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the job queue is unavailable; try again shortly",
+    )
+}
+
+impl Backend {
+    pub async fn open(
+        state_dir: &std::path::Path,
+        queue: Option<&str>,
+        result_limit: usize,
+    ) -> anyhow::Result<Self> {
+        match queue {
+            None => Ok(Backend::Embedded(Arc::new(Jobs::open(
+                &state_dir.join("jobs.db"),
+                result_limit,
+            )?))),
+            #[cfg(feature = "nats")]
+            Some(url) => Ok(Backend::Nats(Arc::new(
+                graphene_queue::nats::NatsJobs::connect(url, result_limit)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            ))),
+            #[cfg(not(feature = "nats"))]
+            Some(url) => anyhow::bail!(
+                "--queue {url}: this graphene was built without NATS support (cargo build --features nats)"
+            ),
+        }
+    }
+
+    async fn enqueue(&self, job: NewJob) -> ApiResult<Option<String>> {
+        match self {
+            Backend::Embedded(j) => Ok(blocking(j, move |j| j.enqueue(&job, now_ms())).await?),
+            #[cfg(feature = "nats")]
+            Backend::Nats(n) => n.enqueue(&job, now_ms()).await.map_err(unavailable),
+        }
+    }
+
+    async fn status(&self, id: &str) -> ApiResult<Option<graphene_queue::JobStatus>> {
+        let id = id.to_string();
+        match self {
+            Backend::Embedded(j) => Ok(blocking(j, move |j| j.status(&id)).await?),
+            #[cfg(feature = "nats")]
+            Backend::Nats(n) => n.status(&id).await.map_err(unavailable),
+        }
+    }
+
+    async fn cancel(&self, id: &str) -> ApiResult<Cancel> {
+        let id = id.to_string();
+        match self {
+            Backend::Embedded(j) => Ok(blocking(j, move |j| j.cancel(&id, now_ms())).await?),
+            #[cfg(feature = "nats")]
+            Backend::Nats(n) => n.cancel(&id, now_ms()).await.map_err(unavailable),
+        }
+    }
+
+    async fn list(
+        &self,
+        ns: String,
+        function: Option<String>,
+        state: Option<JobState>,
+        limit: usize,
+    ) -> ApiResult<Vec<graphene_queue::JobStatus>> {
+        match self {
+            Backend::Embedded(j) => {
+                Ok(blocking(j, move |j| j.list(&ns, function.as_deref(), state, limit)).await?)
+            }
+            #[cfg(feature = "nats")]
+            Backend::Nats(n) => n
+                .list(&ns, function.as_deref(), state, limit)
+                .await
+                .map_err(unavailable),
+        }
+    }
 }
 
 /// The dispatcher's view of each function: its async settings and how many
@@ -76,6 +168,17 @@ impl Dispatch {
             });
         e.concurrency = concurrency;
         e.retry = retry;
+    }
+
+    /// Every function with its async concurrency.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub fn tracked(&self) -> Vec<((String, String), u64)> {
+        self.functions
+            .lock()
+            .expect("dispatch lock")
+            .iter()
+            .map(|(k, f)| (k.clone(), f.concurrency))
+            .collect()
     }
 
     pub fn forget(&self, ns: &str, name: &str) {
@@ -203,7 +306,7 @@ pub async fn enqueue<P: Provider>(
         principal: who.principal.clone(),
         retry,
     };
-    match blocking(&gw.jobs, move |j| j.enqueue(&job, now_ms())).await? {
+    match gw.jobs.enqueue(job).await? {
         None => {
             gw.dispatch.wake.notify_one();
             tracing::debug!(call_id = %id, function = %name, "job accepted");
@@ -231,8 +334,7 @@ impl<P: Provider> Gateway<P> {
         id: &str,
         action: Action,
     ) -> ApiResult<graphene_queue::JobStatus> {
-        let key = id.to_string();
-        let found = blocking(&self.jobs, move |j| j.status(&key)).await?;
+        let found = self.jobs.status(id).await?;
         let missing = || ApiError::not_found(format!("no job with call id {id}"));
         let Some(s) = found else {
             self.signed_in(who)?;
@@ -249,9 +351,15 @@ impl<P: Provider> Gateway<P> {
 
     /// Starts the dispatcher, the callback sender and the cleaner.
     pub(crate) fn start_jobs(self: &Arc<Self>) {
+        let jobs = match &self.jobs {
+            Backend::Embedded(j) => j.clone(),
+            #[cfg(feature = "nats")]
+            Backend::Nats(n) => return self.start_nats_jobs(n.clone()),
+        };
         let gw = self.clone();
+        let j = jobs.clone();
         tokio::spawn(async move {
-            match blocking(&gw.jobs, |j| j.requeue_running(now_ms())).await {
+            match blocking(&j, |j| j.requeue_running(now_ms())).await {
                 Ok(n) if n > 0 => tracing::info!(
                     jobs = n,
                     "queued again the jobs that were running when the server stopped"
@@ -259,15 +367,16 @@ impl<P: Provider> Gateway<P> {
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "could not requeue running jobs"),
             }
-            gw.dispatch_loop().await;
+            gw.dispatch_loop(j).await;
         });
         let gw = self.clone();
-        tokio::spawn(async move { gw.callback_loop().await });
+        let j = jobs.clone();
+        tokio::spawn(async move { gw.callback_loop(j).await });
         let gw = self.clone();
         tokio::spawn(async move {
             loop {
                 let before = now_ms().saturating_sub(gw.config.job_retention.as_millis() as u64);
-                if let Err(e) = blocking(&gw.jobs, move |j| j.purge(before)).await {
+                if let Err(e) = blocking(&jobs, move |j| j.purge(before)).await {
                     tracing::warn!(error = %e, "could not purge old jobs");
                 }
                 tokio::time::sleep(Duration::from_secs(60)).await;
@@ -275,12 +384,12 @@ impl<P: Provider> Gateway<P> {
         });
     }
 
-    async fn dispatch_loop(self: Arc<Self>) {
+    async fn dispatch_loop(self: Arc<Self>, jobs: Arc<Jobs>) {
         loop {
             let _ = tokio::time::timeout(Duration::from_millis(200), self.dispatch.wake.notified())
                 .await;
             let now = now_ms();
-            if let Err(e) = blocking(&self.jobs, move |j| j.requeue_expired(now)).await {
+            if let Err(e) = blocking(&jobs, move |j| j.requeue_expired(now)).await {
                 tracing::warn!(error = %e, "job store");
                 continue;
             }
@@ -297,7 +406,7 @@ impl<P: Provider> Gateway<P> {
                 .map(|(k, f)| (k.clone(), f.concurrency.saturating_sub(f.running) as usize))
                 .collect();
             let lease = now + LEASE.as_millis() as u64;
-            let claimed = blocking(&self.jobs, move |j| {
+            let claimed = blocking(&jobs, move |j| {
                 j.claim(now, lease, free, |ns, f| {
                     room.get(&(ns.to_string(), f.to_string()))
                         .copied()
@@ -306,15 +415,16 @@ impl<P: Provider> Gateway<P> {
             })
             .await;
             match claimed {
-                Ok(jobs) => {
-                    for job in jobs {
+                Ok(claimed) => {
+                    for job in claimed {
                         self.dispatch.running.fetch_add(1, Ordering::AcqRel);
                         self.dispatch
                             .adjust(&job.new.namespace, &job.new.function, true);
                         let gw = self.clone();
+                        let jobs = jobs.clone();
                         tokio::spawn(async move {
                             let (ns, f) = (job.new.namespace.clone(), job.new.function.clone());
-                            gw.run_job(job).await;
+                            gw.run_job(job, jobs).await;
                             gw.dispatch.adjust(&ns, &f, false);
                             gw.dispatch.running.fetch_sub(1, Ordering::AcqRel);
                             gw.dispatch.wake.notify_one();
@@ -326,24 +436,9 @@ impl<P: Provider> Gateway<P> {
         }
     }
 
-    async fn run_job(self: &Arc<Self>, job: graphene_queue::Job) {
-        let j = job.new;
-        let attempt = job.attempt;
-        // The lease is renewed while the call runs, however long it takes.
-        let renew = {
-            let jobs = self.jobs.clone();
-            let id = j.id.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(LEASE / 3).await;
-                    let ids = vec![(id.clone(), attempt)];
-                    let until = now_ms() + LEASE.as_millis() as u64;
-                    if let Err(e) = blocking(&jobs, move |q| q.extend(&ids, until)).await {
-                        tracing::warn!(error = %e, "could not renew a job's lease");
-                    }
-                }
-            })
-        };
+    /// Runs one attempt of a job and decides what follows: another try
+    /// after a wait, or the end.
+    pub(crate) async fn attempt(&self, j: &NewJob, attempt: u32) -> Decision {
         let started = Instant::now();
         let function = format!("{}.{}", j.function, j.namespace);
         self.metrics.started(&function);
@@ -354,7 +449,7 @@ impl<P: Provider> Gateway<P> {
         {
             headers.push(("x-call-id".into(), j.id.clone()));
         }
-        let (_load, _) = self.call_starts(&j.namespace, &j.function).await;
+        let (load, _) = self.call_starts(&j.namespace, &j.function).await;
         let result = self
             .provider
             .invoke(
@@ -370,10 +465,9 @@ impl<P: Provider> Gateway<P> {
                 },
             )
             .await;
-        drop(_load);
-        renew.abort();
+        drop(load);
         let duration_ms = started.elapsed().as_millis() as u64;
-        let outcome = match result {
+        let mut outcome = match result {
             Ok(r) => Outcome {
                 code: r.status,
                 body: r.body.to_vec(),
@@ -395,29 +489,58 @@ impl<P: Provider> Gateway<P> {
         };
         self.metrics
             .finished(&function, outcome.code, started.elapsed().as_secs_f64());
-        let retryable = j.retry.retries(outcome.code) && attempt < j.retry.attempts;
-        let id = j.id.clone();
-        let stored = if retryable {
+        if j.retry.retries(outcome.code) && attempt < j.retry.attempts {
             let wait = j.retry.backoff(attempt + 1, rand::random::<f64>());
-            let next = now_ms() + wait.as_millis() as u64;
-            let error = outcome.error.clone().unwrap_or_default();
-            tracing::info!(call_id = %id, attempt, code = outcome.code, wait_ms = wait.as_millis() as u64, "job will be tried again");
+            tracing::info!(call_id = %j.id, attempt, code = outcome.code, wait_ms = wait.as_millis() as u64, "job will be tried again");
             self.metrics.job(&function, "retried");
-            blocking(&self.jobs, move |q| q.retry(&id, attempt, next, &error)).await
-        } else {
-            let succeeded = outcome.code < 400;
-            let mut outcome = outcome;
-            if !succeeded && attempt > 1 {
-                outcome.error = outcome
-                    .error
-                    .map(|e| format!("{e} (gave up after {attempt} attempts)"));
-            }
-            self.metrics
-                .job(&function, if succeeded { "succeeded" } else { "failed" });
-            blocking(&self.jobs, move |q| {
-                q.finish(&id, attempt, succeeded, &outcome, now_ms())
+            return Decision::Retry {
+                wait,
+                error: outcome.error.unwrap_or_default(),
+            };
+        }
+        let succeeded = outcome.code < 400;
+        if !succeeded && attempt > 1 {
+            outcome.error = outcome
+                .error
+                .map(|e| format!("{e} (gave up after {attempt} attempts)"));
+        }
+        self.metrics
+            .job(&function, if succeeded { "succeeded" } else { "failed" });
+        Decision::Finish { succeeded, outcome }
+    }
+
+    async fn run_job(self: &Arc<Self>, job: graphene_queue::Job, jobs: Arc<Jobs>) {
+        let j = job.new;
+        let attempt = job.attempt;
+        // The lease is renewed while the call runs, however long it takes.
+        let renew = {
+            let jobs = jobs.clone();
+            let id = j.id.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE / 3).await;
+                    let ids = vec![(id.clone(), attempt)];
+                    let until = now_ms() + LEASE.as_millis() as u64;
+                    if let Err(e) = blocking(&jobs, move |q| q.extend(&ids, until)).await {
+                        tracing::warn!(error = %e, "could not renew a job's lease");
+                    }
+                }
             })
-            .await
+        };
+        let decision = self.attempt(&j, attempt).await;
+        renew.abort();
+        let id = j.id.clone();
+        let stored = match decision {
+            Decision::Retry { wait, error } => {
+                let next = now_ms() + wait.as_millis() as u64;
+                blocking(&jobs, move |q| q.retry(&id, attempt, next, &error)).await
+            }
+            Decision::Finish { succeeded, outcome } => {
+                blocking(&jobs, move |q| {
+                    q.finish(&id, attempt, succeeded, &outcome, now_ms())
+                })
+                .await
+            }
         };
         match stored {
             Ok(true) => self.dispatch.callbacks_due.notify_one(),
@@ -430,7 +553,7 @@ impl<P: Provider> Gateway<P> {
         }
     }
 
-    async fn callback_loop(self: Arc<Self>) {
+    async fn callback_loop(self: Arc<Self>, jobs: Arc<Jobs>) {
         let http = match crate::oidc::http_client::<Full<Bytes>>(None) {
             Ok(h) => h,
             Err(e) => {
@@ -446,28 +569,38 @@ impl<P: Provider> Gateway<P> {
                 self.dispatch.callbacks_due.notified(),
             )
             .await;
-            let busy = sending.lock().expect("callbacks lock").len();
-            let free = MAX_CALLBACKS.saturating_sub(busy);
-            if free == 0 {
-                continue;
-            }
+            // The query and the claim happen under one lock that a finished
+            // delivery also takes (after recording itself), so a callback
+            // delivered meanwhile is never picked up again.
             let now = now_ms();
-            let due = match blocking(&self.jobs, move |j| j.callbacks_due(now, busy + free)).await {
-                Ok(d) => d,
-                Err(e) => {
+            let claim = {
+                let (jobs, sending) = (jobs.clone(), sending.clone());
+                tokio::task::spawn_blocking(move || {
+                    let mut sending = sending.lock().expect("callbacks lock");
+                    let free = MAX_CALLBACKS.saturating_sub(sending.len());
+                    if free == 0 {
+                        return Ok(Vec::new());
+                    }
+                    let due = jobs.callbacks_due(now, sending.len() + free)?;
+                    Ok::<_, rusqlite::Error>(
+                        due.into_iter()
+                            .filter(|cb| sending.insert(cb.id.clone()))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .await
+            };
+            let due = match claim {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "job store");
                     continue;
                 }
+                Err(_) => continue,
             };
             for cb in due {
-                if !sending
-                    .lock()
-                    .expect("callbacks lock")
-                    .insert(cb.id.clone())
-                {
-                    continue;
-                }
                 let gw = self.clone();
+                let jobs = jobs.clone();
                 let http = http.clone();
                 let sending = sending.clone();
                 tokio::spawn(async move {
@@ -478,10 +611,8 @@ impl<P: Provider> Gateway<P> {
                     let wait = Duration::from_secs((1u64 << cb.attempts.min(8)).min(300));
                     let next = now_ms() + wait.as_millis() as u64;
                     let id = cb.id.clone();
-                    if let Err(e) = blocking(&gw.jobs, move |j| {
-                        j.callback_done(&id, error.as_deref(), next)
-                    })
-                    .await
+                    if let Err(e) =
+                        blocking(&jobs, move |j| j.callback_done(&id, error.as_deref(), next)).await
                     {
                         tracing::warn!(error = %e, "could not record a callback");
                     }
@@ -493,13 +624,13 @@ impl<P: Provider> Gateway<P> {
     }
 }
 
-type Http = hyper_util::client::legacy::Client<
+pub(crate) type Http = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<Bytes>,
 >;
 
 /// POSTs a job's result with OpenFaaS's callback headers.
-async fn deliver(http: &Http, cb: &graphene_queue::Callback) -> Result<(), String> {
+pub(crate) async fn deliver(http: &Http, cb: &graphene_queue::Callback) -> Result<(), String> {
     let mut req = hyper::Request::post(&cb.url)
         .header("x-call-id", &cb.id)
         .header("x-function-status", cb.code.to_string())
@@ -546,8 +677,7 @@ pub async fn cancel<P: Provider>(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     gw.job_for(&who, &id, Action::Invoke).await?;
-    let key = id.clone();
-    match blocking(&gw.jobs, move |j| j.cancel(&key, now_ms())).await? {
+    match gw.jobs.cancel(&id).await? {
         Cancel::Cancelled => {
             tracing::info!(call_id = %id, by = %who.principal, "job cancelled");
             Ok(StatusCode::OK.into_response())
@@ -594,15 +724,15 @@ pub async fn list<P: Provider>(
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let function = q.function.filter(|f| !f.is_empty());
     let policy = gw.policy();
-    let list: Vec<_> = blocking(&gw.jobs, move |j| {
-        j.list(&ns, function.as_deref(), state, limit)
-    })
-    .await?
-    .into_iter()
-    .filter(|s| {
-        s.principal == who.principal
-            || policy.permit(&who, Action::Read, &s.namespace, &s.function) != Permit::Denied
-    })
-    .collect();
+    let list: Vec<_> = gw
+        .jobs
+        .list(ns, function, state, limit)
+        .await?
+        .into_iter()
+        .filter(|s| {
+            s.principal == who.principal
+                || policy.permit(&who, Action::Read, &s.namespace, &s.function) != Permit::Denied
+        })
+        .collect();
     Ok(Json(list).into_response())
 }

@@ -16,6 +16,8 @@ mod auth;
 mod error;
 mod invoke;
 mod jobs;
+#[cfg(feature = "nats")]
+mod jobs_nats;
 mod metrics;
 pub mod oidc;
 pub mod proxy;
@@ -63,6 +65,9 @@ pub struct GatewayConfig {
     pub job_retention: std::time::Duration,
     /// Largest job result kept (and sent to its callback), in bytes.
     pub job_result_limit: usize,
+    /// `nats://host:port` to keep jobs in NATS JetStream instead of the
+    /// state directory.
+    pub queue: Option<String>,
 }
 
 pub const DEFAULT_JOB_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
@@ -79,14 +84,14 @@ pub struct Gateway<P> {
     limiter: access::Limiter,
     oidc: oidc::Oidc,
     admin_hash: String,
-    jobs: Arc<graphene_queue::Jobs>,
+    jobs: jobs::Backend,
     dispatch: jobs::Dispatch,
 }
 
 impl<P: Provider> Gateway<P> {
     /// Opens the state database and makes the admin credential on first
     /// start (the returned path says where it was written).
-    pub fn open(
+    pub async fn open(
         config: GatewayConfig,
         provider: Arc<P>,
     ) -> anyhow::Result<(Arc<Self>, Option<PathBuf>)> {
@@ -95,10 +100,12 @@ impl<P: Provider> Gateway<P> {
         let admin_hash = store
             .credential_hash(auth::ADMIN)?
             .ok_or_else(|| anyhow::anyhow!("the admin credential is missing from the database"))?;
-        let jobs = Arc::new(graphene_queue::Jobs::open(
-            &config.state_dir.join("jobs.db"),
+        let jobs = jobs::Backend::open(
+            &config.state_dir,
+            config.queue.as_deref(),
             config.job_result_limit,
-        )?);
+        )
+        .await?;
         let gw = Arc::new(Self {
             jobs,
             dispatch: Default::default(),

@@ -15,6 +15,9 @@ use graphene_core::settings::RetryPolicy;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "nats")]
+pub mod nats;
+
 type Result<T> = rusqlite::Result<T>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,7 +166,8 @@ pub struct Jobs {
     result_limit: usize,
 }
 
-const CALLBACK_ATTEMPTS: u32 = 10;
+/// Deliveries of one callback before it is given up.
+pub const CALLBACK_ATTEMPTS: u32 = 10;
 
 fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("serialisable")

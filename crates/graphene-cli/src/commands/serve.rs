@@ -57,6 +57,10 @@ pub struct Serve {
     /// How long finished asynchronous jobs (and their results) are kept
     #[arg(long, env = "GRAPHENE_JOB_RETENTION", default_value = "7d", value_parser = graphene_core::duration::parse)]
     pub job_retention: std::time::Duration,
+    /// Keep asynchronous jobs in NATS JetStream (nats://host:port), shared
+    /// by every gateway pointed at it, instead of the state directory
+    #[arg(long, env = "GRAPHENE_QUEUE", value_name = "URL")]
+    pub queue: Option<String>,
     /// Largest job result kept and sent to callbacks, in bytes
     #[arg(long, env = "GRAPHENE_JOB_RESULT_LIMIT", default_value_t = graphene_gateway::DEFAULT_JOB_RESULT_LIMIT)]
     pub job_result_limit: usize,
@@ -111,9 +115,11 @@ impl Serve {
                 auth,
                 job_retention: self.job_retention,
                 job_result_limit: self.job_result_limit,
+                queue: self.queue.clone(),
             },
             provider.clone(),
-        )?;
+        )
+        .await?;
         if let Some(path) = &created {
             tracing::info!(
                 "created the admin credential; it is in {} (use it with `graphene login --password-stdin < {}`)",

@@ -326,3 +326,70 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 }
+
+/// A real `nats-server` with JetStream on an ephemeral port; restartable on
+/// the same port and storage.
+pub struct Nats {
+    pub url: String,
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut n = Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            dir: TempDir::new("nats"),
+            child: None,
+        };
+        n.launch();
+        n
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually("nats-server to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).ok().map(|_| ())
+        });
+    }
+
+    /// Kills the server and starts it again on the same storage.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.launch();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

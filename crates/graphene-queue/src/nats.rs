@@ -1,0 +1,602 @@
+//! The NATS JetStream backend, for several gateways sharing one queue. The
+//! semantics are the embedded backend's:
+//!
+//! - A job is a message on the work-queue stream `GRAPHENE_JOBS`, subject
+//!   `graphene.jobs.<namespace>.<function>`, published with `Nats-Msg-Id` set
+//!   to its call id (JetStream drops a repeat within its duplicate window)
+//!   and acknowledged by the server before the gateway answers 202.
+//! - Its status lives in the key-value bucket `graphene_jobs` (key: the call
+//!   id in hex), which also makes call ids unique beyond that window.
+//! - Each function has a durable pull consumer whose `max_ack_pending` is the
+//!   function's async concurrency, shared by every gateway. A running job is
+//!   kept alive with in-progress acks; when its gateway dies, JetStream
+//!   delivers it again after `ack_wait`. A retry is a NAK with the backoff as
+//!   delay; the attempt number is JetStream's delivery count.
+//! - Callbacks are messages on `GRAPHENE_CALLBACKS`, consumed the same way.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, kv, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::{Callback, CallbackStatus, Cancel, JobStatus, NewJob, Outcome, State};
+
+pub use async_nats::jetstream::{message::AckKind, Message};
+
+const JOBS: &str = "GRAPHENE_JOBS";
+const CALLBACKS: &str = "GRAPHENE_CALLBACKS";
+const BUCKET: &str = "graphene_jobs";
+/// How long a delivered job may go without an in-progress ack.
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+
+pub type Error = String;
+
+fn err(what: &str) -> impl Fn(String) -> Error + '_ {
+    move |e| format!("NATS JetStream: {what}: {e}")
+}
+
+/// A job's record in the bucket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    status: JobStatus,
+    principal: String,
+    callback: Option<String>,
+    /// The callback of a finished job, kept until it is queued: a gateway
+    /// that dies in between leaves it for the next delivery to queue.
+    #[serde(default)]
+    outbox: Option<CallbackWire>,
+}
+
+/// The message a job travels as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Wire {
+    id: String,
+    namespace: String,
+    function: String,
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    callback: Option<String>,
+    principal: String,
+    retry: graphene_core::settings::RetryPolicy,
+}
+
+impl From<&NewJob> for Wire {
+    fn from(j: &NewJob) -> Self {
+        Self {
+            id: j.id.clone(),
+            namespace: j.namespace.clone(),
+            function: j.function.clone(),
+            method: j.method.clone(),
+            path: j.path.clone(),
+            query: j.query.clone(),
+            headers: j.headers.clone(),
+            body: j.body.clone(),
+            callback: j.callback.clone(),
+            principal: j.principal.clone(),
+            retry: j.retry.clone(),
+        }
+    }
+}
+
+impl From<Wire> for NewJob {
+    fn from(w: Wire) -> Self {
+        Self {
+            id: w.id,
+            namespace: w.namespace,
+            function: w.function,
+            method: w.method,
+            path: w.path,
+            query: w.query,
+            headers: w.headers,
+            body: w.body,
+            callback: w.callback,
+            principal: w.principal,
+            retry: w.retry,
+        }
+    }
+}
+
+/// A callback as it travels.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CallbackWire {
+    id: String,
+    url: String,
+    namespace: String,
+    function: String,
+    code: u16,
+    body: Vec<u8>,
+    headers: Vec<(String, String)>,
+    duration_ms: u64,
+    truncated: bool,
+}
+
+pub struct NatsJobs {
+    js: jetstream::Context,
+    kv: kv::Store,
+    result_limit: usize,
+}
+
+fn key(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+impl NatsJobs {
+    /// Connects and makes the streams and the bucket if they are missing.
+    pub async fn connect(url: &str, result_limit: usize) -> Result<Self, Error> {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(url)
+            .await
+            .map_err(|e| format!("NATS: cannot connect to {url}: {e}"))?;
+        let js = jetstream::new(client);
+        for (name, subjects) in [(JOBS, "graphene.jobs.>"), (CALLBACKS, "graphene.callbacks")] {
+            js.get_or_create_stream(stream::Config {
+                name: name.into(),
+                subjects: vec![subjects.into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err("creating the stream")(e.to_string()))?;
+        }
+        let kv = match js.get_key_value(BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: BUCKET.into(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| err("creating the bucket")(e.to_string()))?,
+        };
+        Ok(Self {
+            js,
+            kv,
+            result_limit,
+        })
+    }
+
+    async fn record(&self, id: &str) -> Result<Option<(Record, u64)>, Error> {
+        let entry = self
+            .kv
+            .entry(key(id))
+            .await
+            .map_err(|e| err("reading a job")(e.to_string()))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| Some((serde_json::from_slice(&e.value).ok()?, e.revision))))
+    }
+
+    /// Writes a job's first record, unless one exists (whoever writes
+    /// first, the gateway that accepted it or the one that runs it, wins).
+    async fn create(&self, r: &Record) -> Result<(), Error> {
+        let value = Bytes::from(serde_json::to_vec(r).expect("serialisable"));
+        match self.kv.create(key(&r.status.call_id), value).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(err("writing a job")(e.to_string())),
+        }
+    }
+
+    /// Changes a record with `f`, retrying on a concurrent change; `f`
+    /// returns false to leave it alone.
+    async fn change(&self, id: &str, f: impl Fn(&mut Record) -> bool) -> Result<bool, Error> {
+        for _ in 0..10 {
+            let Some((mut r, revision)) = self.record(id).await? else {
+                return Ok(false);
+            };
+            if !f(&mut r) {
+                return Ok(false);
+            }
+            let value = Bytes::from(serde_json::to_vec(&r).expect("serialisable"));
+            if self.kv.update(key(id), value, revision).await.is_ok() {
+                return Ok(true);
+            }
+        }
+        Err("NATS JetStream: a job's record kept changing under us".into())
+    }
+
+    /// Like the embedded [`crate::Jobs::enqueue`]: `None` when stored, the
+    /// first caller's principal when the id was taken.
+    pub async fn enqueue(&self, j: &NewJob, now: u64) -> Result<Option<String>, Error> {
+        if let Some((r, _)) = self.record(&j.id).await? {
+            return Ok(Some(r.principal));
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", j.id.as_str());
+        let payload = Bytes::from(serde_json::to_vec(&Wire::from(j)).expect("serialisable"));
+        let ack = self
+            .js
+            .publish_with_headers(
+                format!("graphene.jobs.{}.{}", j.namespace, j.function),
+                headers,
+                payload,
+            )
+            .await
+            .map_err(|e| err("publishing a job")(e.to_string()))?
+            .await
+            .map_err(|e| err("storing a job")(e.to_string()))?;
+        if ack.duplicate {
+            return Ok(Some(
+                self.record(&j.id)
+                    .await?
+                    .map_or(j.principal.clone(), |(r, _)| r.principal),
+            ));
+        }
+        self.create(&Record {
+            status: JobStatus {
+                call_id: j.id.clone(),
+                function: j.function.clone(),
+                namespace: j.namespace.clone(),
+                status: State::Queued.name().into(),
+                max_attempts: j.retry.attempts,
+                created_at: now,
+                callback: j.callback.as_ref().map(|url| CallbackStatus {
+                    url: url.clone(),
+                    status: "waiting".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            principal: j.principal.clone(),
+            callback: j.callback.clone(),
+            outbox: None,
+        })
+        .await?;
+        Ok(None)
+    }
+
+    pub async fn status(&self, id: &str) -> Result<Option<JobStatus>, Error> {
+        Ok(self.record(id).await?.map(|(r, _)| {
+            let mut s = r.status;
+            s.principal = r.principal;
+            s
+        }))
+    }
+
+    pub async fn cancel(&self, id: &str, now: u64) -> Result<Cancel, Error> {
+        let Some((r, _)) = self.record(id).await? else {
+            return Ok(Cancel::NotFound);
+        };
+        let done = self
+            .change(id, |r| {
+                if r.status.status != State::Queued.name() {
+                    return false;
+                }
+                r.status.status = State::Cancelled.name().into();
+                r.status.finished_at = Some(now);
+                true
+            })
+            .await?;
+        Ok(match done {
+            true => Cancel::Cancelled,
+            false => Cancel::Already(State::parse(&r.status.status).unwrap_or(State::Running)),
+        })
+    }
+
+    pub async fn list(
+        &self,
+        namespace: &str,
+        function: Option<&str>,
+        state: Option<State>,
+        limit: usize,
+    ) -> Result<Vec<JobStatus>, Error> {
+        let mut keys = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| err("listing jobs")(e.to_string()))?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            let Ok(k) = k else { continue };
+            let Ok(Some(v)) = self.kv.get(&k).await else {
+                continue;
+            };
+            let Ok(r) = serde_json::from_slice::<Record>(&v) else {
+                continue;
+            };
+            let s = r.status;
+            if s.namespace == namespace
+                && function.is_none_or(|f| s.function == f)
+                && state.is_none_or(|st| s.status == st.name())
+            {
+                out.push(JobStatus {
+                    principal: r.principal,
+                    ..s
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then(a.call_id.cmp(&b.call_id))
+        });
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// The durable consumer of one function's jobs, shared by every gateway.
+    pub async fn consumer(
+        &self,
+        namespace: &str,
+        function: &str,
+        concurrency: u64,
+    ) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
+        let name = format!("jobs-{namespace}-{function}");
+        let stream = self
+            .js
+            .get_stream(JOBS)
+            .await
+            .map_err(|e| err("opening the stream")(e.to_string()))?;
+        stream
+            .create_consumer(pull::Config {
+                durable_name: Some(name),
+                filter_subject: format!("graphene.jobs.{namespace}.{function}"),
+                ack_wait: ACK_WAIT,
+                max_ack_pending: concurrency as i64,
+                max_deliver: -1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err("creating a consumer")(e.to_string()))
+    }
+
+    /// The durable consumer of callbacks.
+    pub async fn callback_consumer(
+        &self,
+    ) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
+        let stream = self
+            .js
+            .get_stream(CALLBACKS)
+            .await
+            .map_err(|e| err("opening the stream")(e.to_string()))?;
+        stream
+            .create_consumer(pull::Config {
+                durable_name: Some("callbacks".into()),
+                ack_wait: Duration::from_secs(90),
+                max_ack_pending: 64,
+                max_deliver: -1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err("creating a consumer")(e.to_string()))
+    }
+
+    /// A delivered job and its attempt number; `None` when it was cancelled
+    /// or already finished (the message is then dropped).
+    pub async fn begin(&self, msg: &Message, now: u64) -> Result<Option<(NewJob, u32)>, Error> {
+        let wire: Wire = match serde_json::from_slice(&msg.payload) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = msg.ack_with(AckKind::Term).await;
+                return Err(format!("a job message that is not a job: {e}"));
+            }
+        };
+        let attempt = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+        let job: NewJob = wire.into();
+        if self.record(&job.id).await?.is_none() {
+            // Published, but the gateway died before writing its record.
+            self.create(&Record {
+                status: JobStatus {
+                    call_id: job.id.clone(),
+                    function: job.function.clone(),
+                    namespace: job.namespace.clone(),
+                    status: State::Queued.name().into(),
+                    max_attempts: job.retry.attempts,
+                    created_at: now,
+                    ..Default::default()
+                },
+                principal: job.principal.clone(),
+                callback: job.callback.clone(),
+                outbox: None,
+            })
+            .await?;
+        }
+        let go = self
+            .change(&job.id, |r| {
+                if !matches!(r.status.status.as_str(), "queued" | "running") {
+                    return false;
+                }
+                r.status.status = State::Running.name().into();
+                r.status.attempts = attempt;
+                r.status.started_at.get_or_insert(now);
+                r.status.next_attempt_at = None;
+                true
+            })
+            .await?;
+        if !go {
+            // Finished, but its gateway died before queueing the callback.
+            if let Some((r, _)) = self.record(&job.id).await? {
+                if let (Some(cb), "succeeded" | "failed") = (&r.outbox, r.status.status.as_str()) {
+                    self.queue_callback(cb).await?;
+                    let _ = msg.ack().await;
+                    return Ok(None);
+                }
+            }
+            let _ = msg.ack_with(AckKind::Term).await;
+            return Ok(None);
+        }
+        Ok(Some((job, attempt)))
+    }
+
+    pub async fn retry(
+        &self,
+        msg: &Message,
+        id: &str,
+        attempt: u32,
+        wait: Duration,
+        next_at: u64,
+        error: &str,
+    ) -> Result<(), Error> {
+        self.change(id, |r| {
+            if r.status.attempts != attempt || r.status.status != "running" {
+                return false;
+            }
+            r.status.status = State::Queued.name().into();
+            r.status.next_attempt_at = Some(next_at);
+            r.status.last_error = Some(error.to_string());
+            true
+        })
+        .await?;
+        msg.ack_with(AckKind::Nak(Some(wait)))
+            .await
+            .map_err(|e| err("scheduling a retry")(e.to_string()))
+    }
+
+    /// Records the outcome, queues the callback, and acknowledges the job.
+    pub async fn finish(
+        &self,
+        msg: &Message,
+        id: &str,
+        attempt: u32,
+        succeeded: bool,
+        o: &Outcome,
+        now: u64,
+    ) -> Result<(), Error> {
+        let truncated = o.body.len() > self.result_limit;
+        let body = o.body[..o.body.len().min(self.result_limit)].to_vec();
+        let current = self
+            .change(id, |r| {
+                if r.status.attempts != attempt || r.status.status != "running" {
+                    return false;
+                }
+                r.outbox = r.callback.clone().map(|url| CallbackWire {
+                    id: id.to_string(),
+                    url,
+                    namespace: r.status.namespace.clone(),
+                    function: r.status.function.clone(),
+                    code: o.code,
+                    body: body.clone(),
+                    headers: o.headers.clone(),
+                    duration_ms: o.duration_ms,
+                    truncated,
+                });
+                let s = &mut r.status;
+                s.status = if succeeded {
+                    State::Succeeded
+                } else {
+                    State::Failed
+                }
+                .name()
+                .into();
+                s.finished_at = Some(now);
+                s.status_code = Some(o.code);
+                s.duration_seconds = Some(o.duration_ms as f64 / 1000.0);
+                if o.error.is_some() {
+                    s.last_error = o.error.clone();
+                }
+                s.result = Some(String::from_utf8_lossy(&body).into_owned());
+                s.result_truncated = truncated;
+                if let Some(cb) = s.callback.as_mut() {
+                    cb.status = "pending".into();
+                }
+                true
+            })
+            .await?;
+        if !current {
+            // A newer delivery of this job is running: it will finish it.
+            return Ok(());
+        }
+        if let Some((
+            Record {
+                outbox: Some(cb), ..
+            },
+            _,
+        )) = self.record(id).await?
+        {
+            self.queue_callback(&cb).await?;
+        }
+        msg.ack()
+            .await
+            .map_err(|e| err("acknowledging a job")(e.to_string()))
+    }
+
+    /// Queues a callback (at most once per job within the stream's
+    /// duplicate window).
+    async fn queue_callback(&self, cb: &CallbackWire) -> Result<(), Error> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("cb-{}", cb.id).as_str());
+        self.js
+            .publish_with_headers(
+                "graphene.callbacks",
+                headers,
+                Bytes::from(serde_json::to_vec(cb).expect("serialisable")),
+            )
+            .await
+            .map_err(|e| err("queueing a callback")(e.to_string()))?
+            .await
+            .map_err(|e| err("storing a callback")(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Keeps a running job from being delivered again.
+    pub async fn in_progress(msg: &Message) {
+        let _ = msg.ack_with(AckKind::Progress).await;
+    }
+
+    pub fn callback_of(msg: &Message) -> Option<(Callback, u32)> {
+        let w: CallbackWire = serde_json::from_slice(&msg.payload).ok()?;
+        let attempts = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+        Some((
+            Callback {
+                id: w.id,
+                url: w.url,
+                namespace: w.namespace,
+                function: w.function,
+                code: w.code,
+                body: w.body,
+                headers: w.headers,
+                duration_ms: w.duration_ms,
+                truncated: w.truncated,
+                attempts: attempts - 1,
+            },
+            attempts,
+        ))
+    }
+
+    /// Records a delivery attempt; acknowledges, or asks for another try
+    /// after `wait`, or gives up after `max` attempts.
+    pub async fn callback_done(
+        &self,
+        msg: &Message,
+        id: &str,
+        attempts: u32,
+        max: u32,
+        error: Option<&str>,
+        wait: Duration,
+    ) -> Result<(), Error> {
+        let give_up = error.is_some() && attempts >= max;
+        self.change(id, |r| {
+            let Some(cb) = r.status.callback.as_mut() else {
+                return false;
+            };
+            cb.attempts = attempts;
+            cb.last_error = error.map(str::to_string);
+            cb.status = match (error, give_up) {
+                (None, _) => "delivered",
+                (Some(_), true) => "failed",
+                (Some(_), false) => "pending",
+            }
+            .into();
+            true
+        })
+        .await?;
+        let kind = match (error, give_up) {
+            (None, _) => AckKind::Ack,
+            (Some(_), true) => AckKind::Term,
+            (Some(_), false) => AckKind::Nak(Some(wait)),
+        };
+        msg.ack_with(kind)
+            .await
+            .map_err(|e| err("acknowledging a callback")(e.to_string()))
+    }
+}
