@@ -69,7 +69,7 @@ sync = time.time() - start
 assert all(c == 200 for c in codes), set(codes)
 
 print(f"jobs: {N}, {THREADS} client threads, function concurrency 8 (1 replica, 2 workers)")
-print(f"accepted (202, stored and fsynced):   {N / accepted:8.0f} jobs/s")
+print(f"accepted (202, stored by the queue):   {N / accepted:8.0f} jobs/s")
 print(f"completed (callback received):        {N / completed:8.0f} jobs/s")
 print(f"synchronous calls, same function:     {N / sync:8.0f} calls/s")
 print(f"async completion / sync throughput:   {sync / completed:8.2f}x")
