@@ -358,3 +358,58 @@ fn retries_and_more(s: Server) {
         "{status_text}"
     );
 }
+
+/// A job longer than its lease (30 s) keeps it: it runs once.
+fn long_job(s: Server) {
+    s.function(
+        "long",
+        "python3-http",
+        FLAKY,
+        "    annotations:\n      com.graphene.timeout: 2m\n",
+    );
+    s.ok(&["up"]);
+    s.wait_ready("long");
+    let id = enqueue(&s, "long", "sleep 36", &[]);
+    let v = eventually("the long job", Duration::from_secs(90), || {
+        let v = status(&s, &id);
+        (v["status"] == "succeeded").then_some(v)
+    });
+    assert_eq!(v["attempts"], 1, "not delivered again while it ran: {v}");
+    assert!(v["durationSeconds"].as_f64().unwrap() >= 36.0);
+}
+
+#[test]
+fn a_job_longer_than_its_lease_runs_once() {
+    long_job(Server::start());
+}
+
+#[cfg(feature = "nats")]
+#[test]
+fn a_job_longer_than_its_lease_runs_once_on_nats() {
+    let nats = util::Nats::start();
+    long_job(Server::start_with(&["--queue", &nats.url]));
+}
+
+#[test]
+fn an_async_backlog_scales_the_function_up() {
+    let s = Server::start();
+    s.function(
+        "batch",
+        "python3-http",
+        FLAKY,
+        "    labels:\n      com.openfaas.scale.max: \"3\"\n    annotations:\n      com.graphene.workers: \"1\"\n      com.graphene.async.concurrency: \"3\"\n",
+    );
+    s.ok(&["up"]);
+    s.wait_ready("batch");
+    let ids: Vec<String> = (0..9)
+        .map(|_| enqueue(&s, "batch", "sleep 1", &[]))
+        .collect();
+    eventually("a second replica", Duration::from_secs(30), || {
+        (s.describe("batch")["replicas"].as_u64().unwrap() > 1).then_some(())
+    });
+    for id in &ids {
+        eventually("the backlog", Duration::from_secs(60), || {
+            (status(&s, id)["status"] == "succeeded").then_some(())
+        });
+    }
+}
