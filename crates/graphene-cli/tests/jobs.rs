@@ -166,6 +166,7 @@ fn thousand_jobs(s: Server, nats: Option<&mut util::Nats>) {
     let before = cb.received().len();
     let s = s.kill_and_restart();
     assert!(before < total, "the kill came too late to test anything");
+    let restarted_nats = nats.is_some();
     if let Some(n) = nats {
         eventually("more callbacks", Duration::from_secs(120), || {
             (cb.received().len() > before + 50).then_some(())
@@ -196,10 +197,13 @@ fn thousand_jobs(s: Server, nats: Option<&mut util::Nats>) {
     for id in &ids {
         assert!(per_id.contains_key(id.as_str()), "job {id} was lost");
     }
-    // Callbacks are at least once: only those in flight at the kill may
-    // have been sent twice.
+    // Callbacks are at least once: only those in flight at a crash may be
+    // sent twice: up to 32 at once from the embedded queue; up to the
+    // callback consumer's 64 unacknowledged ones per disruption on NATS
+    // (here two: the gateway's kill and the nats-server restart).
+    let bound = if restarted_nats { 128 } else { 32 };
     let repeats = per_id.values().filter(|n| **n > 1).count();
-    assert!(repeats <= 32, "{repeats} callbacks repeated");
+    assert!(repeats <= bound, "{repeats} callbacks repeated");
     let v = status(&s, &ids[0]);
     assert_eq!(v["status"], "succeeded");
     assert_eq!(v["callback"]["status"], "delivered");

@@ -148,12 +148,15 @@ struct Issuer {
     audience: Vec<String>,
     leeway: u64,
     http: Http,
-    keys: tokio::sync::Mutex<Keys>,
+    /// The cached keys; read without waiting on a fetch.
+    keys: std::sync::RwLock<Keys>,
+    /// Held while fetching: one fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
 struct Keys {
-    set: Option<JwkSet>,
+    set: Option<Arc<JwkSet>>,
     fetched: Option<Instant>,
     tried: Option<Instant>,
 }
@@ -179,6 +182,7 @@ impl Oidc {
                 http: http_client(c.ca.as_deref())?,
                 config: c.clone(),
                 keys: Default::default(),
+                fetching: Default::default(),
             }));
         }
         Ok(Self { issuers })
@@ -194,10 +198,7 @@ impl Oidc {
         for i in &self.issuers {
             let i = i.clone();
             tokio::spawn(async move {
-                let mut keys = i.keys.lock().await;
-                if let Err(e) = i.refresh(&mut keys).await {
-                    tracing::warn!(issuer = %i.config.issuer, error = %e, "could not fetch the issuer's signing keys yet");
-                }
+                i.refresh(true).await;
             });
         }
     }
@@ -265,42 +266,63 @@ impl Oidc {
 
 impl Issuer {
     /// The key a token names, fetching the set again when it is unknown.
+    /// Tokens never queue behind a fetch while keys are cached: a fetch
+    /// under way elsewhere just means the cached set is used.
     async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<Jwk, Rejection> {
-        let mut keys = self.keys.lock().await;
-        let stale = keys.fetched.is_none_or(|t| t.elapsed() > MAX_KEY_AGE);
-        if stale && self.may_fetch(&keys) {
-            if let Err(e) = self.refresh(&mut keys).await {
-                tracing::warn!(issuer = %self.config.issuer, error = %e, "could not fetch the issuer's signing keys");
-            }
+        let cached = |this: &Self| this.keys.read().expect("keys lock").set.clone();
+        let mut set = cached(self);
+        let stale = self
+            .keys
+            .read()
+            .expect("keys lock")
+            .fetched
+            .is_none_or(|t| t.elapsed() > MAX_KEY_AGE);
+        if set.is_none() || stale || set.as_ref().and_then(|s| pick(s, kid, alg)).is_none() {
+            // With nothing cached there is nothing better to do than wait.
+            self.refresh(set.is_none()).await;
+            set = cached(self);
         }
-        if let Some(k) = keys.set.as_ref().and_then(|s| pick(s, kid, alg)) {
-            return Ok(k);
-        }
-        if keys.set.is_some() && self.may_fetch(&keys) {
-            if let Err(e) = self.refresh(&mut keys).await {
-                tracing::warn!(issuer = %self.config.issuer, error = %e, "could not fetch the issuer's signing keys");
-            }
-            if let Some(k) = keys.set.as_ref().and_then(|s| pick(s, kid, alg)) {
-                return Ok(k);
-            }
-        }
-        match &keys.set {
+        match set {
+            Some(s) => pick(&s, kid, alg).ok_or_else(|| {
+                Rejection::Invalid("the token's signing key is not one the issuer publishes".into())
+            }),
             None => Err(Rejection::Unavailable(format!(
                 "the signing keys of {} could not be fetched; try again shortly",
                 self.config.issuer
             ))),
-            Some(_) => Err(Rejection::Invalid(
-                "the token's signing key is not one the issuer publishes".into(),
-            )),
         }
     }
 
-    fn may_fetch(&self, keys: &Keys) -> bool {
-        keys.tried.is_none_or(|t| t.elapsed() >= REFETCH_INTERVAL)
+    /// Fetches the keys again, at most once per [`REFETCH_INTERVAL`];
+    /// `wait` waits for a fetch under way instead of skipping.
+    async fn refresh(&self, wait: bool) {
+        let _one = match wait {
+            true => self.fetching.lock().await,
+            false => match self.fetching.try_lock() {
+                Ok(g) => g,
+                Err(_) => return,
+            },
+        };
+        {
+            let mut k = self.keys.write().expect("keys lock");
+            if k.tried.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL) {
+                return;
+            }
+            k.tried = Some(Instant::now());
+        }
+        match self.fetch().await {
+            Ok(set) => {
+                let mut k = self.keys.write().expect("keys lock");
+                k.set = Some(Arc::new(set));
+                k.fetched = Some(Instant::now());
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.config.issuer, error = %e, "could not fetch the issuer's signing keys")
+            }
+        }
     }
 
-    async fn refresh(&self, keys: &mut Keys) -> anyhow::Result<()> {
-        keys.tried = Some(Instant::now());
+    async fn fetch(&self) -> anyhow::Result<JwkSet> {
         let discovery = format!(
             "{}/.well-known/openid-configuration",
             self.config.issuer.trim_end_matches('/')
@@ -319,9 +341,7 @@ impl Issuer {
         let set: JwkSet = serde_json::from_value(self.get(uri).await?)
             .map_err(|e| anyhow!("{uri}: not a JWK set: {e}"))?;
         tracing::info!(issuer = %self.config.issuer, keys = set.keys.len(), "fetched signing keys");
-        keys.set = Some(set);
-        keys.fetched = Some(Instant::now());
-        Ok(())
+        Ok(set)
     }
 
     async fn get(&self, url: &str) -> anyhow::Result<Value> {
