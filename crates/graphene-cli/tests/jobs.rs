@@ -132,7 +132,7 @@ fn thousand_jobs(s: Server, nats: Option<&mut util::Nats>) {
     s.function(
         "work",
         "python3",
-        "def handle(req):\n    return 'done ' + req\n",
+        "import time\ndef handle(req):\n    time.sleep(0.02)\n    return 'done ' + req\n",
         "    annotations:\n      com.graphene.async.concurrency: \"8\"\n",
     );
     s.ok(&["up"]);
@@ -216,6 +216,8 @@ def handle(event, context):
     seen = calls.setdefault(cid, [])
     seen.append(time.time())
     body = event.body.decode()
+    if body.startswith("big"):
+        return {"statusCode": 200, "body": "x" * int(body.split()[1])}
     if body.startswith("sleep"):
         time.sleep(float(body.split()[1]))
         return {"statusCode": 200, "body": "slept"}
@@ -282,6 +284,23 @@ fn retries_and_more(s: Server) {
     let v = status(&s, &id);
     assert_eq!(v["callback"]["status"], "delivered");
     assert_eq!(v["callback"]["attempts"], 3);
+
+    // A large result is kept up to the backend's limit and reaches the
+    // callback (marked when cut).
+    let big = enqueue(&s, "flaky", "big 900000", &[("X-Callback-Url", &cb.url)]);
+    let v = eventually("the big job", Duration::from_secs(30), || {
+        let v = status(&s, &big);
+        (v["status"] == "succeeded").then_some(v)
+    });
+    let kept = v["result"].as_str().unwrap().len();
+    assert!(kept > 100_000, "{kept}");
+    assert_eq!(v["resultTruncated"], kept < 900_000);
+    let got = eventually("the big callback", Duration::from_secs(30), || {
+        cb.received()
+            .into_iter()
+            .find(|r| r.headers["x-call-id"] == big)
+    });
+    assert_eq!(got.body.len(), kept);
 
     // Exhausted: failed for good, with the last error, in the dead-letter list.
     let dead = enqueue(&s, "flaky", "fail 99", &[]);

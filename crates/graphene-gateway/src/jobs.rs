@@ -8,7 +8,7 @@
 //! one whose gateway died while it ran is run again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -152,7 +152,18 @@ pub struct Dispatch {
 struct FunctionJobs {
     concurrency: u64,
     retry: RetryPolicy,
-    running: u64,
+    /// Its jobs running now; each holds a [`Running`] guard on it, so a
+    /// redeploy (a new entry) or a panic can't make it drift.
+    running: Arc<AtomicU64>,
+}
+
+/// One running job of a function, counted while it lives.
+pub(crate) struct Running(Arc<AtomicU64>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Dispatch {
@@ -164,7 +175,7 @@ impl Dispatch {
             .or_insert(FunctionJobs {
                 concurrency,
                 retry: retry.clone(),
-                running: 0,
+                running: Default::default(),
             });
         e.concurrency = concurrency;
         e.retry = retry;
@@ -196,19 +207,27 @@ impl Dispatch {
             .map(|f| f.retry.clone())
     }
 
-    fn adjust(&self, ns: &str, name: &str, up: bool) {
-        if let Some(f) = self
-            .functions
-            .lock()
-            .expect("dispatch lock")
-            .get_mut(&(ns.to_string(), name.to_string()))
-        {
-            f.running = if up {
-                f.running + 1
-            } else {
-                f.running.saturating_sub(1)
-            };
+    /// Room for more jobs per function, at most `free` in all.
+    fn room(&self, free: usize) -> Vec<((String, String), usize)> {
+        let mut left = free;
+        let mut out = Vec::new();
+        for (k, f) in self.functions.lock().expect("dispatch lock").iter() {
+            let n = (f
+                .concurrency
+                .saturating_sub(f.running.load(Ordering::Acquire)) as usize)
+                .min(left);
+            left -= n;
+            out.push((k.clone(), n));
         }
+        out
+    }
+
+    /// Counts a job of the function as running until the guard drops.
+    fn start(&self, ns: &str, name: &str) -> Option<Running> {
+        let f = self.functions.lock().expect("dispatch lock");
+        let c = f.get(&(ns.to_string(), name.to_string()))?.running.clone();
+        c.fetch_add(1, Ordering::AcqRel);
+        Some(Running(c))
     }
 }
 
@@ -284,6 +303,18 @@ pub async fn enqueue<P: Provider>(
                 ),
             )
         })?;
+    #[cfg(feature = "nats")]
+    if let Backend::Nats(n) = &gw.jobs {
+        if body.len() > n.max_body {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is larger than the {} bytes a job can carry through NATS (its max_payload)",
+                    n.max_body
+                ),
+            ));
+        }
+    }
     let job = NewJob {
         id: id.clone(),
         namespace: ns.to_string(),
@@ -349,6 +380,21 @@ impl<P: Provider> Gateway<P> {
         Err(missing())
     }
 
+    /// A removed function's queued jobs end as cancelled (embedded; on NATS
+    /// they end when delivered, as the function is gone).
+    pub(crate) async fn cancel_jobs_of(&self, ns: &str, name: &str) {
+        if let Backend::Embedded(j) = &self.jobs {
+            let (ns, name) = (ns.to_string(), name.to_string());
+            match blocking(j, move |j| j.cancel_function(&ns, &name, now_ms())).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(jobs = n, "cancelled the queued jobs of a removed function")
+                }
+                Err(e) => tracing::warn!(error = %e, "could not cancel a removed function's jobs"),
+            }
+        }
+    }
+
     /// Starts the dispatcher, the callback sender and the cleaner.
     pub(crate) fn start_jobs(self: &Arc<Self>) {
         let jobs = match &self.jobs {
@@ -397,35 +443,19 @@ impl<P: Provider> Gateway<P> {
             if free == 0 {
                 continue;
             }
-            let room: HashMap<(String, String), usize> = self
-                .dispatch
-                .functions
-                .lock()
-                .expect("dispatch lock")
-                .iter()
-                .map(|(k, f)| (k.clone(), f.concurrency.saturating_sub(f.running) as usize))
-                .collect();
+            let room = self.dispatch.room(free);
             let lease = now + LEASE.as_millis() as u64;
-            let claimed = blocking(&jobs, move |j| {
-                j.claim(now, lease, free, |ns, f| {
-                    room.get(&(ns.to_string(), f.to_string()))
-                        .copied()
-                        .unwrap_or(0)
-                })
-            })
-            .await;
+            let claimed = blocking(&jobs, move |j| j.claim(now, lease, &room)).await;
             match claimed {
                 Ok(claimed) => {
                     for job in claimed {
+                        let counted = self.dispatch.start(&job.new.namespace, &job.new.function);
                         self.dispatch.running.fetch_add(1, Ordering::AcqRel);
-                        self.dispatch
-                            .adjust(&job.new.namespace, &job.new.function, true);
                         let gw = self.clone();
                         let jobs = jobs.clone();
                         tokio::spawn(async move {
-                            let (ns, f) = (job.new.namespace.clone(), job.new.function.clone());
                             gw.run_job(job, jobs).await;
-                            gw.dispatch.adjust(&ns, &f, false);
+                            drop(counted);
                             gw.dispatch.running.fetch_sub(1, Ordering::AcqRel);
                             gw.dispatch.wake.notify_one();
                         });
@@ -439,6 +469,23 @@ impl<P: Provider> Gateway<P> {
     /// Runs one attempt of a job and decides what follows: another try
     /// after a wait, or the end.
     pub(crate) async fn attempt(&self, j: &NewJob, attempt: u32) -> Decision {
+        // Deliveries after a lost worker count too: a job that keeps taking
+        // its gateway down ends instead of looping.
+        if attempt > j.retry.attempts {
+            return Decision::Finish {
+                succeeded: false,
+                outcome: Outcome {
+                    code: 500,
+                    body: Vec::new(),
+                    headers: Vec::new(),
+                    duration_ms: 0,
+                    error: Some(format!(
+                        "its worker was lost; gave up after {} attempts",
+                        attempt - 1
+                    )),
+                },
+            };
+        }
         let started = Instant::now();
         let function = format!("{}.{}", j.function, j.namespace);
         self.metrics.started(&function);
@@ -528,7 +575,6 @@ impl<P: Provider> Gateway<P> {
             })
         };
         let decision = self.attempt(&j, attempt).await;
-        renew.abort();
         let id = j.id.clone();
         let stored = match decision {
             Decision::Retry { wait, error } => {
@@ -542,6 +588,7 @@ impl<P: Provider> Gateway<P> {
                 .await
             }
         };
+        renew.abort();
         match stored {
             Ok(true) => self.dispatch.callbacks_due.notify_one(),
             Ok(false) => {
@@ -721,7 +768,7 @@ pub async fn list<P: Provider>(
             ))
         })?),
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let function = q.function.filter(|f| !f.is_empty());
     let policy = gw.policy();
     let list: Vec<_> = gw

@@ -20,12 +20,17 @@ impl<P: Provider> Gateway<P> {
         let gw = self.clone();
         let n = nats.clone();
         tokio::spawn(async move {
-            let mut started: HashSet<(String, String)> = HashSet::new();
+            // Functions with a consumer loop; a loop takes itself out when
+            // its function is removed, so a redeploy starts a new one.
+            let running: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Default::default();
             loop {
-                for (key, concurrency) in gw.dispatch.tracked() {
-                    if started.insert(key.clone()) {
-                        let (gw, n) = (gw.clone(), n.clone());
-                        tokio::spawn(async move { gw.consume(n, key, concurrency).await });
+                for (key, _) in gw.dispatch.tracked() {
+                    if running.lock().expect("consumers lock").insert(key.clone()) {
+                        let (gw, n, running) = (gw.clone(), n.clone(), running.clone());
+                        tokio::spawn(async move {
+                            gw.consume(n, key.clone()).await;
+                            running.lock().expect("consumers lock").remove(&key);
+                        });
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -35,14 +40,18 @@ impl<P: Provider> Gateway<P> {
         tokio::spawn(async move { gw.consume_callbacks(nats).await });
     }
 
-    async fn consume(
-        self: Arc<Self>,
-        nats: Arc<NatsJobs>,
-        key: (String, String),
-        concurrency: u64,
-    ) {
-        let (ns, function) = key;
-        loop {
+    /// Runs one function's jobs while it is deployed, with its current
+    /// concurrency (the consumer is updated when a redeploy changes it).
+    async fn consume(self: Arc<Self>, nats: Arc<NatsJobs>, key: (String, String)) {
+        let (ns, function) = key.clone();
+        let current = |gw: &Self| {
+            gw.dispatch
+                .tracked()
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, c)| c)
+        };
+        while let Some(concurrency) = current(&self) {
             let consumer = match nats.consumer(&ns, &function, concurrency).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -59,19 +68,27 @@ impl<P: Provider> Gateway<P> {
                     continue;
                 }
             };
-            while let Some(next) = messages.next().await {
-                match next {
-                    Ok(msg) => {
-                        let (gw, nats) = (self.clone(), nats.clone());
-                        tokio::spawn(async move { gw.run_nats_job(nats, Arc::new(msg)).await });
-                    }
-                    Err(e) => {
-                        tracing::warn!(function = %function, error = %e, "job consumer");
-                        break;
+            loop {
+                tokio::select! {
+                    next = messages.next() => match next {
+                        Some(Ok(msg)) => {
+                            let (gw, nats) = (self.clone(), nats.clone());
+                            tokio::spawn(async move { gw.run_nats_job(nats, Arc::new(msg)).await });
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(function = %function, error = %e, "job consumer");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if current(&self) != Some(concurrency) {
+                            break; // removed, or its concurrency changed
+                        }
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -95,7 +112,6 @@ impl<P: Provider> Gateway<P> {
             })
         };
         let decision = self.attempt(&j, attempt).await;
-        keepalive.abort();
         let recorded = match decision {
             Decision::Retry { wait, error } => {
                 let next = now_ms() + wait.as_millis() as u64;
@@ -106,6 +122,7 @@ impl<P: Provider> Gateway<P> {
                     .await
             }
         };
+        keepalive.abort();
         if let Err(e) = recorded {
             tracing::error!(call_id = %j.id, error = %e, "could not record a job's outcome; it will be delivered again");
         }

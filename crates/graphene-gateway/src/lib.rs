@@ -183,10 +183,12 @@ impl<P: Provider> Gateway<P> {
     async fn deploy(&self, d: Deployment) -> Result<(), graphene_core::provider::ProviderError> {
         let (ns, name) = (d.namespace.clone(), d.spec.service.clone());
         let policy = d.settings.scaling.clone();
+        // Async calls never ask for more than the function can run at once.
+        let capacity = (d.settings.max_replicas * d.settings.workers).max(1);
         self.dispatch.track(
             &ns,
             &name,
-            d.settings.async_concurrency,
+            d.settings.async_concurrency.min(capacity),
             d.settings.retry.clone(),
         );
         let fallback = d.replicas.unwrap_or(d.settings.min_replicas);

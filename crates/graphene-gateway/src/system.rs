@@ -235,6 +235,7 @@ pub async fn delete<P: Provider>(
     );
     gw.scaler.forget(&ns, &req.function_name);
     gw.dispatch.forget(&ns, &req.function_name);
+    gw.cancel_jobs_of(&ns, &req.function_name).await;
     match gw.provider.remove(&ns, &req.function_name).await {
         Ok(()) | Err(ProviderError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),

@@ -199,6 +199,8 @@ impl Jobs {
                 callback_state TEXT, callback_attempts INTEGER NOT NULL DEFAULT 0,
                 callback_next_at INTEGER, callback_error TEXT);
              CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_at);
+             CREATE INDEX IF NOT EXISTS jobs_function_due ON jobs (namespace, function, state, next_at);
+             CREATE INDEX IF NOT EXISTS jobs_listed ON jobs (namespace, created_at);
              CREATE INDEX IF NOT EXISTS jobs_callbacks ON jobs (callback_state, callback_next_at);
              CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at);",
         )?;
@@ -263,36 +265,34 @@ impl Jobs {
         )
     }
 
-    /// Takes due jobs, oldest first, at most `room(namespace, function)`
-    /// per function and `max` in all, and leases them until `lease_until`.
+    /// Takes due jobs, oldest first within each function, at most `room`
+    /// of each listed function (so one function's backlog never hides
+    /// another's), and leases them until `lease_until`.
     pub fn claim(
         &self,
         now: u64,
         lease_until: u64,
-        max: usize,
-        mut room: impl FnMut(&str, &str) -> usize,
+        room: &[((String, String), usize)],
     ) -> Result<Vec<Job>> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        let candidates: Vec<(String, String, String)> = {
+        let mut candidates: Vec<(String, String, String)> = Vec::new();
+        {
             let mut stmt = tx.prepare_cached(
-                "SELECT id, namespace, function FROM jobs WHERE state = 'queued' AND next_at <= ?1
-                 ORDER BY next_at, created_at LIMIT 1000",
+                "SELECT id FROM jobs WHERE namespace = ?1 AND function = ?2 AND state = 'queued'
+                 AND next_at <= ?3 ORDER BY next_at, created_at LIMIT ?4",
             )?;
-            let rows = stmt.query_map([now as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect::<Result<_>>()?
-        };
-        let mut taken: std::collections::HashMap<(String, String), usize> = Default::default();
+            for ((ns, function), n) in room.iter().filter(|(_, n)| *n > 0) {
+                let rows = stmt.query_map(params![ns, function, now as i64, *n as i64], |r| {
+                    r.get::<_, String>(0)
+                })?;
+                for id in rows {
+                    candidates.push((id?, ns.clone(), function.clone()));
+                }
+            }
+        }
         let mut jobs = Vec::new();
-        for (id, ns, function) in candidates {
-            if jobs.len() >= max {
-                break;
-            }
-            let used = taken.entry((ns.clone(), function.clone())).or_default();
-            if *used >= room(&ns, &function) {
-                continue;
-            }
-            *used += 1;
+        for (id, _, _) in candidates {
             tx.execute(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?2,
                     started_at = COALESCE(started_at, ?3) WHERE id = ?1",
@@ -403,6 +403,16 @@ impl Jobs {
         })
     }
 
+    /// A removed function's queued jobs: cancelled, with the reason.
+    pub fn cancel_function(&self, namespace: &str, function: &str, now: u64) -> Result<usize> {
+        self.db().execute(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?3,
+                last_error = 'the function was removed before the job ran'
+             WHERE namespace = ?1 AND function = ?2 AND state = 'queued'",
+            params![namespace, function, now as i64],
+        )
+    }
+
     /// Callbacks due now, oldest first.
     pub fn callbacks_due(&self, now: u64, max: usize) -> Result<Vec<Callback>> {
         let db = self.db();
@@ -457,7 +467,8 @@ impl Jobs {
         stmt.query_row([id], status_row).optional()
     }
 
-    /// Newest first, optionally of one function or in one state.
+    /// Newest first, optionally of one function or in one state; without
+    /// results (`status` has them).
     pub fn list(
         &self,
         namespace: &str,
@@ -474,7 +485,13 @@ impl Jobs {
             params![namespace, function, state.map(State::name), limit as i64],
             status_row,
         )?;
-        rows.collect()
+        rows.map(|r| {
+            r.map(|mut s| {
+                s.result = None;
+                s
+            })
+        })
+        .collect()
     }
 
     /// Forgets finished jobs (and delivered or failed callbacks) older than
@@ -592,7 +609,13 @@ mod tests {
         assert_eq!(q.enqueue(&job("b", "f"), 12).unwrap(), None);
         assert_eq!(q.enqueue(&job("c", "g"), 13).unwrap(), None);
         // Room for one of f and one of g.
-        let got = q.claim(20, 100, 10, |_, _| 1).unwrap();
+        let room = |n: usize| {
+            vec![
+                (("ns".to_string(), "f".to_string()), n),
+                (("ns".to_string(), "g".to_string()), n),
+            ]
+        };
+        let got = q.claim(20, 100, &room(1)).unwrap();
         let ids: Vec<_> = got.iter().map(|j| j.new.id.as_str()).collect();
         assert_eq!(ids, ["a", "c"]);
         assert_eq!(got[0].new.headers, [("x-a".to_string(), "1".to_string())]);
@@ -601,7 +624,7 @@ mod tests {
         assert_eq!(q.cancel("zzz", 21).unwrap(), Cancel::NotFound);
         // a's lease runs out: queued again, then claimed as attempt 2.
         assert_eq!(q.requeue_expired(150).unwrap(), 2);
-        let again = q.claim(150, 300, 10, |_, _| 5).unwrap();
+        let again = q.claim(150, 300, &room(5)).unwrap();
         assert_eq!(again.iter().find(|j| j.new.id == "a").unwrap().attempt, 2);
         // The first attempt's late answer does not count.
         assert!(!q.finish("a", 1, true, &outcome(200), 160).unwrap());
@@ -626,8 +649,8 @@ mod tests {
         // c retries, then fails for good.
         assert!(q.retry("c", 2, 500, "503 from the function").unwrap());
         assert_eq!(q.status("c").unwrap().unwrap().next_attempt_at, Some(500));
-        assert!(q.claim(499, 600, 10, |_, _| 5).unwrap().is_empty());
-        let c = q.claim(500, 600, 10, |_, _| 5).unwrap();
+        assert!(q.claim(499, 600, &room(5)).unwrap().is_empty());
+        let c = q.claim(500, 600, &room(5)).unwrap();
         let mut failed = outcome(500);
         failed.error = Some("gave up".into());
         assert!(q.finish("c", c[0].attempt, false, &failed, 510).unwrap());

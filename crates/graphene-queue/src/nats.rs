@@ -37,6 +37,23 @@ fn err(what: &str) -> impl Fn(String) -> Error + '_ {
     move |e| format!("NATS JetStream: {what}: {e}")
 }
 
+/// Bodies travel as base64 (JSON would spell each byte as a number).
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A job's record in the bucket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
@@ -47,6 +64,24 @@ struct Record {
     /// that dies in between leaves it for the next delivery to queue.
     #[serde(default)]
     outbox: Option<CallbackWire>,
+    /// False until the job's message is stored: a repeated POST then
+    /// publishes it (again, harmlessly, within the duplicate window).
+    #[serde(default = "yes")]
+    published: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What [`NatsJobs::change`] did.
+#[derive(Debug, PartialEq)]
+enum Changed {
+    Applied,
+    /// The record says another delivery owns the job now.
+    Fenced,
+    /// No record (it expired from the bucket).
+    Missing,
 }
 
 /// The message a job travels as.
@@ -59,6 +94,7 @@ struct Wire {
     path: String,
     query: String,
     headers: Vec<(String, String)>,
+    #[serde(with = "b64")]
     body: Vec<u8>,
     callback: Option<String>,
     principal: String,
@@ -109,6 +145,7 @@ struct CallbackWire {
     namespace: String,
     function: String,
     code: u16,
+    #[serde(with = "b64")]
     body: Vec<u8>,
     headers: Vec<(String, String)>,
     duration_ms: u64,
@@ -119,6 +156,9 @@ pub struct NatsJobs {
     js: jetstream::Context,
     kv: kv::Store,
     result_limit: usize,
+    /// Largest request body a job may carry (the server's message size
+    /// limit, less base64 and the rest of the message).
+    pub max_body: usize,
 }
 
 fn key(id: &str) -> String {
@@ -133,6 +173,12 @@ impl NatsJobs {
             .connect(url)
             .await
             .map_err(|e| format!("NATS: cannot connect to {url}: {e}"))?;
+        // The server's message size limit (NATS's default until it said).
+        let max_payload = match client.server_info().max_payload {
+            0 => 1 << 20,
+            n => n.max(256 << 10),
+        };
+        let max_body = max_payload / 4 * 3 - (16 << 10);
         let js = jetstream::new(client);
         for (name, subjects) in [(JOBS, "graphene.jobs.>"), (CALLBACKS, "graphene.callbacks")] {
             js.get_or_create_stream(stream::Config {
@@ -161,7 +207,10 @@ impl NatsJobs {
         Ok(Self {
             js,
             kv,
-            result_limit,
+            // The record keeps the result twice (text and callback): both
+            // must fit one message.
+            result_limit: result_limit.min(max_payload / 4 - (16 << 10)),
+            max_body,
         })
     }
 
@@ -171,9 +220,14 @@ impl NatsJobs {
             .entry(key(id))
             .await
             .map_err(|e| err("reading a job")(e.to_string()))?;
-        Ok(entry
-            .filter(|e| e.operation == kv::Operation::Put)
-            .and_then(|e| Some((serde_json::from_slice(&e.value).ok()?, e.revision))))
+        match entry.filter(|e| e.operation == kv::Operation::Put) {
+            None => Ok(None),
+            Some(e) => serde_json::from_slice(&e.value)
+                .map(|r| Some((r, e.revision)))
+                .map_err(|x| {
+                    format!("NATS JetStream: job {id} has a record this gateway can't read: {x}")
+                }),
+        }
     }
 
     /// Writes a job's first record, unless one exists (whoever writes
@@ -188,18 +242,20 @@ impl NatsJobs {
     }
 
     /// Changes a record with `f`, retrying on a concurrent change; `f`
-    /// returns false to leave it alone.
-    async fn change(&self, id: &str, f: impl Fn(&mut Record) -> bool) -> Result<bool, Error> {
-        for _ in 0..10 {
+    /// returns false to leave it alone (fenced).
+    async fn change(&self, id: &str, f: impl Fn(&mut Record) -> bool) -> Result<Changed, Error> {
+        for _ in 0..20 {
             let Some((mut r, revision)) = self.record(id).await? else {
-                return Ok(false);
+                return Ok(Changed::Missing);
             };
             if !f(&mut r) {
-                return Ok(false);
+                return Ok(Changed::Fenced);
             }
             let value = Bytes::from(serde_json::to_vec(&r).expect("serialisable"));
-            if self.kv.update(key(id), value, revision).await.is_ok() {
-                return Ok(true);
+            match self.kv.update(key(id), value, revision).await {
+                Ok(_) => return Ok(Changed::Applied),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(err("writing a job")(e.to_string())),
             }
         }
         Err("NATS JetStream: a job's record kept changing under us".into())
@@ -208,31 +264,8 @@ impl NatsJobs {
     /// Like the embedded [`crate::Jobs::enqueue`]: `None` when stored, the
     /// first caller's principal when the id was taken.
     pub async fn enqueue(&self, j: &NewJob, now: u64) -> Result<Option<String>, Error> {
-        if let Some((r, _)) = self.record(&j.id).await? {
-            return Ok(Some(r.principal));
-        }
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", j.id.as_str());
-        let payload = Bytes::from(serde_json::to_vec(&Wire::from(j)).expect("serialisable"));
-        let ack = self
-            .js
-            .publish_with_headers(
-                format!("graphene.jobs.{}.{}", j.namespace, j.function),
-                headers,
-                payload,
-            )
-            .await
-            .map_err(|e| err("publishing a job")(e.to_string()))?
-            .await
-            .map_err(|e| err("storing a job")(e.to_string()))?;
-        if ack.duplicate {
-            return Ok(Some(
-                self.record(&j.id)
-                    .await?
-                    .map_or(j.principal.clone(), |(r, _)| r.principal),
-            ));
-        }
-        self.create(&Record {
+        // The record comes first: it claims the call id for its caller.
+        let record = Record {
             status: JobStatus {
                 call_id: j.id.clone(),
                 function: j.function.clone(),
@@ -250,6 +283,38 @@ impl NatsJobs {
             principal: j.principal.clone(),
             callback: j.callback.clone(),
             outbox: None,
+            published: false,
+        };
+        let value = Bytes::from(serde_json::to_vec(&record).expect("serialisable"));
+        match self.kv.create(key(&j.id), value).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let Some((r, _)) = self.record(&j.id).await? else {
+                    return Err("NATS JetStream: a job record vanished".into());
+                };
+                if r.principal != j.principal || r.published {
+                    return Ok(Some(r.principal));
+                }
+                // Accepted before, but its message may never have been stored.
+            }
+            Err(e) => return Err(err("writing a job")(e.to_string())),
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", j.id.as_str());
+        let payload = Bytes::from(serde_json::to_vec(&Wire::from(j)).expect("serialisable"));
+        self.js
+            .publish_with_headers(
+                format!("graphene.jobs.{}.{}", j.namespace, j.function),
+                headers,
+                payload,
+            )
+            .await
+            .map_err(|e| err("publishing a job")(e.to_string()))?
+            .await
+            .map_err(|e| err("storing a job")(e.to_string()))?;
+        self.change(&j.id, |r| {
+            r.published = true;
+            true
         })
         .await?;
         Ok(None)
@@ -278,8 +343,15 @@ impl NatsJobs {
             })
             .await?;
         Ok(match done {
-            true => Cancel::Cancelled,
-            false => Cancel::Already(State::parse(&r.status.status).unwrap_or(State::Running)),
+            Changed::Applied => Cancel::Cancelled,
+            Changed::Missing => Cancel::NotFound,
+            Changed::Fenced => {
+                let now = self
+                    .record(id)
+                    .await?
+                    .map_or(r.status.status, |(r, _)| r.status.status);
+                Cancel::Already(State::parse(&now).unwrap_or(State::Running))
+            }
         })
     }
 
@@ -331,7 +403,8 @@ impl NatsJobs {
         function: &str,
         concurrency: u64,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
-        let name = format!("jobs-{namespace}-{function}");
+        // `_` can't appear in names, so no two functions share a consumer.
+        let name = format!("jobs_{namespace}_{function}");
         let stream = self
             .js
             .get_stream(JOBS)
@@ -393,17 +466,27 @@ impl NatsJobs {
                     status: State::Queued.name().into(),
                     max_attempts: job.retry.attempts,
                     created_at: now,
+                    callback: job.callback.as_ref().map(|url| CallbackStatus {
+                        url: url.clone(),
+                        status: "waiting".into(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 },
                 principal: job.principal.clone(),
                 callback: job.callback.clone(),
                 outbox: None,
+                published: true,
             })
             .await?;
         }
         let go = self
             .change(&job.id, |r| {
-                if !matches!(r.status.status.as_str(), "queued" | "running") {
+                // Queued, or running under an older delivery (whose gateway
+                // stopped keeping it alive); never back to an older one.
+                let takes_over = r.status.status == "queued"
+                    || (r.status.status == "running" && attempt > r.status.attempts);
+                if !takes_over {
                     return false;
                 }
                 r.status.status = State::Running.name().into();
@@ -413,16 +496,25 @@ impl NatsJobs {
                 true
             })
             .await?;
-        if !go {
-            // Finished, but its gateway died before queueing the callback.
-            if let Some((r, _)) = self.record(&job.id).await? {
-                if let (Some(cb), "succeeded" | "failed") = (&r.outbox, r.status.status.as_str()) {
-                    self.queue_callback(cb).await?;
+        if go != Changed::Applied {
+            let Some((r, _)) = self.record(&job.id).await? else {
+                return Err("NATS JetStream: a job record vanished".into());
+            };
+            match r.status.status.as_str() {
+                // A newer delivery runs it: leave this one be.
+                "running" | "queued" => {}
+                // Finished, but its gateway may have died before queueing
+                // the callback.
+                "succeeded" | "failed" => {
+                    if let Some(cb) = &r.outbox {
+                        self.queue_callback(cb).await?;
+                    }
                     let _ = msg.ack().await;
-                    return Ok(None);
+                }
+                _ => {
+                    let _ = msg.ack_with(AckKind::Term).await;
                 }
             }
-            let _ = msg.ack_with(AckKind::Term).await;
             return Ok(None);
         }
         Ok(Some((job, attempt)))
@@ -437,16 +529,21 @@ impl NatsJobs {
         next_at: u64,
         error: &str,
     ) -> Result<(), Error> {
-        self.change(id, |r| {
-            if r.status.attempts != attempt || r.status.status != "running" {
-                return false;
-            }
-            r.status.status = State::Queued.name().into();
-            r.status.next_attempt_at = Some(next_at);
-            r.status.last_error = Some(error.to_string());
-            true
-        })
-        .await?;
+        let changed = self
+            .change(id, |r| {
+                if r.status.attempts != attempt || r.status.status != "running" {
+                    return false;
+                }
+                r.status.status = State::Queued.name().into();
+                r.status.next_attempt_at = Some(next_at);
+                r.status.last_error = Some(error.to_string());
+                true
+            })
+            .await?;
+        if changed == Changed::Fenced {
+            // A newer delivery owns the message: a NAK would apply to it.
+            return Ok(());
+        }
         msg.ack_with(AckKind::Nak(Some(wait)))
             .await
             .map_err(|e| err("scheduling a retry")(e.to_string()))
@@ -502,9 +599,17 @@ impl NatsJobs {
                 true
             })
             .await?;
-        if !current {
+        match current {
             // A newer delivery of this job is running: it will finish it.
-            return Ok(());
+            Changed::Fenced => return Ok(()),
+            // Its record expired from the bucket: nothing left to record.
+            Changed::Missing => {
+                return msg
+                    .ack()
+                    .await
+                    .map_err(|e| err("acknowledging a job")(e.to_string()))
+            }
+            Changed::Applied => {}
         }
         if let Some((
             Record {
@@ -575,6 +680,16 @@ impl NatsJobs {
         wait: Duration,
     ) -> Result<(), Error> {
         let give_up = error.is_some() && attempts >= max;
+        // The message first: a delivered callback must not be sent again
+        // because its status could not be written.
+        let kind = match (error, give_up) {
+            (None, _) => AckKind::Ack,
+            (Some(_), true) => AckKind::Term,
+            (Some(_), false) => AckKind::Nak(Some(wait)),
+        };
+        msg.ack_with(kind)
+            .await
+            .map_err(|e| err("acknowledging a callback")(e.to_string()))?;
         self.change(id, |r| {
             let Some(cb) = r.status.callback.as_mut() else {
                 return false;
@@ -589,14 +704,7 @@ impl NatsJobs {
             .into();
             true
         })
-        .await?;
-        let kind = match (error, give_up) {
-            (None, _) => AckKind::Ack,
-            (Some(_), true) => AckKind::Term,
-            (Some(_), false) => AckKind::Nak(Some(wait)),
-        };
-        msg.ack_with(kind)
-            .await
-            .map_err(|e| err("acknowledging a callback")(e.to_string()))
+        .await
+        .map(|_| ())
     }
 }
