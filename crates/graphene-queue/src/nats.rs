@@ -74,6 +74,32 @@ fn yes() -> bool {
     true
 }
 
+impl Record {
+    /// A job's first record, as queued.
+    fn queued(j: &NewJob, now: u64, published: bool) -> Self {
+        Record {
+            status: JobStatus {
+                call_id: j.id.clone(),
+                function: j.function.clone(),
+                namespace: j.namespace.clone(),
+                status: State::Queued.name().into(),
+                max_attempts: j.retry.attempts,
+                created_at: now,
+                callback: j.callback.as_ref().map(|url| CallbackStatus {
+                    url: url.clone(),
+                    status: "waiting".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            principal: j.principal.clone(),
+            callback: j.callback.clone(),
+            outbox: None,
+            published,
+        }
+    }
+}
+
 /// What [`NatsJobs::change`] did.
 #[derive(Debug, PartialEq)]
 enum Changed {
@@ -265,26 +291,7 @@ impl NatsJobs {
     /// first caller's principal when the id was taken.
     pub async fn enqueue(&self, j: &NewJob, now: u64) -> Result<Option<String>, Error> {
         // The record comes first: it claims the call id for its caller.
-        let record = Record {
-            status: JobStatus {
-                call_id: j.id.clone(),
-                function: j.function.clone(),
-                namespace: j.namespace.clone(),
-                status: State::Queued.name().into(),
-                max_attempts: j.retry.attempts,
-                created_at: now,
-                callback: j.callback.as_ref().map(|url| CallbackStatus {
-                    url: url.clone(),
-                    status: "waiting".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            principal: j.principal.clone(),
-            callback: j.callback.clone(),
-            outbox: None,
-            published: false,
-        };
+        let record = Record::queued(j, now, false);
         let value = Bytes::from(serde_json::to_vec(&record).expect("serialisable"));
         match self.kv.create(key(&j.id), value).await {
             Ok(_) => {}
@@ -458,27 +465,7 @@ impl NatsJobs {
         let job: NewJob = wire.into();
         if self.record(&job.id).await?.is_none() {
             // Published, but the gateway died before writing its record.
-            self.create(&Record {
-                status: JobStatus {
-                    call_id: job.id.clone(),
-                    function: job.function.clone(),
-                    namespace: job.namespace.clone(),
-                    status: State::Queued.name().into(),
-                    max_attempts: job.retry.attempts,
-                    created_at: now,
-                    callback: job.callback.as_ref().map(|url| CallbackStatus {
-                        url: url.clone(),
-                        status: "waiting".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                principal: job.principal.clone(),
-                callback: job.callback.clone(),
-                outbox: None,
-                published: true,
-            })
-            .await?;
+            self.create(&Record::queued(&job, now, true)).await?;
         }
         let go = self
             .change(&job.id, |r| {
