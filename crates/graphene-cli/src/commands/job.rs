@@ -41,9 +41,11 @@ fn when(v: &Value, key: &str) -> String {
     v[key]
         .as_u64()
         .map(|ms| {
-            graphene_core::time::rfc3339(
+            let t = graphene_core::time::rfc3339(
                 std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-            )
+            );
+            // To the millisecond.
+            format!("{}Z", t.get(..23).unwrap_or(&t))
         })
         .unwrap_or_else(|| "-".into())
 }
