@@ -375,6 +375,18 @@ fn retries_and_more(s: Server) {
             .status,
         401
     );
+    // Removing the function cancels what it had queued.
+    let running = enqueue(&s, "flaky", "sleep 2", &[]);
+    let queued: Vec<String> = (0..2)
+        .map(|_| enqueue(&s, "flaky", "fail 0", &[]))
+        .collect();
+    eventually("the slow job to start", Duration::from_secs(10), || {
+        (status(&s, &running)["status"] == "running").then_some(())
+    });
+    s.ok(&["rm", "flaky"]);
+    for id in &queued {
+        assert_eq!(status(&s, id)["status"], "cancelled", "{id}");
+    }
     let status_text = s.ok(&["job", "status", &id]);
     assert!(
         status_text.contains("succeeded") && status_text.contains("Attempts:    2"),

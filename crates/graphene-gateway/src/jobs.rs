@@ -380,18 +380,22 @@ impl<P: Provider> Gateway<P> {
         Err(missing())
     }
 
-    /// A removed function's queued jobs end as cancelled (embedded; on NATS
-    /// they end when delivered, as the function is gone).
+    /// A removed function's queued jobs end as cancelled.
     pub(crate) async fn cancel_jobs_of(&self, ns: &str, name: &str) {
-        if let Backend::Embedded(j) = &self.jobs {
-            let (ns, name) = (ns.to_string(), name.to_string());
-            match blocking(j, move |j| j.cancel_function(&ns, &name, now_ms())).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(jobs = n, "cancelled the queued jobs of a removed function")
-                }
-                Err(e) => tracing::warn!(error = %e, "could not cancel a removed function's jobs"),
+        let cancelled = match &self.jobs {
+            Backend::Embedded(j) => {
+                let (ns, name) = (ns.to_string(), name.to_string());
+                blocking(j, move |j| j.cancel_function(&ns, &name, now_ms()))
+                    .await
+                    .map_err(|e| e.to_string())
             }
+            #[cfg(feature = "nats")]
+            Backend::Nats(n) => n.cancel_function(ns, name, now_ms()).await,
+        };
+        match cancelled {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "cancelled the queued jobs of a removed function"),
+            Err(e) => tracing::warn!(error = %e, "could not cancel a removed function's jobs"),
         }
     }
 

@@ -362,6 +362,26 @@ impl NatsJobs {
         })
     }
 
+    /// A removed function's queued jobs: cancelled (their messages are
+    /// dropped when delivered, should the function come back).
+    pub async fn cancel_function(
+        &self,
+        namespace: &str,
+        function: &str,
+        now: u64,
+    ) -> Result<usize, Error> {
+        let mut n = 0;
+        for j in self
+            .list(namespace, Some(function), Some(State::Queued), usize::MAX)
+            .await?
+        {
+            if self.cancel(&j.call_id, now).await? == Cancel::Cancelled {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     pub async fn list(
         &self,
         namespace: &str,
