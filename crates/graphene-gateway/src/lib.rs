@@ -3,9 +3,11 @@
 //! Start with [`Gateway::router`]: every request first passes `auth.rs`
 //! (who is calling: admin credential, API token or OIDC JWT), then
 //! `/function/*` goes to `invoke.rs` (call a function through the provider,
-//! with OpenFaaS's headers and metrics), `/system/*` to `system.rs` (the
-//! OpenFaaS management API) and `admin.rs` (tokens, grants, audit). Each
-//! handler asks `access.rs` whether the caller may do its action. `scaler.rs` wakes functions at zero and runs the
+//! with OpenFaaS's headers and metrics), `/async-function/*` to `jobs.rs`
+//! (durable asynchronous calls; `jobs_nats.rs` runs them from NATS),
+//! `/system/*` to `system.rs` (the OpenFaaS management API) and `admin.rs`
+//! (tokens, grants, audit). Each handler asks `access.rs` whether the caller
+//! may do its action. `scaler.rs` wakes functions at zero and runs the
 //! autoscaler. `store.rs` keeps what was accepted in SQLite;
 //! [`Gateway::restore`] brings every stored function back at start-up. The
 //! gateway knows providers only through `graphene_core::provider::Provider`.
