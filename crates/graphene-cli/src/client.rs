@@ -1,7 +1,5 @@
 //! The CLI's HTTP client for the gateway: a base URL and a credential.
 
-use std::sync::Arc;
-
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -10,7 +8,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client as Hyper};
 use hyper_util::rt::TokioExecutor;
-use tokio_rustls::rustls;
 
 pub struct Client {
     pub base: String,
@@ -37,33 +34,7 @@ impl Client {
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("{base}: the gateway URL must start with http:// or https://");
         }
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(path) = ca {
-            use rustls::pki_types::pem::PemObject;
-            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| anyhow!("{CA_ENV}: could not read {}: {e}", path.display()))?;
-            if certs.is_empty() {
-                bail!("{CA_ENV}: {} holds no PEM certificate", path.display());
-            }
-            for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| anyhow!("{CA_ENV}: {}: {e}", path.display()))?;
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let connector = graphene_gateway::tls::https_connector(ca, CA_ENV)?;
         Ok(Self {
             base,
             token,

@@ -129,3 +129,41 @@ pub fn self_signed(dir: &Path, names: &[String]) -> anyhow::Result<TlsFiles> {
     }
     Ok(files)
 }
+
+/// An HTTPS (or plain HTTP) client connector that trusts the public roots
+/// and, if given, the PEM certificates in `ca`; `what` names the setting in
+/// error messages.
+pub fn https_connector(
+    ca: Option<&Path>,
+    what: &str,
+) -> anyhow::Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>>
+{
+    use anyhow::anyhow;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| anyhow!("{what}: could not read {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            bail!("{what}: {} holds no PEM certificate", path.display());
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| anyhow!("{what}: {}: {e}", path.display()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .build())
+}
