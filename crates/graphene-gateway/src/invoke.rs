@@ -31,13 +31,7 @@ pub async fn invoke<P: Provider>(
         .unwrap_or_default()
         .as_nanos();
     let (parts, body) = req.into_parts();
-    let rest = parts.uri.path().strip_prefix("/function/").unwrap_or("");
-    let (qualified, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (name, ns) = names::split_qualified(qualified);
-    let ns = ns.unwrap_or(DEFAULT_NAMESPACE);
+    let (name, ns, path) = route(parts.uri.path(), "/function/");
     let call_id = parts
         .headers
         .get("x-call-id")
@@ -178,6 +172,17 @@ async fn call<P: Provider>(
         }
     }
     Ok(response)
+}
+
+/// `<prefix><name>[.<namespace>][/<path>]` → name, namespace, path.
+pub(crate) fn route<'a>(uri_path: &'a str, prefix: &str) -> (&'a str, &'a str, &'a str) {
+    let rest = uri_path.strip_prefix(prefix).unwrap_or("");
+    let (qualified, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (name, ns) = names::split_qualified(qualified);
+    (name, ns.unwrap_or(DEFAULT_NAMESPACE), path)
 }
 
 /// The caller's credential is for the gateway: it never reaches a

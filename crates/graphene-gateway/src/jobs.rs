@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use graphene_core::provider::{is_hop_by_hop, Invocation, Provider, ProviderError};
 use graphene_core::settings::RetryPolicy;
-use graphene_core::{names, DEFAULT_NAMESPACE};
+use graphene_core::DEFAULT_NAMESPACE;
 use graphene_queue::{Cancel, Jobs, NewJob, Outcome, State as JobState};
 use http_body_util::Full;
 use serde::Deserialize;
@@ -249,17 +249,7 @@ pub async fn enqueue<P: Provider>(
     req: Request,
 ) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
-    let rest = parts
-        .uri
-        .path()
-        .strip_prefix("/async-function/")
-        .unwrap_or("");
-    let (qualified, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (name, ns) = names::split_qualified(qualified);
-    let ns = ns.unwrap_or(DEFAULT_NAMESPACE);
+    let (name, ns, path) = crate::invoke::route(parts.uri.path(), "/async-function/");
     gw.authorize(&who, Action::Invoke, ns, name)?;
     let retry = match gw.dispatch.retry_policy(ns, name) {
         Some(r) if gw.provider.has(ns, name) => r,

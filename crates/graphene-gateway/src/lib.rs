@@ -54,7 +54,7 @@ pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 /// Largest request head (request line and headers) accepted, in bytes.
 pub const MAX_HEADERS: usize = 64 << 10;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub state_dir: PathBuf,
     /// Largest request body accepted, in bytes (413 above).

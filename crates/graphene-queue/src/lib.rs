@@ -503,18 +503,6 @@ impl Jobs {
             [before as i64],
         )
     }
-
-    /// How many jobs of a function wait (for the autoscaler and metrics).
-    pub fn queued(&self) -> Result<Vec<((String, String), u64)>> {
-        let db = self.db();
-        let mut stmt = db.prepare_cached(
-            "SELECT namespace, function, COUNT(*) FROM jobs WHERE state = 'queued' GROUP BY namespace, function",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(((r.get(0)?, r.get(1)?), r.get::<_, i64>(2)? as u64))
-        })?;
-        rows.collect()
-    }
 }
 
 const SELECT_STATUS: &str =
