@@ -192,6 +192,17 @@ pub async fn for_each_line(
     resp: Response<Incoming>,
     mut f: impl FnMut(&str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    until_line(resp, |line| f(line).map(|()| false))
+        .await
+        .map(|_| ())
+}
+
+/// Reads a streamed body line by line until `f` says it is done (true);
+/// returns whether it was.
+pub async fn until_line(
+    resp: Response<Incoming>,
+    mut f: impl FnMut(&str) -> anyhow::Result<bool>,
+) -> anyhow::Result<bool> {
     let mut body = resp.into_body();
     let mut buf = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -200,14 +211,16 @@ pub async fn for_each_line(
             buf.extend_from_slice(data);
             while let Some(i) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=i).collect();
-                f(String::from_utf8_lossy(&line[..line.len() - 1]).as_ref())?;
+                if f(String::from_utf8_lossy(&line[..line.len() - 1]).as_ref())? {
+                    return Ok(true);
+                }
             }
         }
     }
     if !buf.is_empty() {
-        f(String::from_utf8_lossy(&buf).as_ref())?;
+        return f(String::from_utf8_lossy(&buf).as_ref());
     }
-    Ok(())
+    Ok(false)
 }
 
 /// `application/x-www-form-urlencoded` escaping.

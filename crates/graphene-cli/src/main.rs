@@ -47,6 +47,10 @@ enum Command {
     Rm(commands::rm::Rm),
     /// Set a function's replica count.
     Scale(commands::scale::Scale),
+    /// List a function's revisions: state, image, who deployed them, when.
+    History(commands::history::History),
+    /// Run an earlier revision of a function again (as a new revision).
+    Rollback(commands::rollback::Rollback),
     /// Manage secrets.
     Secret(commands::secret::Secret),
     /// Store a credential for a gateway: a token, or one from an OIDC issuer.
@@ -88,6 +92,8 @@ fn main() -> ExitCode {
             Command::Logs(c) => c.run().await,
             Command::Rm(c) => c.run().await,
             Command::Scale(c) => c.run().await,
+            Command::History(c) => c.run().await,
+            Command::Rollback(c) => c.run().await,
             Command::Secret(c) => c.run().await,
             Command::Login(c) => c.run().await,
             Command::Whoami(c) => c.run().await,

@@ -261,8 +261,10 @@ fn exec_calls_are_limited_to_the_workers() {
 }
 
 #[test]
-fn images_nothing_uses_are_removed() {
-    let s = Server::start();
+fn images_no_kept_revision_uses_are_removed() {
+    // One revision kept per function: an image goes once its revision is
+    // neither kept nor serving. (The default keeps ten, for rollbacks.)
+    let s = Server::start_with(&["--keep-revisions", "1"]);
     let images = s.state.join("local/images");
     let built = || -> std::collections::BTreeSet<String> {
         std::fs::read_dir(&images)
@@ -281,7 +283,8 @@ fn images_nothing_uses_are_removed() {
     s.ok(&["build"]);
     assert_eq!(built().len(), 2);
     assert!(built().is_superset(&v1));
-    // v2 deployed and serving; building v3 removes v1 (no name, no process).
+    // v2 deployed and serving; building v3 removes v1 (no name, no kept
+    // revision).
     s.ok(&["deploy"]);
     eventually("v2 serving alone", Duration::from_secs(30), || {
         let d = s.describe("gc");

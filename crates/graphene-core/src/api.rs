@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 pub type Map = BTreeMap<String, String>;
 
+/// Response header naming the revision a deploy or rollback made (or found
+/// unchanged): what `graphene deploy --wait` waits on.
+pub const REVISION_HEADER: &str = "x-graphene-revision";
+
 /// Body of `POST`/`PUT /system/functions`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -88,42 +92,176 @@ pub struct FunctionStatus {
     pub graphene: Option<RuntimeStatus>,
 }
 
-/// What the runtime knows about a function's replicas.
+/// What the runtime knows about a function, in terms every provider can
+/// fill: replica counts, the rollout of the revision it was last given, and
+/// its instances. What only one provider knows (a local warm parent, a pod's
+/// node) is in `details`, which is flattened into this object in JSON.
+/// The gateway adds the registry's view: revisions, scaling, reconcile.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeStatus {
     pub desired_replicas: u64,
     pub ready_replicas: u64,
-    pub restarts: u64,
+    /// The revision the provider runs (or rolls out) and how that goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_exit: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub import_error: Option<String>,
-    #[serde(default)]
-    pub workers_per_replica: u64,
-    #[serde(default)]
-    pub timeout_seconds: f64,
+    pub rollout: Option<Rollout>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceStatus>,
-    /// The warm parent replicas are forked from (Python functions).
+    /// Provider-specific facts, shown as they are.
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+    /// The revision that serves calls, added by the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<ParentStatus>,
-    /// Calls waiting for a worker now.
-    #[serde(default)]
-    pub queued: u64,
+    pub serving_revision: Option<u64>,
+    /// The newest revision and its rollout state, added by the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<Rollout>,
+    /// Whether the runtime matches the registry, added by the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<ReconcileStatus>,
     /// The autoscaler's view, added by the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<ScalingStatus>,
 }
 
-/// The process that imported the handler once and forks replicas' workers.
+/// How a revision's rollout goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutState {
+    /// Starting: not ready yet, not failed.
+    #[default]
+    Progressing,
+    /// At least one instance became ready (or it rests at zero, ready to
+    /// wake).
+    Ready,
+    /// It can't become ready (the reason says why); the previous revision
+    /// keeps serving.
+    Failed,
+}
+
+impl RolloutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Progressing => "progressing",
+            RolloutState::Ready => "ready",
+            RolloutState::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ParentStatus {
-    pub pid: u32,
-    /// The handler imported and the parent can fork.
+pub struct Rollout {
+    pub revision: u64,
+    pub state: RolloutState,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// Whether the provider runs what the registry wants.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileStatus {
+    /// The provider was given the registry's revision and replica count.
+    pub in_sync: bool,
+    /// The revision the provider was last given.
+    #[serde(default)]
+    pub applied_revision: u64,
+    /// Failed attempts since the last success.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One instance (replica) of a function.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    pub id: String,
+    /// The revision it runs.
+    #[serde(default)]
+    pub revision: u64,
     pub ready: bool,
+    #[serde(default)]
     pub started_at: String,
+    /// Provider-specific facts, flattened in JSON.
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One revision of a function, as `GET /system/revisions/<name>` lists it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionInfo {
+    pub revision: u64,
+    pub image: String,
+    /// The built image's digest, when graphene built it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    /// A hash of the deployment: equal hashes deploy the same thing.
+    pub spec_hash: String,
+    pub created_by: String,
+    pub created_at: String,
+    pub state: RolloutState,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// This revision serves calls now.
+    #[serde(default)]
+    pub serving: bool,
+    /// Made by a rollback to this earlier revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+}
+
+/// `GET /system/revisions/<name>`: newest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    pub name: String,
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<u64>,
+    pub revisions: Vec<RevisionInfo>,
+}
+
+/// Body of `POST /system/rollback/<name>`; without a revision, the one that
+/// served before the serving one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+}
+
+/// A change in the registry, one line of `GET /system/events` (NDJSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// `function` (added or changed), `revision` (a rollout's state),
+    /// `replicas` (desired count), `removed`.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub name: String,
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<Rollout>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u64>,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Function,
+    Revision,
+    Replicas,
+    Removed,
 }
 
 /// A function's scaling policy and the autoscaler's last decision.
@@ -157,29 +295,6 @@ pub struct ScaleDecision {
     pub from: u64,
     pub to: u64,
     pub reason: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InstanceStatus {
-    pub id: String,
-    pub pid: u32,
-    pub ready: bool,
-    pub workers: u64,
-    pub started_at: String,
-    /// Worker processes serving its calls.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pids: Vec<u32>,
-    /// Calls running on it now.
-    #[serde(default)]
-    pub in_flight: u64,
-    /// Stopping: takes no new calls, finishes those it has.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub draining: bool,
-    /// A replica of the version before the last deploy, serving until a new
-    /// one is ready.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub retiring: bool,
 }
 
 /// Body of `POST /system/scale-function/<name>`.

@@ -51,6 +51,39 @@ pub fn split_qualified(qualified: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// One function's identity: the only key graphene uses for a function, in
+/// the gateway, the providers, metrics and the store. It prints as
+/// `name.namespace`, the form invocation paths and OpenFaaS's metric labels
+/// use.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct FunctionRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl FunctionRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Checks both parts against the name rules.
+    pub fn validate(&self) -> Result<(), NameError> {
+        validate("namespace", &self.namespace)?;
+        validate("function", &self.name)
+    }
+}
+
+impl std::fmt::Display for FunctionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.name, self.namespace)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +121,6 @@ mod tests {
     fn splits_namespace() {
         assert_eq!(split_qualified("echo"), ("echo", None));
         assert_eq!(split_qualified("echo.team"), ("echo", Some("team")));
+        assert_eq!(FunctionRef::new("team", "echo").to_string(), "echo.team");
     }
 }

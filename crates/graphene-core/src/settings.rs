@@ -19,19 +19,15 @@ pub const LABEL_SCALE_ZERO: &str = "com.openfaas.scale.zero";
 pub const LABEL_SCALE_ZERO_DURATION: &str = "com.openfaas.scale.zero-duration";
 /// The autoscaler's stable window (its panic window is a tenth of it).
 pub const LABEL_SCALE_WINDOW: &str = "com.graphene.scale.window";
-/// `false` starts every replica as its own Python process that imports the
-/// handler, for handlers that are not safe to fork after import.
-pub const ANNOTATION_FORK: &str = "com.graphene.fork";
-/// How many calls may wait for a worker before new ones are turned away.
-pub const ANNOTATION_QUEUE: &str = "com.graphene.queue";
-/// Worker processes per Python replica, forked after the handler imported.
+/// Calls one replica serves at once (on the local runtime, its worker
+/// processes). The autoscaler's `capacity` target defaults to it.
 pub const ANNOTATION_WORKERS: &str = "com.graphene.workers";
-/// An HTTP service that serves the function's calls instead of a built image.
-pub const ANNOTATION_UPSTREAM: &str = "com.graphene.upstream";
 /// `true` lets anyone call the function without a credential.
 pub const LABEL_PUBLIC: &str = "com.graphene.public";
-/// `none` cuts the function off the network (it still answers calls).
-pub const ANNOTATION_NETWORK: &str = "com.graphene.network";
+/// Annotations a provider reads that reach beyond the function itself (an
+/// upstream URL makes the runtime call another host for it): setting one
+/// needs `admin` on the function, not just `deploy`.
+pub const PRIVILEGED_ANNOTATIONS: &[&str] = &["com.graphene.upstream"];
 /// Asynchronous calls: how many attempts, the first and the longest wait
 /// between them, and which status codes are worth another attempt.
 pub const ANNOTATION_RETRY_ATTEMPTS: &str = "com.openfaas.retry.attempts";
@@ -58,8 +54,6 @@ pub const DEFAULT_RPS_TARGET: f64 = 50.0;
 pub const DEFAULT_PROPORTION: f64 = 0.9;
 pub const DEFAULT_ZERO_DURATION: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
-pub const DEFAULT_QUEUE: u64 = 1024;
-pub const MAX_QUEUE: u64 = 100_000;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{field}: {reason}")]
@@ -83,17 +77,9 @@ pub struct FunctionSettings {
     pub max_replicas: u64,
     pub workers: u64,
     pub timeout: Duration,
-    /// `http://host:port[/prefix]` when calls go to an existing HTTP service.
-    pub upstream: Option<String>,
     pub scaling: Policy,
-    /// Replicas are forked from a warm parent that imported the handler.
-    pub fork: bool,
-    /// Calls that may wait for a worker at once.
-    pub queue: u64,
     /// Anyone may invoke it without a credential.
     pub public: bool,
-    /// Whether the function's processes may use the network.
-    pub network: bool,
     /// `limits.memory`, in bytes, per replica.
     pub memory_limit: Option<u64>,
     /// `limits.cpu`, in thousandths of a CPU, per replica.
@@ -225,25 +211,6 @@ impl FunctionSettings {
                 t
             }
         };
-        let upstream = match annotations.get(ANNOTATION_UPSTREAM) {
-            None => None,
-            Some(u) => {
-                let rest = u.strip_prefix("http://").ok_or_else(|| {
-                    InvalidField::new(
-                        format!("annotations.{ANNOTATION_UPSTREAM}"),
-                        format!("{u:?} must be an http:// URL"),
-                    )
-                })?;
-                let host = rest.split('/').next().unwrap_or("");
-                if host.is_empty() || host.contains(['?', '#', ' ', '@']) {
-                    return Err(InvalidField::new(
-                        format!("annotations.{ANNOTATION_UPSTREAM}"),
-                        format!("{u:?} has no valid host"),
-                    ));
-                }
-                Some(u.clone())
-            }
-        };
         let get = |key: &str| labels.get(key).or_else(|| annotations.get(key));
         let field = |key: &str| {
             if labels.contains_key(key) {
@@ -330,34 +297,7 @@ impl FunctionSettings {
             zero_after: zero.then_some(zero_after),
             window,
         };
-        let fork = flag(ANNOTATION_FORK, true)?;
-        if !fork && workers > 1 {
-            return Err(InvalidField::new(
-                format!("annotations.{ANNOTATION_WORKERS}"),
-                format!(
-                    "must be 1 when {ANNOTATION_FORK} is false (each replica is then one process; add replicas for concurrency)"
-                ),
-            ));
-        }
-        let queue = number(ANNOTATION_QUEUE, DEFAULT_QUEUE, "annotations")?;
-        if queue == 0 || queue > MAX_QUEUE {
-            return Err(InvalidField::new(
-                field(ANNOTATION_QUEUE),
-                format!("must be between 1 and {MAX_QUEUE}"),
-            ));
-        }
         let public = flag(LABEL_PUBLIC, false)?;
-        let network = match get(ANNOTATION_NETWORK).map(|v| v.trim().to_ascii_lowercase()) {
-            None => true,
-            Some(v) if v == "all" => true,
-            Some(v) if v == "none" => false,
-            Some(v) => {
-                return Err(InvalidField::new(
-                    field(ANNOTATION_NETWORK),
-                    format!("{v:?} is not a network policy (use all or none)"),
-                ))
-            }
-        };
         let limits = d.limits.clone().unwrap_or_default();
         let memory_limit = Some(limits.memory.trim())
             .filter(|m| !m.is_empty())
@@ -438,23 +378,13 @@ impl FunctionSettings {
                 "must be between 1 and 1000",
             ));
         }
-        if upstream.is_none() && d.image.trim().is_empty() {
-            return Err(InvalidField::new(
-                "image",
-                "is required (the image built by `graphene build`)",
-            ));
-        }
         Ok(Self {
-            upstream,
             min_replicas,
             max_replicas,
             workers,
             timeout,
             scaling,
-            fork,
-            queue,
             public,
-            network,
             memory_limit,
             cpu_limit,
             retry,
@@ -579,7 +509,7 @@ mod tests {
         assert_eq!(s.scaling.metric, Metric::Capacity);
         assert_eq!(s.scaling.target, DEFAULT_WORKERS as f64);
         assert_eq!(s.scaling.zero_after, None);
-        assert!(s.scaling.enabled() && s.fork);
+        assert!(s.scaling.enabled());
         let d = deployment(
             &[
                 (LABEL_SCALE_TYPE, "rps"),
@@ -614,33 +544,6 @@ mod tests {
             let e = FunctionSettings::from_deployment(&deployment(&[(key, bad)], &[])).unwrap_err();
             assert_eq!(e.field, format!("labels.{key}"), "{key}={bad}: {e}");
         }
-        let e = FunctionSettings::from_deployment(&deployment(
-            &[],
-            &[(ANNOTATION_FORK, "false"), (ANNOTATION_WORKERS, "2")],
-        ))
-        .unwrap_err();
-        assert_eq!(e.field, "annotations.com.graphene.workers");
-        let e = FunctionSettings::from_deployment(&deployment(&[], &[(ANNOTATION_QUEUE, "0")]))
-            .unwrap_err();
-        assert_eq!(e.field, "annotations.com.graphene.queue");
-    }
-
-    #[test]
-    fn upstream_must_be_http() {
-        let ok = deployment(&[], &[(ANNOTATION_UPSTREAM, "http://127.0.0.1:9000/v1")]);
-        assert_eq!(
-            FunctionSettings::from_deployment(&ok)
-                .unwrap()
-                .upstream
-                .as_deref(),
-            Some("http://127.0.0.1:9000/v1")
-        );
-        for bad in ["ftp://x", "http:///path", "127.0.0.1:80"] {
-            let e =
-                FunctionSettings::from_deployment(&deployment(&[], &[(ANNOTATION_UPSTREAM, bad)]))
-                    .unwrap_err();
-            assert_eq!(e.field, "annotations.com.graphene.upstream", "{bad}");
-        }
     }
 
     #[test]
@@ -656,12 +559,6 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.field, "annotations.com.graphene.timeout");
         assert!(e.reason.contains("\"48h\" must be"), "{}", e.reason);
-        let mut d = deployment(&[], &[]);
-        d.image = String::new();
-        assert_eq!(
-            FunctionSettings::from_deployment(&d).unwrap_err().field,
-            "image"
-        );
         let e = FunctionSettings::from_deployment(&deployment(&[], &[(ANNOTATION_WORKERS, "0")]))
             .unwrap_err();
         assert_eq!(e.field, "annotations.com.graphene.workers");

@@ -292,13 +292,16 @@ pub struct Policy {
     pub tokens: HashMap<String, TokenRecord>,
     pub grants: Vec<Grant>,
     /// (namespace, name) of functions anyone may invoke.
-    pub public: HashSet<(String, String)>,
+    pub public: HashSet<graphene_core::names::FunctionRef>,
 }
 
 impl Policy {
     pub fn permit(&self, who: &Identity, action: Action, namespace: &str, name: &str) -> Permit {
         if who.is_admin()
-            || (action == Action::Invoke && self.public.contains(&(namespace.into(), name.into())))
+            || (action == Action::Invoke
+                && self
+                    .public
+                    .contains(&graphene_core::names::FunctionRef::new(namespace, name)))
         {
             return Permit::Unlimited;
         }
@@ -463,7 +466,10 @@ mod tests {
             ],
             ..Default::default()
         };
-        p.public.insert(("openfaas-fn".into(), "hello".into()));
+        p.public.insert(graphene_core::names::FunctionRef::new(
+            "openfaas-fn",
+            "hello",
+        ));
         let ns = "openfaas-fn";
         assert_eq!(
             p.permit(&who("token:ci", &[]), Action::Read, "team", "x"),

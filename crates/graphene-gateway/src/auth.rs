@@ -137,11 +137,9 @@ impl<P: Provider> Gateway<P> {
             grants: self.store.grants()?,
             ..Default::default()
         };
-        for f in self.store.functions(None)? {
-            let public = graphene_core::settings::FunctionSettings::from_deployment(&f.spec)
-                .is_ok_and(|s| s.public);
-            if public {
-                p.public.insert((f.namespace, f.spec.service));
+        for r in self.registry.list(None) {
+            if r.desired().settings.public {
+                p.public.insert(r.id.clone());
             }
         }
         *self.policy.write().expect("policy lock") = Arc::new(p);

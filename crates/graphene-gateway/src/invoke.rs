@@ -10,6 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use graphene_core::names::FunctionRef;
 use graphene_core::provider::{is_hop_by_hop, Invocation, Provider};
 use graphene_core::{names, DEFAULT_NAMESPACE};
 use rand::RngCore;
@@ -42,15 +43,12 @@ pub async fn invoke<P: Provider>(
     if let Err(e) = gw.authorize(&who, Action::Invoke, ns, name) {
         return e.into_response();
     }
-    let known = names::validate("function", name).is_ok()
-        && names::validate("namespace", ns).is_ok()
-        && gw.provider.has(ns, name);
+    let id = FunctionRef::new(ns, name);
+    let known = id.validate().is_ok() && gw.registry.get(&id).is_some();
     let target = Target {
-        name,
-        ns,
+        id,
         path,
         call_id: &call_id,
-        function: format!("{name}.{ns}"),
     };
     let result = match known {
         true => call(&gw, &parts, body, &target).await,
@@ -61,9 +59,9 @@ pub async fn invoke<P: Provider>(
     let seconds = started.elapsed().as_secs_f64();
     if known {
         // Only deployed functions get series: unknown names can't grow them.
-        gw.metrics.finished(&target.function, code, seconds);
+        gw.metrics.finished(&target.id, code, seconds);
     }
-    let function = target.function;
+    let function = target.id;
     let h = response.headers_mut();
     for (k, v) in [
         ("x-call-id", call_id),
@@ -80,12 +78,9 @@ pub async fn invoke<P: Provider>(
 
 /// Which function a call is for.
 struct Target<'a> {
-    name: &'a str,
-    ns: &'a str,
+    id: FunctionRef,
     path: &'a str,
     call_id: &'a str,
-    /// `name.namespace`, as metrics label it.
-    function: String,
 }
 
 async fn call<P: Provider>(
@@ -94,8 +89,7 @@ async fn call<P: Provider>(
     body: Body,
     t: &Target<'_>,
 ) -> Result<Response, ApiError> {
-    let (name, ns, call_id) = (t.name, t.ns, t.call_id);
-    let unknown = || ApiError::no_function(name, ns);
+    let call_id = t.call_id;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -125,27 +119,27 @@ async fn call<P: Provider>(
     if !parts.headers.contains_key("x-call-id") {
         headers.push(("x-call-id".into(), call_id.to_string()));
     }
-    gw.metrics.started(&t.function);
+    gw.metrics.started(&t.id);
     let waking = std::time::Instant::now();
-    let (_load, at_zero) = gw.call_starts(ns, name).await;
+    let (_load, at_zero) = gw.call_starts(&t.id).await;
     let wake = waking.elapsed();
     let result = gw
         .provider
         .invoke(
-            ns,
-            name,
+            &t.id,
             Invocation {
                 method: parts.method.as_str().to_string(),
                 path: t.path.to_string(),
                 query: parts.uri.query().unwrap_or("").to_string(),
                 headers,
-                body,
+                body: body.into(),
                 call_id: call_id.to_string(),
             },
         )
         .await
         .map_err(|e| match e {
-            graphene_core::provider::ProviderError::NotFound(_) => unknown(),
+            // Registered, but the runtime has not been given it yet.
+            graphene_core::provider::ProviderError::NotFound(_) => not_running(&t.id),
             other => ApiError::from(other),
         })?;
     // A cold start: the call found the function at zero (its wait includes
@@ -155,10 +149,10 @@ async fn call<P: Provider>(
         (false, waited) => waited,
     };
     if let Some(waited) = cold {
-        gw.metrics.cold_start(&t.function, waited.as_secs_f64());
+        gw.metrics.cold_start(&t.id, waited.as_secs_f64());
     }
     let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = Response::new(Body::from(result.body));
+    let mut response = Response::new(body_of(result.body));
     *response.status_mut() = status;
     for (k, v) in result.headers {
         if is_hop_by_hop(&k) {
@@ -172,6 +166,26 @@ async fn call<P: Provider>(
         }
     }
     Ok(response)
+}
+
+/// A body from the provider contract as the HTTP answer's (streams stay
+/// streams).
+pub(crate) fn body_of(b: graphene_core::provider::Body) -> Body {
+    match b {
+        graphene_core::provider::Body::Full(b) => Body::from(b),
+        graphene_core::provider::Body::Stream(s) => Body::from_stream(s),
+    }
+}
+
+/// A function the registry has but the runtime does not run yet.
+pub(crate) fn not_running(id: &FunctionRef) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "function {} is not running yet; the runtime is being given it (see `graphene describe {}`)",
+            id.name, id.name
+        ),
+    )
 }
 
 /// `<prefix><name>[.<namespace>][/<path>]` → name, namespace, path.

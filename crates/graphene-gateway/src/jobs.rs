@@ -7,7 +7,6 @@
 //! POSTed to `X-Callback-Url` (itself retried). A job is run at least once:
 //! one whose gateway died while it ran is run again.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,8 +16,8 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use graphene_core::names::FunctionRef;
 use graphene_core::provider::{is_hop_by_hop, Invocation, Provider, ProviderError};
-use graphene_core::settings::RetryPolicy;
 use graphene_core::DEFAULT_NAMESPACE;
 use graphene_queue::{Cancel, Jobs, NewJob, Outcome, State as JobState};
 use http_body_util::Full;
@@ -137,24 +136,14 @@ impl Backend {
     }
 }
 
-/// The dispatcher's view of each function: its async settings and how many
-/// of its jobs run now.
+/// The dispatcher's global counts and wake-ups; each function's own
+/// settings and running count live in its registry record.
 #[derive(Default)]
 pub struct Dispatch {
-    functions: Mutex<HashMap<(String, String), FunctionJobs>>,
     running: AtomicUsize,
     wake: tokio::sync::Notify,
     /// A job ended: its callback may be due.
     callbacks_due: tokio::sync::Notify,
-}
-
-#[derive(Clone)]
-struct FunctionJobs {
-    concurrency: u64,
-    retry: RetryPolicy,
-    /// Its jobs running now; each holds a [`Running`] guard on it, so a
-    /// redeploy (a new entry) or a panic can't make it drift.
-    running: Arc<AtomicU64>,
 }
 
 /// One running job of a function, counted while it lives.
@@ -166,66 +155,26 @@ impl Drop for Running {
     }
 }
 
-impl Dispatch {
-    /// Called on every deploy.
-    pub fn track(&self, ns: &str, name: &str, concurrency: u64, retry: RetryPolicy) {
-        let mut f = self.functions.lock().expect("dispatch lock");
-        let e = f
-            .entry((ns.to_string(), name.to_string()))
-            .or_insert(FunctionJobs {
-                concurrency,
-                retry: retry.clone(),
-                running: Default::default(),
-            });
-        e.concurrency = concurrency;
-        e.retry = retry;
-    }
-
-    /// Every function with its async concurrency.
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    pub fn tracked(&self) -> Vec<((String, String), u64)> {
-        self.functions
-            .lock()
-            .expect("dispatch lock")
-            .iter()
-            .map(|(k, f)| (k.clone(), f.concurrency))
-            .collect()
-    }
-
-    pub fn forget(&self, ns: &str, name: &str) {
-        self.functions
-            .lock()
-            .expect("dispatch lock")
-            .remove(&(ns.to_string(), name.to_string()));
-    }
-
-    fn retry_policy(&self, ns: &str, name: &str) -> Option<RetryPolicy> {
-        self.functions
-            .lock()
-            .expect("dispatch lock")
-            .get(&(ns.to_string(), name.to_string()))
-            .map(|f| f.retry.clone())
-    }
-
+impl<P: Provider> Gateway<P> {
     /// Room for more jobs per function, at most `free` in all.
     fn room(&self, free: usize) -> Vec<((String, String), usize)> {
         let mut left = free;
         let mut out = Vec::new();
-        for (k, f) in self.functions.lock().expect("dispatch lock").iter() {
-            let n = (f
-                .concurrency
-                .saturating_sub(f.running.load(Ordering::Acquire)) as usize)
+        for r in self.registry.list(None) {
+            let n = (r
+                .async_concurrency()
+                .saturating_sub(r.jobs_running.load(Ordering::Acquire))
+                as usize)
                 .min(left);
             left -= n;
-            out.push((k.clone(), n));
+            out.push(((r.id.namespace.clone(), r.id.name.clone()), n));
         }
         out
     }
 
     /// Counts a job of the function as running until the guard drops.
-    fn start(&self, ns: &str, name: &str) -> Option<Running> {
-        let f = self.functions.lock().expect("dispatch lock");
-        let c = f.get(&(ns.to_string(), name.to_string()))?.running.clone();
+    fn job_starts(&self, f: &FunctionRef) -> Option<Running> {
+        let c = self.registry.get(f)?.jobs_running.clone();
         c.fetch_add(1, Ordering::AcqRel);
         Some(Running(c))
     }
@@ -251,9 +200,9 @@ pub async fn enqueue<P: Provider>(
     let (parts, body) = req.into_parts();
     let (name, ns, path) = crate::invoke::route(parts.uri.path(), "/async-function/");
     gw.authorize(&who, Action::Invoke, ns, name)?;
-    let retry = match gw.dispatch.retry_policy(ns, name) {
-        Some(r) if gw.provider.has(ns, name) => r,
-        _ => return Err(ApiError::no_function(name, ns)),
+    let retry = match gw.registry.get(&FunctionRef::new(ns, name)) {
+        Some(r) => r.desired().settings.retry.clone(),
+        None => return Err(ApiError::no_function(name, ns)),
     };
     let header = |k: &str| parts.headers.get(k).and_then(|v| v.to_str().ok());
     let callback = match header("x-callback-url").map(str::trim) {
@@ -371,16 +320,16 @@ impl<P: Provider> Gateway<P> {
     }
 
     /// A removed function's queued jobs end as cancelled.
-    pub(crate) async fn cancel_jobs_of(&self, ns: &str, name: &str) {
+    pub(crate) async fn cancel_jobs_of(&self, f: &FunctionRef) {
         let cancelled = match &self.jobs {
             Backend::Embedded(j) => {
-                let (ns, name) = (ns.to_string(), name.to_string());
+                let (ns, name) = (f.namespace.clone(), f.name.clone());
                 blocking(j, move |j| j.cancel_function(&ns, &name, now_ms()))
                     .await
                     .map_err(|e| e.to_string())
             }
             #[cfg(feature = "nats")]
-            Backend::Nats(n) => n.cancel_function(ns, name, now_ms()).await,
+            Backend::Nats(n) => n.cancel_function(&f.namespace, &f.name, now_ms()).await,
         };
         match cancelled {
             Ok(0) => {}
@@ -437,13 +386,14 @@ impl<P: Provider> Gateway<P> {
             if free == 0 {
                 continue;
             }
-            let room = self.dispatch.room(free);
+            let room = self.room(free);
             let lease = now + LEASE.as_millis() as u64;
             let claimed = blocking(&jobs, move |j| j.claim(now, lease, &room)).await;
             match claimed {
                 Ok(claimed) => {
                     for job in claimed {
-                        let counted = self.dispatch.start(&job.new.namespace, &job.new.function);
+                        let counted = self
+                            .job_starts(&FunctionRef::new(&job.new.namespace, &job.new.function));
                         self.dispatch.running.fetch_add(1, Ordering::AcqRel);
                         let gw = self.clone();
                         let jobs = jobs.clone();
@@ -481,7 +431,7 @@ impl<P: Provider> Gateway<P> {
             };
         }
         let started = Instant::now();
-        let function = format!("{}.{}", j.function, j.namespace);
+        let function = FunctionRef::new(&j.namespace, &j.function);
         self.metrics.started(&function);
         let mut headers = j.headers.clone();
         if !headers
@@ -490,31 +440,42 @@ impl<P: Provider> Gateway<P> {
         {
             headers.push(("x-call-id".into(), j.id.clone()));
         }
-        let (load, _) = self.call_starts(&j.namespace, &j.function).await;
+        let (load, _) = self.call_starts(&function).await;
         let result = self
             .provider
             .invoke(
-                &j.namespace,
-                &j.function,
+                &function,
                 Invocation {
                     method: j.method.clone(),
                     path: j.path.clone(),
                     query: j.query.clone(),
                     headers,
-                    body: Bytes::from(j.body.clone()),
+                    body: Bytes::from(j.body.clone()).into(),
                     call_id: j.id.clone(),
                 },
             )
             .await;
+        let result = match result {
+            // A job keeps at most the result limit: read no more than that.
+            Ok(r) => match r
+                .body
+                .collect(self.config.job_result_limit.max(1 << 20) * 2)
+                .await
+            {
+                Ok(body) => Ok((r.status, r.headers, body)),
+                Err(e) => Err(ProviderError::Upstream(e.to_string())),
+            },
+            Err(e) => Err(e),
+        };
         drop(load);
         let duration_ms = started.elapsed().as_millis() as u64;
         let mut outcome = match result {
-            Ok(r) => Outcome {
-                code: r.status,
-                body: r.body.to_vec(),
-                headers: r.headers,
+            Ok((status, headers, body)) => Outcome {
+                code: status,
+                body: body.to_vec(),
+                headers,
                 duration_ms,
-                error: (r.status >= 400).then(|| format!("the function answered {}", r.status)),
+                error: (status >= 400).then(|| format!("the function answered {status}")),
             },
             Err(e) => {
                 let gone = matches!(e, ProviderError::NotFound(_));

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use graphene_core::names::FunctionRef;
 use graphene_core::provider::Provider;
 use graphene_queue::nats::{Message, NatsJobs, ACK_WAIT};
 
@@ -22,9 +23,9 @@ impl<P: Provider> Gateway<P> {
         tokio::spawn(async move {
             // Functions with a consumer loop; a loop takes itself out when
             // its function is removed, so a redeploy starts a new one.
-            let running: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Default::default();
+            let running: Arc<std::sync::Mutex<HashSet<FunctionRef>>> = Default::default();
             loop {
-                for (key, _) in gw.dispatch.tracked() {
+                for key in gw.registry.list(None).into_iter().map(|r| r.id.clone()) {
                     if running.lock().expect("consumers lock").insert(key.clone()) {
                         let (gw, n, running) = (gw.clone(), n.clone(), running.clone());
                         tokio::spawn(async move {
@@ -42,15 +43,9 @@ impl<P: Provider> Gateway<P> {
 
     /// Runs one function's jobs while it is deployed, with its current
     /// concurrency (the consumer is updated when a redeploy changes it).
-    async fn consume(self: Arc<Self>, nats: Arc<NatsJobs>, key: (String, String)) {
-        let (ns, function) = key.clone();
-        let current = |gw: &Self| {
-            gw.dispatch
-                .tracked()
-                .into_iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, c)| c)
-        };
+    async fn consume(self: Arc<Self>, nats: Arc<NatsJobs>, key: FunctionRef) {
+        let (ns, function) = (key.namespace.clone(), key.name.clone());
+        let current = |gw: &Self| gw.registry.get(&key).map(|r| r.async_concurrency());
         while let Some(concurrency) = current(&self) {
             let consumer = match nats.consumer(&ns, &function, concurrency).await {
                 Ok(c) => c,

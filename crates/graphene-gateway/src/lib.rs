@@ -5,12 +5,19 @@
 //! `/function/*` goes to `invoke.rs` (call a function through the provider,
 //! with OpenFaaS's headers and metrics), `/async-function/*` to `jobs.rs`
 //! (durable asynchronous calls; `jobs_nats.rs` runs them from NATS),
-//! `/system/*` to `system.rs` (the OpenFaaS management API) and `admin.rs`
-//! (tokens, grants, audit). Each handler asks `access.rs` whether the caller
-//! may do its action. `scaler.rs` wakes functions at zero and runs the
-//! autoscaler. `store.rs` keeps what was accepted in SQLite;
-//! [`Gateway::restore`] brings every stored function back at start-up. The
-//! gateway knows providers only through `graphene_core::provider::Provider`.
+//! `/system/*` to `system.rs` (the OpenFaaS management API), `revisions.rs`
+//! (history, rollback, the event stream) and `admin.rs` (tokens, grants,
+//! audit). Each handler asks `access.rs` whether the caller may do its
+//! action.
+//!
+//! Functions live in `registry.rs`, the one home for a function's state
+//! (revisions, desired replicas, scaling and async state), persisted by
+//! `store.rs`. Changes are written there first; `reconcile.rs` then makes
+//! the provider match, and records how each revision's rollout went.
+//! `scaler.rs` wakes functions at zero and runs the autoscaler over the
+//! registry. [`Gateway::restore`] hands every function to the provider at
+//! start-up. The gateway knows runtimes only through
+//! `graphene_core::provider::{Provider, Builder}`.
 
 mod access;
 mod admin;
@@ -23,6 +30,9 @@ mod jobs_nats;
 mod metrics;
 pub mod oidc;
 pub mod proxy;
+mod reconcile;
+mod registry;
+mod revisions;
 mod scaler;
 mod store;
 mod system;
@@ -35,11 +45,12 @@ use axum::http::Request;
 use axum::middleware;
 use axum::routing::{any, delete, get, post};
 use axum::Router;
-use graphene_core::provider::{Deployment, Provider};
-use graphene_core::settings::FunctionSettings;
+use graphene_core::provider::{Builder, Provider};
 
 pub use auth::TOKEN_FILE;
-use error::{ApiError, ApiResult};
+use error::ApiError;
+use registry::Registry;
+pub use registry::DEFAULT_KEEP_REVISIONS;
 use store::Store;
 
 pub const DEFAULT_MAX_BODY: usize = 32 << 20;
@@ -70,6 +81,9 @@ pub struct GatewayConfig {
     /// `nats://host:port` to keep jobs in NATS JetStream instead of the
     /// state directory.
     pub queue: Option<String>,
+    /// Revisions kept per function (the serving one besides), for history
+    /// and rollback; their images are kept too.
+    pub keep_revisions: usize,
 }
 
 pub const DEFAULT_JOB_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
@@ -77,9 +91,10 @@ pub const DEFAULT_JOB_RESULT_LIMIT: usize = 1 << 20;
 
 pub struct Gateway<P> {
     provider: Arc<P>,
-    store: Store,
+    builder: Arc<dyn Builder>,
+    store: Arc<Store>,
+    registry: Registry,
     metrics: metrics::Metrics,
-    scaler: scaler::Scaler,
     config: GatewayConfig,
     policy: std::sync::RwLock<Arc<access::Policy>>,
     reloading: std::sync::Mutex<()>,
@@ -91,17 +106,22 @@ pub struct Gateway<P> {
 }
 
 impl<P: Provider> Gateway<P> {
-    /// Opens the state database and makes the admin credential on first
-    /// start (the returned path says where it was written).
+    /// Opens the state database and the registry, and makes the admin
+    /// credential on first start (the returned path says where it was
+    /// written).
     pub async fn open(
         config: GatewayConfig,
         provider: Arc<P>,
+        builder: Arc<dyn Builder>,
     ) -> anyhow::Result<(Arc<Self>, Option<PathBuf>)> {
-        let store = Store::open(&config.state_dir.join("state.db"))?;
+        let store = Arc::new(Store::open(&config.state_dir.join("state.db"))?);
         let created = auth::ensure_admin(&store, &config.state_dir)?;
         let admin_hash = store
             .credential_hash(auth::ADMIN)?
             .ok_or_else(|| anyhow::anyhow!("the admin credential is missing from the database"))?;
+        let registry = Registry::open(store.clone(), config.keep_revisions, &|image| {
+            builder.resolve(image)
+        })?;
         let jobs = jobs::Backend::open(
             &config.state_dir,
             config.queue.as_deref(),
@@ -112,9 +132,10 @@ impl<P: Provider> Gateway<P> {
             jobs,
             dispatch: Default::default(),
             provider,
+            builder,
             store,
+            registry,
             metrics: Default::default(),
-            scaler: Default::default(),
             oidc: oidc::Oidc::new(&config.auth)?,
             config,
             policy: Default::default(),
@@ -127,82 +148,16 @@ impl<P: Provider> Gateway<P> {
         Ok((gw, created))
     }
 
-    /// Deploys every stored function again (after a restart).
-    pub async fn restore(&self) -> anyhow::Result<usize> {
-        let functions = self.store.functions(None)?;
-        let n = functions.len();
-        for f in functions {
-            let name = f.spec.service.clone();
-            match self.deployment(&f.namespace, f.spec, f.replicas) {
-                Ok(d) => {
-                    if let Err(e) = self.deploy(d).await {
-                        tracing::warn!(function = %name, namespace = %f.namespace, error = %e, "could not restore function");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(function = %name, error = %e.message, "could not restore function")
-                }
-            }
+    /// Hands every registered function to the provider (after a restart),
+    /// one by one, then leaves each to its reconciler. A function whose
+    /// newest revision failed comes back at the revision that served.
+    pub async fn restore(self: &Arc<Self>) -> usize {
+        let all = self.registry.list(None);
+        for r in &all {
+            self.apply_once(r).await;
+            self.start_reconciler(r.clone());
         }
-        Ok(n)
-    }
-
-    /// Validates a spec and resolves its secrets into a deployment.
-    fn deployment(
-        &self,
-        namespace: &str,
-        spec: graphene_core::api::FunctionDeployment,
-        replicas: Option<u64>,
-    ) -> ApiResult<Deployment> {
-        let settings = FunctionSettings::from_deployment(&spec)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let mut secrets = Vec::new();
-        for name in &spec.secrets {
-            let value = self.store.secret(namespace, name)?.ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "secrets: secret {name:?} does not exist in namespace {namespace}; create it with `graphene secret create {name}`"
-                ))
-            })?;
-            secrets.push((name.clone(), value));
-        }
-        // A count stored before the function's bounds changed is brought
-        // within them; zero stays zero (the next call wakes it).
-        let replicas = replicas.map(|n| match settings.scaling.enabled() {
-            true if n > 0 => n.clamp(settings.min_replicas.max(1), settings.max_replicas),
-            true => 0,
-            false => n.min(graphene_core::settings::MAX_REPLICAS),
-        });
-        Ok(Deployment {
-            namespace: namespace.to_string(),
-            spec,
-            settings,
-            secrets,
-            replicas,
-        })
-    }
-
-    /// Hands a deployment to the provider and tracks its scaling.
-    async fn deploy(&self, d: Deployment) -> Result<(), graphene_core::provider::ProviderError> {
-        let (ns, name) = (d.namespace.clone(), d.spec.service.clone());
-        let policy = d.settings.scaling.clone();
-        // Async calls never ask for more than the function can run at once.
-        let capacity = (d.settings.max_replicas * d.settings.workers).max(1);
-        self.dispatch.track(
-            &ns,
-            &name,
-            d.settings.async_concurrency.min(capacity),
-            d.settings.retry.clone(),
-        );
-        let fallback = d.replicas.unwrap_or(d.settings.min_replicas);
-        self.provider.deploy(d).await?;
-        // The count the provider settled on (a redeploy keeps the current one).
-        let desired = self
-            .provider
-            .status(&ns, &name)
-            .await
-            .map_or(fallback, |s| s.desired_replicas);
-        self.scaler.track(&ns, &name, policy, desired).await;
-        Ok(())
+        all.len()
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -239,6 +194,9 @@ impl<P: Provider> Gateway<P> {
             .route("/system/grants/{id}", delete(admin::grant_remove::<P>))
             .route("/system/audit", get(admin::audit::<P>))
             .route("/system/whoami", get(admin::whoami::<P>))
+            .route("/system/revisions/{name}", get(revisions::history::<P>))
+            .route("/system/rollback/{name}", post(revisions::rollback::<P>))
+            .route("/system/events", get(revisions::events::<P>))
             .route("/function/{*rest}", any(invoke::invoke::<P>))
             .route("/async-function/{*rest}", any(jobs::enqueue::<P>))
             .route(

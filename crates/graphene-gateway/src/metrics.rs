@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+use graphene_core::names::FunctionRef;
+
 const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -23,16 +25,16 @@ struct Series {
 
 #[derive(Default)]
 pub struct Metrics {
-    started: Mutex<BTreeMap<String, u64>>,
+    started: Mutex<BTreeMap<FunctionRef, u64>>,
     /// Per function, per status code.
-    finished: Mutex<BTreeMap<String, BTreeMap<u16, Series>>>,
+    finished: Mutex<BTreeMap<FunctionRef, BTreeMap<u16, Series>>>,
     /// Per function and direction (`up`, `down`).
-    scale_events: Mutex<BTreeMap<(String, &'static str), u64>>,
+    scale_events: Mutex<BTreeMap<(FunctionRef, &'static str), u64>>,
     /// How long calls waited for a first replica.
-    cold_starts: Mutex<BTreeMap<String, Series>>,
+    cold_starts: Mutex<BTreeMap<FunctionRef, Series>>,
     /// Asynchronous calls per function and result (`succeeded`, `failed`,
     /// `retried`).
-    jobs: Mutex<BTreeMap<(String, &'static str), u64>>,
+    jobs: Mutex<BTreeMap<(FunctionRef, &'static str), u64>>,
     /// Per principal and result (`allowed`, `denied`, `limited`).
     principals: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
@@ -55,7 +57,7 @@ type Gauge = (
 
 /// A function's replica view at scrape time.
 pub struct ReplicaGauge {
-    pub function: String,
+    pub function: FunctionRef,
     pub desired: u64,
     pub ready: u64,
     pub restarts: u64,
@@ -89,20 +91,20 @@ impl Series {
 }
 
 impl Metrics {
-    pub fn started(&self, function: &str) {
+    pub fn started(&self, function: &FunctionRef) {
         let mut map = self.started.lock().expect("metrics lock");
         match map.get_mut(function) {
             Some(n) => *n += 1,
             None => {
-                map.insert(function.to_string(), 1);
+                map.insert(function.clone(), 1);
             }
         }
     }
 
-    pub fn finished(&self, function: &str, code: u16, seconds: f64) {
+    pub fn finished(&self, function: &FunctionRef, code: u16, seconds: f64) {
         let mut map = self.finished.lock().expect("metrics lock");
         if !map.contains_key(function) {
-            map.insert(function.to_string(), BTreeMap::new());
+            map.insert(function.clone(), BTreeMap::new());
         }
         map.get_mut(function)
             .expect("inserted above")
@@ -111,30 +113,30 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn scaled(&self, function: &str, up: bool) {
+    pub fn scaled(&self, function: &FunctionRef, up: bool) {
         *self
             .scale_events
             .lock()
             .expect("metrics lock")
-            .entry((function.to_string(), if up { "up" } else { "down" }))
+            .entry((function.clone(), if up { "up" } else { "down" }))
             .or_default() += 1;
     }
 
-    pub fn cold_start(&self, function: &str, seconds: f64) {
+    pub fn cold_start(&self, function: &FunctionRef, seconds: f64) {
         self.cold_starts
             .lock()
             .expect("metrics lock")
-            .entry(function.to_string())
+            .entry(function.clone())
             .or_default()
             .observe(seconds);
     }
 
-    pub fn job(&self, function: &str, result: &'static str) {
+    pub fn job(&self, function: &FunctionRef, result: &'static str) {
         *self
             .jobs
             .lock()
             .expect("metrics lock")
-            .entry((function.to_string(), result))
+            .entry((function.clone(), result))
             .or_default() += 1;
     }
 
@@ -149,7 +151,7 @@ impl Metrics {
     }
 
     /// Completed invocations of one function (for `invocationCount`).
-    pub fn invocations(&self, function: &str) -> u64 {
+    pub fn invocations(&self, function: &FunctionRef) -> u64 {
         self.finished
             .lock()
             .expect("metrics lock")
@@ -284,13 +286,14 @@ mod tests {
     #[test]
     fn renders_openfaas_names() {
         let m = Metrics::default();
-        m.started("echo.openfaas-fn");
-        m.finished("echo.openfaas-fn", 200, 0.02);
-        m.finished("echo.openfaas-fn", 500, 3.0);
-        m.scaled("echo.openfaas-fn", true);
-        m.cold_start("echo.openfaas-fn", 0.004);
+        let echo = FunctionRef::new("openfaas-fn", "echo");
+        m.started(&echo);
+        m.finished(&echo, 200, 0.02);
+        m.finished(&echo, 500, 3.0);
+        m.scaled(&echo, true);
+        m.cold_start(&echo, 0.004);
         let text = m.render(&[ReplicaGauge {
-            function: "echo.openfaas-fn".into(),
+            function: echo.clone(),
             desired: 2,
             ready: 1,
             restarts: 0,
@@ -312,7 +315,7 @@ mod tests {
         assert!(text.contains(
             "graphene_cold_start_wait_seconds_bucket{function_name=\"echo.openfaas-fn\",le=\"0.005\"} 1"
         ));
-        assert_eq!(m.invocations("echo.openfaas-fn"), 2);
+        assert_eq!(m.invocations(&echo), 2);
         m.access("user:a\"b", "limited");
         assert!(m.render(&[]).contains(
             "graphene_principal_requests_total{principal=\"user:a\\\"b\",result=\"limited\"} 1"

@@ -9,48 +9,29 @@
 //! (both sequentially consistent): either the call sees zero and wakes the
 //! function, or the autoscaler sees the call and backs off.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use graphene_core::api::{ScaleDecision, ScalingStatus};
 use graphene_core::autoscale::{Autoscaler, Policy, Sample, TICK};
+use graphene_core::names::FunctionRef;
 use graphene_core::provider::Provider;
 
+use crate::registry::Record;
 use crate::Gateway;
 
-pub struct Scaler {
-    functions: Mutex<HashMap<String, Arc<Entry>>>,
-    epoch: Instant,
-}
-
-impl Default for Scaler {
-    fn default() -> Self {
-        Self {
-            functions: Mutex::new(HashMap::new()),
-            epoch: Instant::now(),
-        }
-    }
-}
-
-/// One function's load and scaling state.
-pub struct Entry {
-    namespace: String,
-    name: String,
+/// One function's load and scaling state, held by its registry record.
+pub struct Scaling {
     in_flight: AtomicU64,
     started: AtomicU64,
-    /// The replica count last asked of the provider.
+    /// The replica count last asked for.
     desired: AtomicU64,
+    policy: Mutex<Policy>,
     /// Serialises decisions: ticks, wakes and manual scales.
-    state: tokio::sync::Mutex<State>,
+    autoscaler: tokio::sync::Mutex<Autoscaler>,
     /// A copy of the state for status readers (never awaited on).
     shown: Mutex<Shown>,
-}
-
-struct State {
-    policy: Policy,
-    autoscaler: Autoscaler,
 }
 
 #[derive(Clone, Default)]
@@ -60,80 +41,49 @@ struct Shown {
 }
 
 /// Counts a call as in flight until dropped.
-pub struct Load(Arc<Entry>);
+pub struct Load(Arc<Record>);
 
 impl Drop for Load {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, SeqCst);
+        self.0.scaling.in_flight.fetch_sub(1, SeqCst);
     }
 }
 
-fn key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
-}
-
-impl Scaler {
-    fn now(&self) -> Duration {
-        self.epoch.elapsed()
-    }
-
-    fn entry(&self, namespace: &str, name: &str) -> Option<Arc<Entry>> {
-        self.functions
-            .lock()
-            .expect("lock")
-            .get(&key(namespace, name))
-            .cloned()
-    }
-
-    /// Starts (or updates) tracking a deployed function with `desired`
-    /// replicas.
-    pub async fn track(&self, namespace: &str, name: &str, policy: Policy, desired: u64) {
-        let existing = self.entry(namespace, name);
-        match existing {
-            Some(e) => {
-                let mut state = e.state.lock().await;
-                state.policy = policy;
-                e.desired.store(desired, SeqCst);
-            }
-            None => {
-                let e = Arc::new(Entry {
-                    namespace: namespace.to_string(),
-                    name: name.to_string(),
-                    in_flight: AtomicU64::new(0),
-                    started: AtomicU64::new(0),
-                    desired: AtomicU64::new(desired),
-                    state: tokio::sync::Mutex::new(State {
-                        policy,
-                        autoscaler: Autoscaler::new(self.now()),
-                    }),
-                    shown: Mutex::new(Shown::default()),
-                });
-                self.functions
-                    .lock()
-                    .expect("lock")
-                    .insert(key(namespace, name), e);
-            }
+impl Scaling {
+    pub fn new(policy: Policy, desired: u64, now: Duration) -> Self {
+        Self {
+            in_flight: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            desired: AtomicU64::new(desired),
+            policy: Mutex::new(policy),
+            autoscaler: tokio::sync::Mutex::new(Autoscaler::new(now)),
+            shown: Mutex::new(Shown::default()),
         }
     }
 
-    pub fn forget(&self, namespace: &str, name: &str) {
-        self.functions
-            .lock()
-            .expect("lock")
-            .remove(&key(namespace, name));
+    pub fn desired(&self) -> u64 {
+        self.desired.load(SeqCst)
     }
 
-    /// Calls in flight (running or waiting) for a function.
-    pub fn in_flight(&self, namespace: &str, name: &str) -> u64 {
-        self.entry(namespace, name)
-            .map_or(0, |e| e.in_flight.load(SeqCst))
+    /// A deploy changed the policy (and maybe brought the count within it).
+    pub fn set_policy(&self, policy: Policy, desired: u64) {
+        *self.policy.lock().expect("lock") = policy;
+        self.desired.store(desired, SeqCst);
     }
 
-    pub async fn status(&self, namespace: &str, name: &str) -> Option<ScalingStatus> {
-        let e = self.entry(namespace, name)?;
-        let policy = e.state.lock().await.policy.clone();
-        let shown = e.shown.lock().expect("lock").clone();
-        Some(ScalingStatus {
+    fn policy(&self) -> Policy {
+        self.policy.lock().expect("lock").clone()
+    }
+
+    /// Calls in flight (running or waiting).
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(SeqCst)
+    }
+
+    pub fn status(&self) -> ScalingStatus {
+        let policy = self.policy();
+        let shown = self.shown.lock().expect("lock").clone();
+        ScalingStatus {
             enabled: policy.enabled(),
             min: policy.min,
             max: policy.max,
@@ -141,14 +91,12 @@ impl Scaler {
             target: policy.target,
             zero_after_seconds: policy.zero_after.map(|d| d.as_secs_f64()),
             window_seconds: policy.window.as_secs_f64(),
-            in_flight: e.in_flight.load(SeqCst),
+            in_flight: self.in_flight(),
             panicking: shown.panicking,
             last_decision: shown.last,
-        })
+        }
     }
-}
 
-impl Entry {
     fn record(&self, from: u64, to: u64, reason: String, panicking: bool) {
         let mut shown = self.shown.lock().expect("lock");
         shown.panicking = panicking;
@@ -161,26 +109,22 @@ impl Entry {
             });
         }
     }
-
-    fn qualified(&self) -> String {
-        format!("{}.{}", self.name, self.namespace)
-    }
 }
 
 impl<P: Provider> Gateway<P> {
     /// Counts a call and wakes its function when it rests at zero. The
     /// returned guard counts the call until it ends; the flag says whether
     /// the call found the function at zero.
-    pub(crate) async fn call_starts(&self, namespace: &str, name: &str) -> (Option<Load>, bool) {
-        let Some(e) = self.scaler.entry(namespace, name) else {
+    pub(crate) async fn call_starts(&self, f: &FunctionRef) -> (Option<Load>, bool) {
+        let Some(r) = self.registry.get(f) else {
             return (None, false);
         };
-        e.in_flight.fetch_add(1, SeqCst);
-        e.started.fetch_add(1, SeqCst);
-        let load = Load(e.clone());
-        let at_zero = e.desired.load(SeqCst) == 0;
+        r.scaling.in_flight.fetch_add(1, SeqCst);
+        r.scaling.started.fetch_add(1, SeqCst);
+        let load = Load(r.clone());
+        let at_zero = r.scaling.desired.load(SeqCst) == 0;
         if at_zero {
-            self.wake(&e).await;
+            self.wake(&r).await;
         }
         (Some(load), at_zero)
     }
@@ -189,82 +133,70 @@ impl<P: Provider> Gateway<P> {
     /// no autoscaler round interleaves; the count is then held for a window.
     pub(crate) async fn scale_by_hand(
         &self,
-        namespace: &str,
-        name: &str,
+        r: &Arc<Record>,
         replicas: u64,
     ) -> Result<(), graphene_core::provider::ProviderError> {
-        let Some(e) = self.scaler.entry(namespace, name) else {
-            self.provider.scale(namespace, name, replicas).await?;
-            return Ok(());
-        };
-        let mut state = e.state.lock().await;
-        self.provider.scale(namespace, name, replicas).await?;
-        let from = e.desired.swap(replicas, SeqCst);
-        if let Err(err) = self.store.set_replicas(namespace, name, replicas) {
-            tracing::warn!(function = %name, error = %err, "could not store the replica count");
+        let mut autoscaler = r.scaling.autoscaler.lock().await;
+        let from = r.scaling.desired.swap(replicas, SeqCst);
+        self.registry.set_replicas(r, replicas);
+        if let Err(e) = self.provider.scale(&r.id, replicas).await {
+            // The count is stored: the reconciler keeps trying.
+            r.touch();
+            return Err(e);
         }
-        let window = state.policy.window;
-        state.autoscaler.hold(self.scaler.now(), window);
-        e.record(from, replicas, "scaled by hand".into(), false);
+        let window = r.scaling.policy().window;
+        autoscaler.hold(self.registry.now(), window);
+        r.scaling
+            .record(from, replicas, "scaled by hand".into(), false);
         Ok(())
     }
 
-    async fn wake(&self, e: &Entry) {
-        let mut state = e.state.lock().await;
-        if e.desired.load(SeqCst) != 0 {
+    async fn wake(&self, r: &Arc<Record>) {
+        let mut autoscaler = r.scaling.autoscaler.lock().await;
+        if r.scaling.desired.load(SeqCst) != 0 {
             return; // another call woke it first
         }
-        let to = state.policy.floor();
-        if self.rescale(e, 0, to).await {
-            state.autoscaler.changed(self.scaler.now());
-            e.record(0, to, "a call arrived while at zero".into(), false);
-        }
+        let to = r.scaling.policy().floor();
+        self.rescale(r, 0, to).await;
+        autoscaler.changed(self.registry.now());
+        r.scaling
+            .record(0, to, "a call arrived while at zero".into(), false);
     }
 
-    /// Asks the provider for `to` replicas and keeps the count.
-    async fn rescale(&self, e: &Entry, from: u64, to: u64) -> bool {
-        e.desired.store(to, SeqCst);
-        if let Err(err) = self.provider.scale(&e.namespace, &e.name, to).await {
-            tracing::warn!(function = %e.name, namespace = %e.namespace, error = %err, "could not scale");
-            e.desired.store(from, SeqCst);
-            return false;
+    /// Writes the new count, then asks the provider for it; a provider that
+    /// fails is left to the reconciler.
+    async fn rescale(&self, r: &Arc<Record>, from: u64, to: u64) {
+        r.scaling.desired.store(to, SeqCst);
+        self.registry.set_replicas(r, to);
+        if let Err(err) = self.provider.scale(&r.id, to).await {
+            tracing::warn!(function = %r.id, error = %err, "could not scale; the reconciler tries again");
+            r.touch();
         }
-        if let Err(err) = self.store.set_replicas(&e.namespace, &e.name, to) {
-            tracing::warn!(function = %e.name, error = %err, "could not store the replica count");
-        }
-        self.metrics.scaled(&e.qualified(), to > from);
-        tracing::info!(function = %e.name, namespace = %e.namespace, from, to, "scaled");
-        true
+        self.metrics.scaled(&r.id, to > from);
+        tracing::info!(function = %r.id, from, to, "scaled");
     }
 
     /// One autoscaler round over every function.
     async fn tick(&self) {
-        let entries: Vec<Arc<Entry>> = self
-            .scaler
-            .functions
-            .lock()
-            .expect("lock")
-            .values()
-            .cloned()
-            .collect();
-        for e in entries {
-            let mut state = e.state.lock().await;
-            if !state.policy.enabled() {
+        for r in self.registry.list(None) {
+            let policy = r.scaling.policy();
+            if !policy.enabled() {
                 continue;
             }
-            let Ok(status) = self.provider.status(&e.namespace, &e.name).await else {
+            let mut autoscaler = r.scaling.autoscaler.lock().await;
+            let Ok(status) = self.provider.status(&r.id).await else {
                 continue;
             };
-            let now = self.scaler.now();
+            let now = self.registry.now();
+            let e = &r.scaling;
             let sample = Sample {
                 at: now,
                 in_flight: e.in_flight.load(SeqCst),
                 started: e.started.load(SeqCst),
             };
-            let State { policy, autoscaler } = &mut *state;
-            autoscaler.observe(policy, sample);
+            autoscaler.observe(&policy, sample);
             let current = e.desired.load(SeqCst);
-            let d = autoscaler.decide(policy, now, current, status.ready_replicas);
+            let d = autoscaler.decide(&policy, now, current, status.ready_replicas);
             if d.desired == current {
                 e.record(current, current, d.reason, d.panicking);
                 continue;
@@ -278,9 +210,8 @@ impl<P: Provider> Gateway<P> {
                     continue;
                 }
             }
-            if self.rescale(&e, current, d.desired).await {
-                e.record(current, d.desired, d.reason, d.panicking);
-            }
+            self.rescale(&r, current, d.desired).await;
+            e.record(current, d.desired, d.reason, d.panicking);
         }
     }
 

@@ -1,13 +1,15 @@
-//! The control plane's durable state: deployed functions, secrets,
-//! credentials, API tokens (as hashes), grants and the audit trail, in one
-//! SQLite database in the state directory. Every write is
-//! committed before the API answers, so nothing accepted is lost when the
-//! server is killed.
+//! The control plane's durable state: deployed functions and their
+//! revisions, secrets, credentials, API tokens (as hashes), grants and the
+//! audit trail, in one SQLite database in the state directory. Every write
+//! is committed before the API answers, so nothing accepted is lost when
+//! the server is killed. The registry (`registry.rs`) is the only reader and
+//! writer of functions and revisions.
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use graphene_core::api::FunctionDeployment;
+use graphene_core::api::{FunctionDeployment, RolloutState};
+use graphene_core::names::FunctionRef;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::access::{Action, Grant, Rate, Resource, TokenRecord};
@@ -25,6 +27,29 @@ pub struct StoredFunction {
     pub created_at: String,
 }
 
+/// One revision of a function: what was deployed, by whom, and how its
+/// rollout went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRevision {
+    pub revision: u64,
+    pub spec: FunctionDeployment,
+    pub digest: String,
+    pub spec_hash: String,
+    pub created_by: String,
+    pub created_at: String,
+    pub state: RolloutState,
+    pub reason: String,
+    pub rollback_of: Option<u64>,
+}
+
+fn state_of(text: &str) -> RolloutState {
+    match text {
+        "ready" => RolloutState::Ready,
+        "failed" => RolloutState::Failed,
+        _ => RolloutState::Progressing,
+    }
+}
+
 type Result<T> = rusqlite::Result<T>;
 
 impl Store {
@@ -38,6 +63,12 @@ impl Store {
                 namespace TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,
                 replicas INTEGER, created_at TEXT NOT NULL,
                 PRIMARY KEY (namespace, name));
+             CREATE TABLE IF NOT EXISTS revisions (
+                namespace TEXT NOT NULL, name TEXT NOT NULL, revision INTEGER NOT NULL,
+                spec TEXT NOT NULL, digest TEXT NOT NULL, spec_hash TEXT NOT NULL,
+                created_by TEXT NOT NULL, created_at TEXT NOT NULL,
+                state TEXT NOT NULL, reason TEXT NOT NULL, rollback_of INTEGER,
+                PRIMARY KEY (namespace, name, revision));
              CREATE TABLE IF NOT EXISTS secrets (
                 namespace TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
                 created_at TEXT NOT NULL,
@@ -86,38 +117,125 @@ impl Store {
         rows.collect()
     }
 
-    pub fn function(&self, namespace: &str, name: &str) -> Result<Option<StoredFunction>> {
-        Ok(self
-            .functions(Some(namespace))?
-            .into_iter()
-            .find(|f| f.spec.service == name))
+    /// A function's kept revisions, newest first.
+    pub fn revisions(&self, f: &FunctionRef) -> Result<Vec<StoredRevision>> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT revision, spec, digest, spec_hash, created_by, created_at, state, reason, rollback_of
+             FROM revisions WHERE namespace = ?1 AND name = ?2 ORDER BY revision DESC",
+        )?;
+        let rows = stmt.query_map(params![f.namespace, f.name], |r| {
+            let spec: String = r.get(1)?;
+            let state: String = r.get(6)?;
+            Ok(StoredRevision {
+                revision: r.get::<_, i64>(0)? as u64,
+                spec: serde_json::from_str(&spec).map_err(|e| conversion(e.to_string()))?,
+                digest: r.get(2)?,
+                spec_hash: r.get(3)?,
+                created_by: r.get(4)?,
+                created_at: r.get(5)?,
+                state: state_of(&state),
+                reason: r.get(7)?,
+                rollback_of: r.get::<_, Option<i64>>(8)?.map(|n| n as u64),
+            })
+        })?;
+        rows.collect()
     }
 
-    /// Inserts or replaces a function's spec, keeping its creation time and
-    /// replica count.
-    pub fn put_function(&self, namespace: &str, spec: &FunctionDeployment) -> Result<()> {
-        let json = serde_json::to_string(spec).expect("a deployment serialises");
-        self.db().execute(
+    /// Stores a new revision and makes its spec the function's, creating
+    /// the function when new, in one transaction. Returns the creation time.
+    pub fn put_revision(&self, f: &FunctionRef, r: &StoredRevision) -> Result<String> {
+        let json = serde_json::to_string(&r.spec).expect("a deployment serialises");
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
             "INSERT INTO functions (namespace, name, spec, replicas, created_at) VALUES (?1, ?2, ?3, NULL, ?4)
              ON CONFLICT (namespace, name) DO UPDATE SET spec = excluded.spec",
-            params![namespace, spec.service, json, graphene_core::time::now_rfc3339()],
+            params![f.namespace, f.name, json, r.created_at],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO revisions (namespace, name, revision, spec, digest, spec_hash,
+                created_by, created_at, state, reason, rollback_of)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                f.namespace,
+                f.name,
+                r.revision as i64,
+                json,
+                r.digest,
+                r.spec_hash,
+                r.created_by,
+                r.created_at,
+                r.state.as_str(),
+                r.reason,
+                r.rollback_of.map(|n| n as i64)
+            ],
+        )?;
+        let created: String = tx.query_row(
+            "SELECT created_at FROM functions WHERE namespace = ?1 AND name = ?2",
+            params![f.namespace, f.name],
+            |row| row.get(0),
+        )?;
+        tx.commit()?;
+        Ok(created)
+    }
+
+    pub fn set_rollout(
+        &self,
+        f: &FunctionRef,
+        revision: u64,
+        state: RolloutState,
+        reason: &str,
+    ) -> Result<()> {
+        self.db().execute(
+            "UPDATE revisions SET state = ?4, reason = ?5 WHERE namespace = ?1 AND name = ?2 AND revision = ?3",
+            params![f.namespace, f.name, revision as i64, state.as_str(), reason],
         )?;
         Ok(())
     }
 
-    pub fn set_replicas(&self, namespace: &str, name: &str, replicas: u64) -> Result<()> {
+    /// Forgets the revisions not in `keep`.
+    pub fn prune_revisions(&self, f: &FunctionRef, keep: &[u64]) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let kept: Vec<i64> = keep.iter().map(|n| *n as i64).collect();
+        let all: Vec<i64> = {
+            let mut stmt =
+                tx.prepare("SELECT revision FROM revisions WHERE namespace = ?1 AND name = ?2")?;
+            let rows = stmt.query_map(params![f.namespace, f.name], |r| r.get(0))?;
+            rows.collect::<Result<_>>()?
+        };
+        for n in all.into_iter().filter(|n| !kept.contains(n)) {
+            tx.execute(
+                "DELETE FROM revisions WHERE namespace = ?1 AND name = ?2 AND revision = ?3",
+                params![f.namespace, f.name, n],
+            )?;
+        }
+        tx.commit()
+    }
+
+    pub fn set_replicas(&self, f: &FunctionRef, replicas: u64) -> Result<()> {
         self.db().execute(
             "UPDATE functions SET replicas = ?3 WHERE namespace = ?1 AND name = ?2",
-            params![namespace, name, replicas as i64],
+            params![f.namespace, f.name, replicas as i64],
         )?;
         Ok(())
     }
 
-    pub fn delete_function(&self, namespace: &str, name: &str) -> Result<bool> {
-        Ok(self.db().execute(
+    /// Removes a function with its revisions.
+    pub fn delete_function(&self, f: &FunctionRef) -> Result<bool> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let n = tx.execute(
             "DELETE FROM functions WHERE namespace = ?1 AND name = ?2",
-            params![namespace, name],
-        )? > 0)
+            params![f.namespace, f.name],
+        )?;
+        tx.execute(
+            "DELETE FROM revisions WHERE namespace = ?1 AND name = ?2",
+            params![f.namespace, f.name],
+        )?;
+        tx.commit()?;
+        Ok(n > 0)
     }
 
     pub fn namespaces(&self) -> Result<Vec<String>> {
@@ -370,19 +488,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn functions_and_secrets_persist() {
+    fn functions_revisions_and_secrets_persist() {
         let dir = std::env::temp_dir().join(format!("graphene-store-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("state.db");
+        let f = FunctionRef::new("openfaas-fn", "echo");
+        let revision = |n: u64| StoredRevision {
+            revision: n,
+            spec: FunctionDeployment {
+                service: "echo".into(),
+                image: format!("echo:v{n}"),
+                ..Default::default()
+            },
+            digest: format!("d{n}"),
+            spec_hash: format!("h{n}"),
+            created_by: "admin".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            state: RolloutState::Progressing,
+            reason: String::new(),
+            rollback_of: None,
+        };
         {
             let s = Store::open(&path).unwrap();
-            let spec = FunctionDeployment {
-                service: "echo".into(),
-                image: "echo:latest".into(),
-                ..Default::default()
-            };
-            s.put_function("openfaas-fn", &spec).unwrap();
-            s.set_replicas("openfaas-fn", "echo", 3).unwrap();
+            for n in 1..=3 {
+                s.put_revision(&f, &revision(n)).unwrap();
+            }
+            s.set_rollout(&f, 2, RolloutState::Failed, "boom").unwrap();
+            s.prune_revisions(&f, &[2, 3]).unwrap();
+            s.set_replicas(&f, 3).unwrap();
             assert!(s.put_secret("openfaas-fn", "key", b"v1", false).unwrap());
             assert!(
                 !s.put_secret("openfaas-fn", "key", b"v2", false).unwrap(),
@@ -394,12 +527,27 @@ mod tests {
             );
         }
         let s = Store::open(&path).unwrap();
-        let f = s.function("openfaas-fn", "echo").unwrap().unwrap();
-        assert_eq!(f.replicas, Some(3));
+        let stored = s.functions(None).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].replicas, Some(3));
+        assert_eq!(
+            stored[0].spec.image, "echo:v3",
+            "the newest revision's spec"
+        );
+        let revisions = s.revisions(&f).unwrap();
+        assert_eq!(
+            revisions.iter().map(|r| r.revision).collect::<Vec<_>>(),
+            [3, 2]
+        );
+        assert_eq!(
+            (revisions[1].state, revisions[1].reason.as_str()),
+            (RolloutState::Failed, "boom")
+        );
         assert_eq!(s.secret("openfaas-fn", "key").unwrap().unwrap(), b"v1");
         assert_eq!(s.namespaces().unwrap(), ["openfaas-fn"]);
-        assert!(s.delete_function("openfaas-fn", "echo").unwrap());
-        assert!(!s.delete_function("openfaas-fn", "echo").unwrap());
+        assert!(s.delete_function(&f).unwrap());
+        assert!(!s.delete_function(&f).unwrap());
+        assert!(s.revisions(&f).unwrap().is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -14,9 +14,11 @@ use base64::Engine;
 use futures_util::StreamExt;
 use graphene_core::api::{
     BuildResult, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, ProviderDetails,
-    ProviderInfo, ScaleServiceRequest, Secret, VersionInfo,
+    ProviderInfo, Rollout, ScaleServiceRequest, Secret, VersionInfo,
 };
-use graphene_core::provider::{BuildInput, Provider, ProviderError};
+use graphene_core::names::FunctionRef;
+use graphene_core::provider::{BuildInput, Provider};
+use graphene_core::settings::FunctionSettings;
 use graphene_core::stack::Lang;
 use graphene_core::{names, DEFAULT_NAMESPACE};
 use serde::Deserialize;
@@ -24,7 +26,7 @@ use serde::Deserialize;
 use crate::access::{Action, Identity, Permit};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::ReplicaGauge;
-use crate::store::StoredFunction;
+use crate::registry::Record;
 use crate::Gateway;
 
 type Gw<P> = State<Arc<Gateway<P>>>;
@@ -37,7 +39,7 @@ pub struct NamespaceQuery {
 }
 
 /// The namespace from the body, else the query, else the default; checked.
-fn namespace(body: &str, query: &NamespaceQuery) -> ApiResult<String> {
+pub(crate) fn namespace(body: &str, query: &NamespaceQuery) -> ApiResult<String> {
     let ns = [Some(body), query.namespace.as_deref()]
         .into_iter()
         .flatten()
@@ -62,27 +64,40 @@ fn accepted() -> Response {
     StatusCode::ACCEPTED.into_response()
 }
 
+pub(crate) fn accepted_revision(revision: u64) -> Response {
+    let mut r = accepted();
+    r.headers_mut().insert(
+        graphene_core::api::REVISION_HEADER,
+        axum::http::HeaderValue::from(revision),
+    );
+    r
+}
+
 impl<P: Provider> Gateway<P> {
-    async fn status_of(&self, f: StoredFunction) -> FunctionStatus {
-        let mut runtime = self
-            .provider
-            .status(&f.namespace, &f.spec.service)
-            .await
-            .ok();
-        if let Some(r) = runtime.as_mut() {
-            r.scaling = self.scaler.status(&f.namespace, &f.spec.service).await;
-        }
-        let qualified = format!("{}.{}", f.spec.service, f.namespace);
-        let s = f.spec;
+    /// A function as OpenFaaS shows it, with the runtime's status and the
+    /// registry's view (revisions, scaling, reconcile) under `graphene`.
+    async fn status_of(&self, r: &Record) -> FunctionStatus {
+        let d = r.desired();
+        let mut runtime = self.provider.status(&r.id).await.unwrap_or_default();
+        runtime.scaling = Some(r.scaling.status());
+        runtime.serving_revision = d.serving();
+        let latest = d.latest();
+        runtime.latest = Some(Rollout {
+            revision: latest.revision,
+            state: latest.state,
+            reason: latest.reason.clone(),
+        });
+        runtime.reconcile = Some(r.reconcile_status());
+        let s = d.latest().spec.clone();
         FunctionStatus {
-            invocation_count: self.metrics.invocations(&qualified) as f64,
-            replicas: runtime.as_ref().map_or(0, |r| r.desired_replicas),
-            available_replicas: runtime.as_ref().map_or(0, |r| r.ready_replicas),
-            created_at: f.created_at,
-            graphene: runtime,
-            name: s.service,
+            invocation_count: self.metrics.invocations(&r.id) as f64,
+            replicas: r.scaling.desired(),
+            available_replicas: runtime.ready_replicas,
+            created_at: r.created_at.clone(),
+            graphene: Some(runtime),
+            name: r.id.name.clone(),
             image: s.image,
-            namespace: f.namespace,
+            namespace: r.id.namespace.clone(),
             env_process: s.env_process,
             env_vars: s.env_vars,
             constraints: s.constraints,
@@ -101,59 +116,99 @@ impl<P: Provider> Gateway<P> {
         self.policy().permit(who, action, namespace, name) != Permit::Denied
     }
 
-    async fn apply(
-        &self,
+    /// Checks a deployment as the caller may make it, then records it in
+    /// the registry (a new revision when it changes anything); the
+    /// reconciler hands it to the provider. Answers with the revision.
+    pub(crate) async fn apply(
+        self: &Arc<Self>,
         who: &Identity,
-        spec: FunctionDeployment,
-        query: &NamespaceQuery,
-        must_exist: bool,
-    ) -> ApiResult<Response> {
-        let ns = namespace(&spec.namespace, query)?;
-        self.authorize(who, Action::Deploy, &ns, &spec.service)?;
+        id: &FunctionRef,
+        mut spec: FunctionDeployment,
+        rollback_of: Option<u64>,
+    ) -> ApiResult<u64> {
+        self.authorize(who, Action::Deploy, &id.namespace, &id.name)?;
         // What a deploy grant alone may not do: mount secrets it may not
         // manage, open the function to anyone, or point it at a host.
         for secret in &spec.secrets {
-            self.authorize(who, Action::ManageSecrets, &ns, secret)?;
+            self.authorize(who, Action::ManageSecrets, &id.namespace, secret)?;
         }
-        let settings = graphene_core::settings::FunctionSettings::from_deployment(&spec)
+        let settings = FunctionSettings::from_deployment(&spec)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if settings.public || settings.upstream.is_some() {
-            self.authorize(who, Action::Admin, &ns, &spec.service)?;
+        let annotations = spec.annotations.clone().unwrap_or_default();
+        let privileged = graphene_core::settings::PRIVILEGED_ANNOTATIONS
+            .iter()
+            .any(|k| annotations.contains_key(*k));
+        if settings.public || privileged {
+            self.authorize(who, Action::Admin, &id.namespace, &id.name)?;
         }
-        let existing = self.store.function(&ns, &spec.service)?;
-        if must_exist && existing.is_none() {
-            return Err(ApiError::no_function(&spec.service, &ns));
-        }
-        let replicas = existing.and_then(|f| f.replicas);
-        let d = self.deployment(&ns, spec.clone(), replicas)?;
-        self.deploy(d).await?;
-        self.store.put_function(&ns, &spec)?;
-        self.reload_access()?;
-        let verb = if must_exist {
-            "function.update"
-        } else {
-            "function.deploy"
+        spec.namespace = id.namespace.clone();
+        // A rollback runs the build its revision ran; a deploy, the build
+        // the name refers to now.
+        let digest = match rollback_of {
+            Some(n) => self
+                .registry
+                .get(id)
+                .and_then(|r| r.desired().revision(n).map(|s| s.digest.clone()))
+                .unwrap_or_default(),
+            None => self.builder.resolve(&spec.image).unwrap_or_default(),
         };
-        self.audited(
-            who,
-            verb,
-            &format!("{}.{ns}", spec.service),
-            format!("image {}", spec.image),
-        );
-        tracing::info!(function = %spec.service, namespace = %ns, image = %spec.image, "deployed");
-        Ok(accepted())
+        let existing = self.registry.get(id);
+        let _one = match &existing {
+            Some(r) => Some(r.changes.lock().await),
+            None => None,
+        };
+        self.provider.check(&graphene_core::provider::Deployment {
+            function: id.clone(),
+            revision: 0,
+            spec: spec.clone(),
+            settings: settings.clone(),
+            image_digest: digest.clone(),
+            secrets: self.secrets_of(&id.namespace, &spec.secrets)?,
+            replicas: 0,
+        })?;
+        let (record, revision, new) = self.registry.deploy(
+            id,
+            spec.clone(),
+            settings,
+            digest,
+            &who.principal,
+            rollback_of,
+        )?;
+        if existing.is_none() {
+            self.start_reconciler(record.clone());
+        }
+        // Public functions are part of the access policy.
+        self.reload_access()?;
+        let (verb, detail) = match (rollback_of, existing.is_some()) {
+            (Some(n), _) => (
+                "function.rollback",
+                format!("revision {revision} from revision {n}"),
+            ),
+            (None, true) => (
+                "function.update",
+                format!("revision {revision}, image {}", spec.image),
+            ),
+            (None, false) => (
+                "function.deploy",
+                format!("revision {revision}, image {}", spec.image),
+            ),
+        };
+        self.audited(who, verb, &id.to_string(), detail);
+        match new {
+            true => tracing::info!(function = %id, revision, image = %spec.image, "deployed"),
+            false => tracing::info!(function = %id, revision, "deployed unchanged"),
+        }
+        Ok(revision)
     }
 
-    /// Deploys again every function that uses a secret, so their files
-    /// follow the new value.
-    async fn refresh_users_of(&self, namespace: &str, secret: &str) -> ApiResult<()> {
-        for f in self.store.functions(Some(namespace))? {
-            if f.spec.secrets.iter().any(|s| s == secret) {
-                let d = self.deployment(namespace, f.spec, f.replicas)?;
-                self.deploy(d).await?;
+    /// Hands the provider again every function that uses a secret, so
+    /// their files follow the new value.
+    async fn refresh_users_of(&self, namespace: &str, secret: &str) {
+        for r in self.registry.list(Some(namespace)) {
+            if r.desired().spec.secrets.iter().any(|s| s == secret) {
+                r.touch();
             }
         }
-        Ok(())
     }
 }
 
@@ -165,13 +220,33 @@ pub async fn list<P: Provider>(
     gw.signed_in(&who)?;
     let ns = namespace("", &q)?;
     let mut out = Vec::new();
-    for f in gw.store.functions(Some(&ns))? {
-        if !gw.can(&who, Action::Read, &ns, &f.spec.service) {
-            continue;
+    for r in gw.registry.list(Some(&ns)) {
+        if gw.can(&who, Action::Read, &ns, &r.id.name) {
+            out.push(gw.status_of(&r).await);
         }
-        out.push(gw.status_of(f).await);
     }
     Ok(Json(out).into_response())
+}
+
+/// The function a path's `name[.namespace]` and the query name, once the
+/// caller may `action` it.
+pub(crate) fn target<P: Provider>(
+    gw: &Gateway<P>,
+    who: &Identity,
+    action: Action,
+    qualified: &str,
+    body_ns: &str,
+    q: &NamespaceQuery,
+) -> ApiResult<(FunctionRef, Arc<Record>)> {
+    let (name, in_path) = names::split_qualified(qualified);
+    let ns = namespace(in_path.unwrap_or(body_ns), q)?;
+    gw.authorize(who, action, &ns, name)?;
+    let id = FunctionRef::new(ns, name);
+    let r = gw
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::no_function(&id.name, &id.namespace))?;
+    Ok((id, r))
 }
 
 pub async fn describe<P: Provider>(
@@ -180,14 +255,29 @@ pub async fn describe<P: Provider>(
     Path(name): Path<String>,
     Query(q): Query<NamespaceQuery>,
 ) -> ApiResult<Response> {
-    let (name, in_path) = names::split_qualified(&name);
-    let ns = namespace(in_path.unwrap_or(""), &q)?;
-    gw.authorize(&who, Action::Read, &ns, name)?;
-    let f = gw
-        .store
-        .function(&ns, name)?
-        .ok_or_else(|| ApiError::no_function(name, &ns))?;
-    Ok(Json(gw.status_of(f).await).into_response())
+    let (_, r) = target(&gw, &who, Action::Read, &name, "", &q)?;
+    Ok(Json(gw.status_of(&r).await).into_response())
+}
+
+async fn deploy<P: Provider>(
+    gw: Arc<Gateway<P>>,
+    who: Identity,
+    q: NamespaceQuery,
+    body: Bytes,
+    must_exist: bool,
+) -> ApiResult<Response> {
+    gw.signed_in(&who)?;
+    let spec: FunctionDeployment = parse(&body)?;
+    let ns = namespace(&spec.namespace, &q)?;
+    names::validate("function", &spec.service)
+        .map_err(|e| ApiError::bad_request(format!("service: {e}")))?;
+    let id = FunctionRef::new(ns, &spec.service);
+    if must_exist && gw.registry.get(&id).is_none() {
+        gw.authorize(&who, Action::Deploy, &id.namespace, &id.name)?;
+        return Err(ApiError::no_function(&id.name, &id.namespace));
+    }
+    let revision = gw.apply(&who, &id, spec, None).await?;
+    Ok(accepted_revision(revision))
 }
 
 pub async fn create<P: Provider>(
@@ -196,8 +286,7 @@ pub async fn create<P: Provider>(
     Query(q): Query<NamespaceQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    gw.signed_in(&who)?;
-    gw.apply(&who, parse(&body)?, &q, false).await
+    deploy(gw, who, q, body, false).await
 }
 
 pub async fn update<P: Provider>(
@@ -206,8 +295,7 @@ pub async fn update<P: Provider>(
     Query(q): Query<NamespaceQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    gw.signed_in(&who)?;
-    gw.apply(&who, parse(&body)?, &q, true).await
+    deploy(gw, who, q, body, true).await
 }
 
 pub async fn delete<P: Provider>(
@@ -221,26 +309,24 @@ pub async fn delete<P: Provider>(
     if req.function_name.is_empty() {
         return Err(ApiError::bad_request("functionName: must not be empty"));
     }
-    let ns = namespace(&req.namespace, &q)?;
-    gw.authorize(&who, Action::Deploy, &ns, &req.function_name)?;
-    if !gw.store.delete_function(&ns, &req.function_name)? {
-        return Err(ApiError::no_function(&req.function_name, &ns));
+    let (id, r) = target(
+        &gw,
+        &who,
+        Action::Deploy,
+        &req.function_name,
+        &req.namespace,
+        &q,
+    )?;
+    let _one = r.changes.lock().await;
+    // Gone from the registry first; its reconciler removes it from the
+    // provider (until that succeeds).
+    if gw.registry.remove(&id)?.is_none() {
+        return Err(ApiError::no_function(&id.name, &id.namespace));
     }
     gw.reload_access()?;
-    gw.audited(
-        &who,
-        "function.remove",
-        &format!("{}.{ns}", req.function_name),
-        String::new(),
-    );
-    gw.scaler.forget(&ns, &req.function_name);
-    gw.dispatch.forget(&ns, &req.function_name);
-    gw.cancel_jobs_of(&ns, &req.function_name).await;
-    match gw.provider.remove(&ns, &req.function_name).await {
-        Ok(()) | Err(ProviderError::NotFound(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
-    tracing::info!(function = %req.function_name, namespace = %ns, "removed");
+    gw.audited(&who, "function.remove", &id.to_string(), String::new());
+    gw.cancel_jobs_of(&id).await;
+    tracing::info!(function = %id, "removed");
     Ok(accepted())
 }
 
@@ -253,24 +339,16 @@ pub async fn scale<P: Provider>(
 ) -> ApiResult<Response> {
     gw.signed_in(&who)?;
     let req: ScaleServiceRequest = parse(&body)?;
-    let (name, in_path) = names::split_qualified(&name);
-    let ns = namespace(in_path.unwrap_or(&req.namespace), &q)?;
-    gw.authorize(&who, Action::Deploy, &ns, name)?;
-    let f = gw
-        .store
-        .function(&ns, name)?
-        .ok_or_else(|| ApiError::no_function(name, &ns))?;
-    let settings = graphene_core::settings::FunctionSettings::from_deployment(&f.spec)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    check_manual_scale(req.replicas, &settings.scaling)?;
-    gw.scale_by_hand(&ns, name, req.replicas).await?;
+    let (id, r) = target(&gw, &who, Action::Deploy, &name, &req.namespace, &q)?;
+    check_manual_scale(req.replicas, &r.desired().settings.scaling)?;
+    gw.scale_by_hand(&r, req.replicas).await?;
     gw.audited(
         &who,
         "function.scale",
-        &format!("{name}.{ns}"),
+        &id.to_string(),
         format!("{} replicas", req.replicas),
     );
-    tracing::info!(function = %name, namespace = %ns, replicas = req.replicas, "scaled");
+    tracing::info!(function = %id, replicas = req.replicas, "scaled");
     Ok(accepted())
 }
 
@@ -396,7 +474,7 @@ pub async fn secret_update<P: Provider>(
             "secret {name} not found in namespace {ns}"
         )));
     }
-    gw.refresh_users_of(&ns, &name).await?;
+    gw.refresh_users_of(&ns, &name).await;
     gw.audited(
         &who,
         "secret.update",
@@ -417,11 +495,11 @@ pub async fn secret_delete<P: Provider>(
     let (name, ns, _) = secret_body(&body, &q)?;
     gw.authorize(&who, Action::ManageSecrets, &ns, &name)?;
     let users: Vec<String> = gw
-        .store
-        .functions(Some(&ns))?
+        .registry
+        .list(Some(&ns))
         .into_iter()
-        .filter(|f| f.spec.secrets.contains(&name))
-        .map(|f| f.spec.service)
+        .filter(|r| r.desired().spec.secrets.contains(&name))
+        .map(|r| r.id.name.clone())
         .collect();
     if !users.is_empty() {
         let named: Vec<&str> = users
@@ -512,10 +590,14 @@ pub async fn logs<P: Provider>(
         }
     };
     gw.authorize(&who, Action::Read, &ns, &q.name)?;
-    if gw.store.function(&ns, &q.name)?.is_none() {
-        return Err(ApiError::no_function(&q.name, &ns));
+    let id = FunctionRef::new(ns, &q.name);
+    if gw.registry.get(&id).is_none() {
+        return Err(ApiError::no_function(&id.name, &id.namespace));
     }
-    let feed = gw.provider.logs(&ns, &q.name, tail, follow)?;
+    let feed = gw
+        .provider
+        .logs(&id, graphene_core::provider::LogQuery { tail, follow })
+        .await?;
     let keep = move |m: &graphene_core::api::LogMessage| {
         since
             .as_deref()
@@ -524,30 +606,11 @@ pub async fn logs<P: Provider>(
                 .as_deref()
                 .is_none_or(|i| i.is_empty() || m.instance == i)
     };
-    let line = |m: &graphene_core::api::LogMessage| {
-        let mut b = serde_json::to_vec(m).unwrap_or_default();
+    let body = Body::from_stream(feed.filter(move |m| std::future::ready(keep(m))).map(|m| {
+        let mut b = serde_json::to_vec(&m).unwrap_or_default();
         b.push(b'\n');
         Ok::<_, Infallible>(Bytes::from(b))
-    };
-    let backlog: Vec<_> = feed.backlog.iter().filter(|m| keep(m)).map(line).collect();
-    let head = futures_util::stream::iter(backlog);
-    let body = match feed.live {
-        None => Body::from_stream(head),
-        Some(rx) => {
-            let live = futures_util::stream::unfold(rx, |mut rx| async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(m) => return Some((m, rx)),
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            })
-            .filter(move |m| std::future::ready(keep(m)))
-            .map(move |m| line(&m));
-            Body::from_stream(head.chain(live))
-        }
-    };
+    }));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
@@ -563,7 +626,7 @@ pub async fn info<P: Provider>(State(gw): Gw<P>, Extension(who): Who) -> ApiResu
     Ok(Json(ProviderInfo {
         provider: ProviderDetails {
             provider: gw.provider.name().to_string(),
-            orchestration: "local".to_string(),
+            orchestration: gw.provider.orchestration().to_string(),
             version: version.clone(),
         },
         version,
@@ -613,7 +676,9 @@ pub async fn build<P: Provider>(
         })?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
     let progress_tx = tx.clone();
-    let provider = gw.provider.clone();
+    let builder = gw.builder.clone();
+    // Images of revisions that serve or may be rolled back to stay.
+    let keep = gw.registry.kept_digests();
     let input = BuildInput {
         image: q.image.clone(),
         lang,
@@ -623,8 +688,8 @@ pub async fn build<P: Provider>(
         let progress = Box::new(move |line: &str| {
             let _ = progress_tx.send(serde_json::json!({ "log": line }));
         });
-        let result = provider
-            .build(input, progress)
+        let result = builder
+            .build(input, progress, keep)
             .await
             .unwrap_or_else(|e| BuildResult {
                 ok: false,
@@ -653,15 +718,23 @@ pub async fn build<P: Provider>(
 pub async fn metrics<P: Provider>(State(gw): Gw<P>, Extension(who): Who) -> ApiResult<Response> {
     gw.authorize(&who, Action::Read, "*", "*")?;
     let mut gauges = Vec::new();
-    for f in gw.store.functions(None)? {
-        if let Ok(r) = gw.provider.status(&f.namespace, &f.spec.service).await {
+    for r in gw.registry.list(None) {
+        if let Ok(status) = gw.provider.status(&r.id).await {
             gauges.push(ReplicaGauge {
-                function: format!("{}.{}", f.spec.service, f.namespace),
-                desired: r.desired_replicas,
-                ready: r.ready_replicas,
-                restarts: r.restarts,
-                in_flight: gw.scaler.in_flight(&f.namespace, &f.spec.service),
-                queued: r.queued,
+                function: r.id.clone(),
+                desired: status.desired_replicas,
+                ready: status.ready_replicas,
+                restarts: status
+                    .details
+                    .get("restarts")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0),
+                in_flight: r.scaling.in_flight(),
+                queued: status
+                    .details
+                    .get("queued")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0),
             });
         }
     }

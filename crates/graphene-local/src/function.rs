@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use graphene_core::api::{InstanceStatus, ParentStatus, RuntimeStatus};
-use graphene_core::provider::{Invocation, InvocationResult, ProviderError};
+use graphene_core::api::{InstanceStatus, Rollout, RolloutState, RuntimeStatus};
+use graphene_core::provider::{InvocationResult, ProviderError};
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -33,12 +34,15 @@ pub struct Shared {
     pub desired: AtomicU64,
     pub restarts: AtomicU64,
     pub last_exit: Mutex<Option<String>>,
-    pub import_error: Mutex<Option<String>>,
+    /// The last import failure and the serial of the launch it belongs to.
+    pub import_error: Mutex<Option<(u64, String)>>,
     /// Woken when readiness, a worker, a replica's calls or an import error
     /// change.
     pub changed: Notify,
     /// Replicas of the previous version, serving until a new one is ready.
     pub retiring: Mutex<Vec<Arc<Replica>>>,
+    /// Counts updates, so an update's clean-up knows a newer one took over.
+    pub generation: AtomicU64,
     pub logs: LogBook,
     pub sockets: Arc<SocketNames>,
     /// Recent worker exits (runner, pid, how), to name the cause of a crash
@@ -57,9 +61,27 @@ impl Shared {
             import_error: Mutex::new(None),
             changed: Notify::new(),
             retiring: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
             logs,
             sockets,
             exits: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// A runner of launch `serial` imported the handler: that launch's
+    /// import error is over (another's is not).
+    pub fn imported(&self, serial: u64) {
+        let mut e = self.import_error.lock().expect("lock");
+        if e.as_ref().is_some_and(|(s, _)| *s == serial) {
+            *e = None;
+        }
+    }
+
+    /// The import error of launch `serial`, if its last import failed.
+    pub fn import_error_of(&self, serial: u64) -> Option<String> {
+        match &*self.import_error.lock().expect("lock") {
+            Some((s, e)) if *s == serial => Some(e.clone()),
+            _ => None,
         }
     }
 
@@ -95,17 +117,21 @@ pub enum Target {
     Upstream(crate::upstream::Upstream),
 }
 
-impl Target {
-    pub fn launch(&self) -> Option<&Arc<Launch>> {
-        match self {
-            Target::Python(l) | Target::Exec(l) => Some(l),
-            Target::Upstream(_) => None,
-        }
-    }
+/// A call as the local runtime serves it: the body already read (replicas
+/// take it whole).
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub call_id: String,
 }
 
 /// What a call needs to know, swapped whole on update.
 pub struct Current {
+    /// Its launch's serial (0 for an upstream).
+    pub serial: u64,
     /// Identifies what the replicas run: a deploy with the same fingerprint
     /// leaves running replicas alone.
     pub fingerprint: String,
@@ -129,6 +155,9 @@ pub struct Limits {
 
 pub struct Function {
     pub shared: Arc<Shared>,
+    /// The registry revision it runs (renumbered when a new revision runs
+    /// the same thing).
+    revision: AtomicU64,
     current: RwLock<Arc<Current>>,
     limits: Mutex<Limits>,
     replicas: tokio::sync::Mutex<Vec<Arc<Replica>>>,
@@ -146,11 +175,12 @@ pub struct SocketNames {
 }
 
 impl Function {
-    pub fn new(shared: Shared, current: Current, limits: Limits) -> Self {
+    pub fn new(shared: Shared, current: Current, limits: Limits, revision: u64) -> Self {
         let shared = Arc::new(shared);
         let parent = start_parent(&shared, &current);
         Self {
             shared,
+            revision: AtomicU64::new(revision),
             current: RwLock::new(Arc::new(current)),
             limits: Mutex::new(limits),
             replicas: tokio::sync::Mutex::new(Vec::new()),
@@ -168,22 +198,14 @@ impl Function {
         std::mem::replace(&mut *self.parent.lock().expect("lock"), parent)
     }
 
-    /// Images this function's processes run now, including retiring ones.
-    pub async fn images_in_use(&self) -> Vec<String> {
-        let mut used: Vec<String> = self
-            .current()
-            .target
-            .launch()
-            .map(|l| l.image.digest.clone())
-            .into_iter()
-            .collect();
-        used.extend(
-            self.all_replicas()
-                .await
-                .iter()
-                .map(|(r, _)| r.runner.image_digest.clone()),
-        );
-        used
+    pub fn set_revision(&self, revision: u64) {
+        self.revision.store(revision, Ordering::Release);
+        self.shared.changed.notify_waiters();
+    }
+
+    /// The current launch failed to import its handler.
+    pub fn failed(&self) -> bool {
+        self.shared.import_error_of(self.current().serial).is_some()
     }
 
     pub fn set_limits(&self, limits: Limits) {
@@ -205,31 +227,48 @@ impl Function {
 
     /// Replaces the version of the function; running replicas are replaced by
     /// new ones, the old draining once a new one is ready.
-    pub async fn update(&self, current: Current, replicas: u64) {
+    pub async fn update(&self, current: Current, revision: u64, replicas: u64) {
+        self.revision.store(revision, Ordering::Release);
         let old_timeout = self.current().timeout;
-        self.shared.import_error.lock().expect("lock").take();
-        let old_parent = self.install(current);
-        let old = std::mem::take(&mut *self.replicas.lock().await);
-        self.shared
-            .retiring
-            .lock()
-            .expect("lock")
-            .extend(old.iter().cloned());
+        let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        // The previous warm parent ends once its last replica has drained.
+        if let Some(p) = self.install(current) {
+            p.retire();
+        }
+        // Replicas that never became ready stop now: a superseded revision
+        // that failed is not retried any more. Ready ones serve until a
+        // replica of the new revision is ready.
+        let (ready, never_ready): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut *self.replicas.lock().await)
+                .into_iter()
+                .partition(|r| r.is_ready());
+        for r in never_ready {
+            r.stop(old_timeout);
+        }
+        let old: Vec<Arc<Replica>> = {
+            let mut retiring = self.shared.retiring.lock().expect("lock");
+            retiring.extend(ready);
+            retiring.clone()
+        };
         self.scale(replicas).await;
         let fresh: Vec<Arc<Replica>> = self.replicas.lock().await.clone();
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            // The old version serves until a new replica is ready, or until
-            // the new ones are themselves stopped (another update, a scale
-            // to zero, removal).
+            // The old revision serves until a new replica is ready, or until
+            // the new ones are themselves stopped (a scale to zero, removal).
+            // When a newer update stopped them, that update owns the old
+            // replicas now.
             loop {
                 let changed = shared.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                if fresh.is_empty()
-                    || fresh.iter().any(|r| r.is_ready())
-                    || fresh.iter().all(|r| !r.routable())
-                {
+                if fresh.iter().any(|r| r.is_ready()) {
+                    break;
+                }
+                if fresh.is_empty() || fresh.iter().all(|r| !r.routable()) {
+                    if shared.generation.load(Ordering::Acquire) != generation {
+                        return;
+                    }
                     break;
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
@@ -241,9 +280,6 @@ impl Function {
                 .retain(|r| !old.iter().any(|o| Arc::ptr_eq(o, r)));
             for r in old {
                 r.stop(old_timeout);
-            }
-            if let Some(p) = old_parent {
-                p.retire();
             }
         });
     }
@@ -333,6 +369,8 @@ impl Function {
             .count() as u64
     }
 
+    /// The neutral status, with what only this runtime knows (the warm
+    /// parent, workers, restarts, the import error) in its details.
     pub async fn status(&self) -> RuntimeStatus {
         let current = self.current();
         let desired = self.shared.desired.load(Ordering::Acquire);
@@ -342,6 +380,48 @@ impl Function {
         };
         let all = self.all_replicas().await;
         let parent = self.parent.lock().expect("lock").clone();
+        let import_error = self.shared.import_error_of(current.serial);
+        let revision = self.revision.load(Ordering::Acquire);
+        let fresh_ready = all.iter().any(|(r, retiring)| !retiring && r.is_ready());
+        let state = match (&python, import_error.is_some()) {
+            (None, _) => RolloutState::Ready,
+            (Some(_), true) => RolloutState::Failed,
+            (Some(_), false) if fresh_ready => RolloutState::Ready,
+            // At zero: ready to wake once the warm parent imported (without
+            // fork nothing runs until a call comes).
+            (Some(_), false) if desired == 0 => match &parent {
+                Some(p) if !p.is_imported() => RolloutState::Progressing,
+                _ => RolloutState::Ready,
+            },
+            _ => RolloutState::Progressing,
+        };
+        let mut details = serde_json::Map::new();
+        details.insert(
+            "restarts".into(),
+            self.shared.restarts.load(Ordering::Relaxed).into(),
+        );
+        if let Some(e) = self.shared.last_exit.lock().expect("lock").clone() {
+            details.insert("lastExit".into(), e.into());
+        }
+        if let Some(e) = &import_error {
+            details.insert("importError".into(), e.clone().into());
+        }
+        details.insert("workersPerReplica".into(), python.unwrap_or(0).into());
+        details.insert(
+            "timeoutSeconds".into(),
+            current.timeout.as_secs_f64().into(),
+        );
+        details.insert("queued".into(), self.shared.router.queued().into());
+        if let Some(p) = parent {
+            details.insert(
+                "parent".into(),
+                json!({
+                    "pid": p.pid.load(Ordering::Relaxed),
+                    "ready": p.is_imported(),
+                    "startedAt": p.started_at.lock().expect("lock").clone(),
+                }),
+            );
+        }
         RuntimeStatus {
             desired_replicas: desired,
             ready_replicas: if python.is_some() {
@@ -349,40 +429,47 @@ impl Function {
             } else {
                 desired
             },
-            restarts: self.shared.restarts.load(Ordering::Relaxed),
-            last_exit: self.shared.last_exit.lock().expect("lock").clone(),
-            import_error: self.shared.import_error.lock().expect("lock").clone(),
-            workers_per_replica: python.unwrap_or(0),
-            timeout_seconds: current.timeout.as_secs_f64(),
+            rollout: Some(Rollout {
+                revision,
+                state,
+                reason: import_error
+                    .map(|e| format!("the handler failed to import: {e}"))
+                    .unwrap_or_default(),
+            }),
             instances: all
                 .iter()
                 .filter(|(r, _)| !r.is_stopped())
                 .map(|(r, retiring)| {
                     let pids = r.pids();
+                    let mut details = serde_json::Map::new();
+                    details.insert("pid".into(), pids.first().copied().unwrap_or(0).into());
+                    details.insert("workers".into(), (pids.len() as u64).into());
+                    details.insert("inFlight".into(), r.busy().into());
+                    if r.is_draining() {
+                        details.insert("draining".into(), true.into());
+                    }
+                    if *retiring {
+                        details.insert("retiring".into(), true.into());
+                    }
+                    details.insert("pids".into(), pids.into());
                     InstanceStatus {
                         id: r.id.clone(),
-                        pid: pids.first().copied().unwrap_or(0),
+                        revision: match r.runner.serial == current.serial {
+                            true => revision,
+                            false => r.runner.revision,
+                        },
                         ready: r.is_ready(),
-                        workers: pids.len() as u64,
                         started_at: r.started_at.clone(),
-                        pids,
-                        in_flight: r.busy(),
-                        draining: r.is_draining(),
-                        retiring: *retiring,
+                        details,
                     }
                 })
                 .collect(),
-            parent: parent.map(|p| ParentStatus {
-                pid: p.pid.load(Ordering::Relaxed),
-                ready: p.is_imported(),
-                started_at: p.started_at.lock().expect("lock").clone(),
-            }),
-            queued: self.shared.router.queued(),
-            scaling: None,
+            details,
+            ..Default::default()
         }
     }
 
-    pub async fn invoke(&self, call: Invocation) -> Result<InvocationResult, ProviderError> {
+    pub async fn invoke(&self, call: Call) -> Result<InvocationResult, ProviderError> {
         let arrived = Instant::now();
         let current = self.current();
         let deadline = arrived + current.timeout;
@@ -462,7 +549,7 @@ impl Function {
     /// Held calls fail fast when no replica can come: the handler does not
     /// import and nothing else serves.
     async fn failing(&self) -> Option<ProviderError> {
-        let error = self.shared.import_error.lock().expect("lock").clone()?;
+        let error = self.shared.import_error_of(self.current().serial)?;
         (self.ready_replicas().await == 0).then(|| {
             ProviderError::Unavailable(format!(
                 "function {} failed to import its handler: {error}",
@@ -510,7 +597,7 @@ impl Function {
                     "function {} already holds {} calls waiting for a replica (its queue limit, {})",
                     s.name,
                     limits.queue,
-                    graphene_core::settings::ANNOTATION_QUEUE
+                    crate::settings::ANNOTATION_QUEUE
                 )));
             }
             Take::Queued(w) => w,
@@ -561,7 +648,7 @@ impl Function {
     async fn invoke_worker(
         &self,
         current: &Current,
-        call: Invocation,
+        call: Call,
         arrived: Instant,
     ) -> Result<InvocationResult, ProviderError> {
         let header = RequestHeader {
@@ -613,7 +700,7 @@ impl Function {
                     Ok(InvocationResult {
                         status: head.status,
                         headers,
-                        body: Bytes::from(body),
+                        body: Bytes::from(body).into(),
                         cold_start,
                     })
                 }
@@ -659,12 +746,7 @@ impl Function {
         }
     }
 
-    fn timed_out(
-        &self,
-        in_flight: InFlight,
-        current: &Current,
-        call: &Invocation,
-    ) -> ProviderError {
+    fn timed_out(&self, in_flight: InFlight, current: &Current, call: &Call) -> ProviderError {
         if let Some(conn) = &in_flight.conn {
             self.shared.logs.write(
                 &conn.replica.id,
@@ -687,7 +769,7 @@ impl Function {
         &self,
         current: &Current,
         launch: &Launch,
-        call: Invocation,
+        call: Call,
         deadline: Instant,
     ) -> Result<InvocationResult, ProviderError> {
         if self.shared.desired.load(Ordering::Acquire) == 0 {
@@ -769,7 +851,7 @@ impl Function {
             Ok(InvocationResult {
                 status: 200,
                 headers: Vec::new(),
-                body: Bytes::from(stdout),
+                body: Bytes::from(stdout).into(),
                 cold_start: None,
             })
         } else {
@@ -779,7 +861,7 @@ impl Function {
             Ok(InvocationResult {
                 status: 500,
                 headers: vec![("x-graphene-layer".into(), "function".into())],
-                body: Bytes::from(body),
+                body: Bytes::from(body).into(),
                 cold_start: None,
             })
         }

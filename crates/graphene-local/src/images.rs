@@ -60,10 +60,28 @@ impl ImageStore {
         })
     }
 
+    /// The digest a name refers to now, if its image is complete.
+    pub fn digest_of(&self, name: &str) -> Option<String> {
+        let digest = self.index.lock().expect("index lock").get(name).cloned()?;
+        self.root
+            .join(&digest)
+            .join(".complete")
+            .exists()
+            .then_some(digest)
+    }
+
     /// The built image a name refers to, if any.
     pub fn resolve(&self, name: &str) -> Option<Image> {
-        let digest = self.index.lock().expect("index lock").get(name).cloned()?;
-        let dir = self.root.join(&digest);
+        self.by_digest(name, &self.digest_of(name)?)
+    }
+
+    /// A built image by digest (a revision runs the build it was deployed
+    /// with, whatever the name refers to now), shown under `name`.
+    pub fn by_digest(&self, name: &str, digest: &str) -> Option<Image> {
+        if digest.is_empty() || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let dir = self.root.join(digest);
         if !dir.join(".complete").exists() {
             return None;
         }
@@ -74,22 +92,16 @@ impl ImageStore {
         Some(image)
     }
 
-    /// Builds run one at a time; the guard is what [`Self::build`] needs.
-    pub async fn lock_builds(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.building.lock().await
-    }
-
-    /// Builds an image. Images that no name refers to and that are not in
-    /// `in_use` are removed first. `in_use` must be taken under the build
-    /// lock: only builds move names, so it stays true until the build ends.
+    /// Builds an image, one build at a time. Images that no name refers to
+    /// and whose digest is not in `keep` are removed first.
     pub async fn build(
         &self,
-        _builds: &tokio::sync::MutexGuard<'_, ()>,
         input: BuildInput,
         mut progress: Progress,
-        in_use: &std::collections::HashSet<String>,
+        keep: &std::collections::HashSet<String>,
     ) -> Result<BuildResult, ProviderError> {
-        self.collect_garbage(in_use);
+        let _one = self.building.lock().await;
+        self.collect_garbage(keep);
         let staging = self.root.join(format!("staging-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
         let archive = input.archive.clone();
@@ -153,8 +165,9 @@ impl ImageStore {
         })
     }
 
-    /// Removes built images that no name refers to and no process runs.
-    fn collect_garbage(&self, in_use: &std::collections::HashSet<String>) {
+    /// Removes built images that no name refers to and no kept revision
+    /// runs.
+    fn collect_garbage(&self, keep: &std::collections::HashSet<String>) {
         let tagged: std::collections::HashSet<String> = self
             .index
             .lock()
@@ -172,7 +185,7 @@ impl ImageStore {
             if is_image
                 && !name.starts_with("staging-")
                 && !tagged.contains(&name)
-                && !in_use.contains(&name)
+                && !keep.contains(&name)
             {
                 tracing::info!(image = %name, "removing an image nothing uses any more");
                 let _ = std::fs::remove_dir_all(entry.path());

@@ -6,8 +6,10 @@
 //! takes a call, and the queue), `replica.rs` (a group of workers),
 //! `runner.rs` (the supervised Python process: the warm parent that forks
 //! replicas) and `protocol.rs` (the frames between host and runner).
-//! `images.rs` builds function folders into runnable images; `sandbox.rs`
-//! starts processes inside bubblewrap where available.
+//! `images.rs` builds function folders into runnable images ([`LocalBuilder`],
+//! the `Builder` beside the provider); `sandbox.rs` starts processes inside
+//! bubblewrap where available; `settings.rs` reads the labels only this
+//! runtime understands (fork, network, upstream, queue).
 
 mod cgroup;
 mod function;
@@ -18,6 +20,7 @@ mod replica;
 mod router;
 mod runner;
 mod sandbox;
+pub mod settings;
 mod upstream;
 
 use std::collections::HashMap;
@@ -26,15 +29,17 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use graphene_core::api::{BuildResult, RuntimeStatus};
+use graphene_core::names::FunctionRef;
 use graphene_core::provider::{
-    BuildInput, Deployment, Invocation, InvocationResult, LogFeed, Progress, Provider,
-    ProviderError,
+    BoxFuture, BuildInput, Builder, Deployment, Invocation, InvocationResult, LogQuery, LogStream,
+    Progress, Provider, ProviderError,
 };
 
-use function::{Current, Function, Limits, Shared, SocketNames, Target};
-use images::ImageStore;
+use function::{Call, Current, Function, Limits, Shared, SocketNames, Target};
+use images::{Image, ImageStore};
 use runner::Launch;
 pub use sandbox::SECRETS_ENV;
+use settings::LocalSettings;
 
 pub struct LocalConfig {
     /// Where images, logs, secrets files and sockets live.
@@ -49,11 +54,11 @@ pub struct LocalConfig {
 
 pub struct LocalProvider {
     dir: PathBuf,
-    images: ImageStore,
+    images: Arc<ImageStore>,
     sandbox: sandbox::Sandbox,
     cgroups: Arc<cgroup::Cgroups>,
     sockets: Arc<SocketNames>,
-    functions: RwLock<HashMap<String, Arc<Function>>>,
+    functions: RwLock<HashMap<FunctionRef, Arc<Function>>>,
     /// Numbers each deployed version's secrets folder.
     versions: AtomicU64,
     /// Serialises deploy/scale/remove so two updates of one function can't
@@ -61,12 +66,30 @@ pub struct LocalProvider {
     changes: tokio::sync::Mutex<()>,
 }
 
-fn key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
+/// Builds function folders into the images [`LocalProvider`] runs: a
+/// virtual environment with the requirements, in the state directory.
+pub struct LocalBuilder {
+    images: Arc<ImageStore>,
+}
+
+impl Builder for LocalBuilder {
+    fn build<'a>(
+        &'a self,
+        input: BuildInput,
+        progress: Progress,
+        keep: std::collections::HashSet<String>,
+    ) -> BoxFuture<'a, Result<BuildResult, ProviderError>> {
+        Box::pin(async move { self.images.build(input, progress, &keep).await })
+    }
+
+    fn resolve(&self, image: &str) -> Option<String> {
+        self.images.digest_of(image)
+    }
 }
 
 impl LocalProvider {
-    pub fn open(config: LocalConfig) -> std::io::Result<Self> {
+    /// The runtime and the builder of the images it runs.
+    pub fn open(config: LocalConfig) -> std::io::Result<(Self, LocalBuilder)> {
         let dir = config.dir;
         // Secrets files of a previous run are stale: functions get theirs
         // again as they are deployed.
@@ -76,8 +99,12 @@ impl LocalProvider {
         }
         restrict(&dir.join("secrets"))?;
         let sockets = socket_dir(&dir)?;
-        Ok(Self {
-            images: ImageStore::open(dir.join("images"), config.python)?,
+        let images = Arc::new(ImageStore::open(dir.join("images"), config.python)?);
+        let builder = LocalBuilder {
+            images: images.clone(),
+        };
+        let provider = Self {
+            images,
             sandbox: sandbox::Sandbox::detect(config.sandbox, config.hidden),
             cgroups: Arc::new(cgroup::Cgroups::detect()),
             sockets: Arc::new(SocketNames {
@@ -88,24 +115,53 @@ impl LocalProvider {
             functions: RwLock::new(HashMap::new()),
             versions: AtomicU64::new(1),
             changes: tokio::sync::Mutex::new(()),
-        })
+        };
+        Ok((provider, builder))
     }
 
     pub fn sandboxed(&self) -> bool {
         self.sandbox.enabled()
     }
 
-    fn get(&self, namespace: &str, name: &str) -> Result<Arc<Function>, ProviderError> {
+    fn get(&self, f: &FunctionRef) -> Result<Arc<Function>, ProviderError> {
         self.functions
             .read()
             .expect("lock")
-            .get(&key(namespace, name))
+            .get(f)
             .cloned()
             .ok_or_else(|| {
                 ProviderError::NotFound(format!(
-                    "function {name} not found in namespace {namespace}"
+                    "function {} not found in namespace {}",
+                    f.name, f.namespace
                 ))
             })
+    }
+
+    /// The deployment's local settings, and the image it runs (none for an
+    /// upstream).
+    fn prepare(&self, d: &Deployment) -> Result<(LocalSettings, Option<Image>), ProviderError> {
+        let local = LocalSettings::from_deployment(&d.spec, d.settings.workers)
+            .map_err(|e| ProviderError::Invalid(e.to_string()))?;
+        if local.upstream.is_some() {
+            return Ok((local, None));
+        }
+        let image = match d.image_digest.is_empty() {
+            true => self.images.resolve(&d.spec.image),
+            false => self.images.by_digest(&d.spec.image, &d.image_digest),
+        }
+        .ok_or_else(|| {
+            ProviderError::Invalid(format!(
+                "image {:?} was not built on this server; build it first with `graphene build` (or `graphene up`)",
+                d.spec.image
+            ))
+        })?;
+        if !image.lang().is_python() && d.spec.env_process.trim().is_empty() {
+            return Err(ProviderError::Invalid(format!(
+                "envProcess: image {:?} is an exec function and needs the command to run (fprocess)",
+                d.spec.image
+            )));
+        }
+        Ok((local, Some(image)))
     }
 
     /// Every deployed function (a snapshot: no lock held afterwards).
@@ -121,14 +177,11 @@ impl LocalProvider {
     /// Writes a deployment's secrets to a folder of its own: replicas of the
     /// version before keep theirs until they stop (the folder goes when its
     /// `Launch` does).
-    fn write_secrets(&self, d: &Deployment) -> std::io::Result<PathBuf> {
-        let n = self
-            .versions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn write_secrets(&self, d: &Deployment, n: u64) -> std::io::Result<PathBuf> {
         let dir = self
             .dir
             .join("secrets")
-            .join(format!("{}.{}", d.namespace, d.spec.service))
+            .join(d.function.to_string())
             .join(format!("v{n}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -149,7 +202,7 @@ impl LocalProvider {
 
 /// What a function's replicas run, hashed: the image, environment, secrets,
 /// command and settings.
-fn fingerprint(image_digest: &str, d: &Deployment) -> String {
+fn fingerprint(image_digest: &str, d: &Deployment, local: &LocalSettings) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let mut field = |b: &[u8]| {
@@ -171,9 +224,9 @@ fn fingerprint(image_digest: &str, d: &Deployment) -> String {
             "{:?} {} {:?} {} {} {:?} {:?}",
             d.settings.timeout,
             d.settings.workers,
-            d.settings.upstream,
-            d.settings.fork,
-            d.settings.network,
+            local.upstream,
+            local.fork,
+            local.network,
             d.settings.memory_limit,
             d.settings.cpu_limit
         )
@@ -221,49 +274,54 @@ impl Provider for LocalProvider {
         "graphene-local"
     }
 
-    async fn deploy(&self, d: Deployment) -> Result<(), ProviderError> {
+    fn orchestration(&self) -> &'static str {
+        "local"
+    }
+
+    fn check(&self, d: &Deployment) -> Result<(), ProviderError> {
+        self.prepare(d).map(|_| ())
+    }
+
+    async fn apply(&self, d: Deployment) -> Result<(), ProviderError> {
         let _one = self.changes.lock().await;
-        let image = match &d.settings.upstream {
-            Some(_) => None,
-            None => Some(self.images.resolve(&d.spec.image).ok_or_else(|| {
-                ProviderError::Invalid(format!(
-                    "image {:?} was not built on this server; build it first with `graphene build` (or `graphene up`)",
-                    d.spec.image
-                ))
-            })?),
-        };
-        if image.as_ref().is_some_and(|i| !i.lang().is_python())
-            && d.spec.env_process.trim().is_empty()
-        {
-            return Err(ProviderError::Invalid(format!(
-                "envProcess: image {:?} is an exec function and needs the command to run (fprocess)",
-                d.spec.image
-            )));
-        }
-        let fingerprint = fingerprint(image.as_ref().map_or("", |i| i.digest.as_str()), &d);
-        let k = key(&d.namespace, &d.spec.service);
-        let existing = self.functions.read().expect("lock").get(&k).cloned();
+        let (local, image) = self.prepare(&d)?;
+        let fingerprint = fingerprint(image.as_ref().map_or("", |i| i.digest.as_str()), &d, &local);
+        let existing = self
+            .functions
+            .read()
+            .expect("lock")
+            .get(&d.function)
+            .cloned();
         let limits = Limits {
             max_replicas: d.settings.max_replicas,
             autoscaled: d.settings.scaling.enabled(),
-            queue: d.settings.queue,
+            queue: local.queue,
         };
-        if let Some(f) = existing.as_ref().filter(|f| f.fingerprint() == fingerprint) {
+        if let Some(f) = existing
+            .as_ref()
+            .filter(|f| f.fingerprint() == fingerprint && !f.failed())
+        {
+            // The same thing runs: a new revision of it only renumbers it.
+            // (One that failed to import is started afresh: a retry.)
+            f.set_revision(d.revision);
             f.set_limits(limits);
-            if let Some(n) = d.replicas {
-                f.scale(n).await;
-            }
+            f.scale(d.replicas).await;
             return Ok(());
         }
-        let target = match (image, &d.settings.upstream) {
+        let serial = self
+            .versions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let target = match (image, &local.upstream) {
             (_, Some(url)) => Target::Upstream(upstream::Upstream::new(url)),
             (None, None) => return Err(ProviderError::Internal("no image and no upstream".into())),
             (Some(image), None) => {
                 let secrets_dir = self
-                    .write_secrets(&d)
+                    .write_secrets(&d, serial)
                     .map_err(|e| ProviderError::Internal(e.to_string()))?;
                 let python = image.lang().is_python();
                 let launch = Arc::new(Launch {
+                    serial,
+                    revision: d.revision,
                     image,
                     env: d
                         .spec
@@ -274,7 +332,7 @@ impl Provider for LocalProvider {
                     workers: d.settings.workers,
                     secrets_dir,
                     sandbox: self.sandbox.clone(),
-                    network: d.settings.network,
+                    network: local.network,
                     resources: cgroup::Resources {
                         memory_bytes: d.settings.memory_limit,
                         cpu_millis: d.settings.cpu_limit,
@@ -283,114 +341,103 @@ impl Provider for LocalProvider {
                 });
                 if launch.resources.any() {
                     if let Some(reason) = self.cgroups.unavailable() {
-                        tracing::warn!(function = %d.spec.service, "limits.memory / limits.cpu are NOT enforced: {reason}");
+                        tracing::warn!(function = %d.function, "limits.memory / limits.cpu are NOT enforced: {reason}");
                     } else if !python {
-                        tracing::warn!(function = %d.spec.service, "limits.memory / limits.cpu are enforced for Python functions only");
+                        tracing::warn!(function = %d.function, "limits.memory / limits.cpu are enforced for Python functions only");
                     }
                 }
-                if !d.settings.network && !self.sandbox.enabled() {
-                    tracing::warn!(function = %d.spec.service, "com.graphene.network is none, but without the sandbox (bubblewrap) the function's network cannot be cut off");
+                if !local.network && !self.sandbox.enabled() {
+                    tracing::warn!(function = %d.function, "com.graphene.network is none, but without the sandbox (bubblewrap) the function's network cannot be cut off");
                 }
-                if python {
-                    Target::Python(launch)
-                } else {
-                    Target::Exec(launch)
+                match python {
+                    true => Target::Python(launch),
+                    false => Target::Exec(launch),
                 }
             }
         };
         let current = Current {
+            serial,
             fingerprint,
             target,
             timeout: d.settings.timeout,
             fprocess: d.spec.env_process.clone(),
-            fork: d.settings.fork,
+            fork: local.fork,
         };
         match existing {
             Some(f) => {
-                let replicas = d
-                    .replicas
-                    .unwrap_or_else(|| f.shared.desired.load(std::sync::atomic::Ordering::Acquire));
                 f.set_limits(limits);
-                f.update(current, replicas).await;
+                f.update(current, d.revision, d.replicas).await;
             }
             None => {
                 let shared = Shared::new(
-                    d.spec.service.clone(),
-                    logs::LogBook::open(self.dir.join("logs"), &d.namespace, &d.spec.service),
+                    d.function.name.clone(),
+                    logs::LogBook::open(
+                        self.dir.join("logs"),
+                        &d.function.namespace,
+                        &d.function.name,
+                    ),
                     self.sockets.clone(),
                 );
-                let f = Arc::new(Function::new(shared, current, limits));
-                self.functions.write().expect("lock").insert(k, f.clone());
-                f.scale(d.replicas.unwrap_or(d.settings.min_replicas)).await;
+                let f = Arc::new(Function::new(shared, current, limits, d.revision));
+                self.functions
+                    .write()
+                    .expect("lock")
+                    .insert(d.function.clone(), f.clone());
+                f.scale(d.replicas).await;
             }
         }
         Ok(())
     }
 
-    async fn remove(&self, namespace: &str, name: &str) -> Result<(), ProviderError> {
+    async fn remove(&self, function: &FunctionRef) -> Result<(), ProviderError> {
         let _one = self.changes.lock().await;
-        let f = self.get(namespace, name)?;
-        self.functions
-            .write()
-            .expect("lock")
-            .remove(&key(namespace, name));
+        let f = self.get(function)?;
+        self.functions.write().expect("lock").remove(function);
         f.stop().await;
         f.shared.logs.delete();
-        let _ =
-            std::fs::remove_dir_all(self.dir.join("secrets").join(format!("{namespace}.{name}")));
+        let _ = std::fs::remove_dir_all(self.dir.join("secrets").join(function.to_string()));
         Ok(())
     }
 
-    async fn scale(&self, namespace: &str, name: &str, replicas: u64) -> Result<(), ProviderError> {
+    async fn scale(&self, function: &FunctionRef, replicas: u64) -> Result<(), ProviderError> {
         let _one = self.changes.lock().await;
-        self.get(namespace, name)?.scale(replicas).await;
+        self.get(function)?.scale(replicas).await;
         Ok(())
     }
 
-    fn has(&self, namespace: &str, name: &str) -> bool {
-        self.functions
-            .read()
-            .expect("lock")
-            .contains_key(&key(namespace, name))
-    }
-
-    async fn status(&self, namespace: &str, name: &str) -> Result<RuntimeStatus, ProviderError> {
-        Ok(self.get(namespace, name)?.status().await)
+    async fn status(&self, function: &FunctionRef) -> Result<RuntimeStatus, ProviderError> {
+        Ok(self.get(function)?.status().await)
     }
 
     async fn invoke(
         &self,
-        namespace: &str,
-        name: &str,
+        function: &FunctionRef,
         call: Invocation,
     ) -> Result<InvocationResult, ProviderError> {
-        self.get(namespace, name)?.invoke(call).await
+        let f = self.get(function)?;
+        // Replicas take a call's body whole.
+        let body = call
+            .body
+            .collect(usize::MAX)
+            .await
+            .map_err(|e| ProviderError::Invalid(e.to_string()))?;
+        f.invoke(Call {
+            method: call.method,
+            path: call.path,
+            query: call.query,
+            headers: call.headers,
+            body,
+            call_id: call.call_id,
+        })
+        .await
     }
 
-    fn logs(
+    async fn logs(
         &self,
-        namespace: &str,
-        name: &str,
-        tail: Option<usize>,
-        follow: bool,
-    ) -> Result<LogFeed, ProviderError> {
-        let f = self.get(namespace, name)?;
-        let (backlog, live) = f.shared.logs.read(tail, follow);
-        Ok(LogFeed { backlog, live })
-    }
-
-    async fn build(
-        &self,
-        input: BuildInput,
-        progress: Progress,
-    ) -> Result<BuildResult, ProviderError> {
-        let builds = self.images.lock_builds().await;
-        // Builds replace images: first drop those nothing refers to any more.
-        let mut in_use = std::collections::HashSet::new();
-        for f in self.all() {
-            in_use.extend(f.images_in_use().await);
-        }
-        self.images.build(&builds, input, progress, &in_use).await
+        function: &FunctionRef,
+        query: LogQuery,
+    ) -> Result<LogStream, ProviderError> {
+        Ok(self.get(function)?.shared.logs.stream(query))
     }
 
     async fn shutdown(&self) {

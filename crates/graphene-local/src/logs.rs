@@ -105,6 +105,32 @@ impl LogBook {
         (backlog, follow.then(|| self.live.subscribe()))
     }
 
+    /// The lines kept, then new ones when following, as the provider
+    /// contract's stream. A follower that falls far behind skips lines
+    /// rather than holding the writer up.
+    pub fn stream(
+        &self,
+        q: graphene_core::provider::LogQuery,
+    ) -> graphene_core::provider::LogStream {
+        use futures_util::StreamExt;
+        let (backlog, live) = self.read(q.tail, q.follow);
+        let head = futures_util::stream::iter(backlog);
+        match live {
+            None => head.boxed(),
+            Some(rx) => head
+                .chain(futures_util::stream::unfold(rx, |mut rx| async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(m) => return Some((m, rx)),
+                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        }
+                    }
+                }))
+                .boxed(),
+        }
+    }
+
     #[cfg(test)]
     pub fn last_lines(&self, n: usize) -> Vec<String> {
         self.read(Some(n), false)

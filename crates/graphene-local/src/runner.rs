@@ -31,6 +31,10 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// What every runner of one version of a function is started from.
 pub struct Launch {
+    /// Numbers launches: import errors belong to one.
+    pub serial: u64,
+    /// The registry revision it was launched as.
+    pub revision: u64,
     pub image: Image,
     pub env: Vec<(String, String)>,
     pub workers: u64,
@@ -62,8 +66,10 @@ pub enum Mode {
 pub struct Runner {
     pub id: String,
     pub mode: Mode,
-    /// The image it runs (kept while it runs).
-    pub image_digest: String,
+    /// Its launch's serial: its import errors are that launch's.
+    pub serial: u64,
+    /// The registry revision it was launched as.
+    pub revision: u64,
     socket: PathBuf,
     stop: watch::Sender<bool>,
     pub pid: AtomicU32,
@@ -93,7 +99,8 @@ impl Runner {
             ))
             .join("runner.sock");
         let runner = Arc::new(Runner {
-            image_digest: launch.image.digest.clone(),
+            serial: launch.serial,
+            revision: launch.revision,
             id,
             mode,
             socket,
@@ -431,7 +438,7 @@ async fn accept(
                 let mut control = runner.control.lock().await;
                 *control = Some(write);
                 runner.imported.store(true, Ordering::Release);
-                shared.import_error.lock().expect("lock").take();
+                shared.imported(runner.serial);
                 shared.logs.write(
                     &runner.id,
                     &format!("the handler imported (warm parent pid {pid})"),
@@ -461,7 +468,7 @@ async fn accept(
                 };
                 if matches!(runner.mode, Mode::Direct { .. }) {
                     runner.imported.store(true, Ordering::Release);
-                    shared.import_error.lock().expect("lock").take();
+                    shared.imported(runner.serial);
                 }
                 // The kernel names the peer in this host's PID namespace.
                 let host_pid = stream
@@ -482,7 +489,7 @@ async fn accept(
                     &runner.id,
                     &format!("runner {pid} could not import the handler: {error}"),
                 );
-                *shared.import_error.lock().expect("lock") = Some(error);
+                *shared.import_error.lock().expect("lock") = Some((runner.serial, error));
                 shared.changed.notify_waiters();
             }
             Err(e) => shared

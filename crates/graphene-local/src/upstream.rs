@@ -12,7 +12,9 @@ use std::io;
 use std::sync::Mutex;
 
 use bytes::{Buf, Bytes, BytesMut};
-use graphene_core::provider::{is_hop_by_hop, Invocation, InvocationResult, ProviderError};
+use graphene_core::provider::{is_hop_by_hop, InvocationResult, ProviderError};
+
+use crate::function::Call;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -78,7 +80,7 @@ impl Upstream {
     }
 
     /// The request head and body as one buffer.
-    fn encode(&self, call: &Invocation) -> Vec<u8> {
+    fn encode(&self, call: &Call) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + call.body.len());
         out.extend_from_slice(call.method.as_bytes());
         out.push(b' ');
@@ -246,7 +248,7 @@ impl Upstream {
             InvocationResult {
                 status,
                 headers,
-                body,
+                body: body.into(),
                 cold_start: None,
             },
             reusable,
@@ -256,7 +258,7 @@ impl Upstream {
     pub async fn call(
         &self,
         function: &str,
-        call: Invocation,
+        call: Call,
         deadline: Instant,
         timeout: std::time::Duration,
     ) -> Result<InvocationResult, ProviderError> {
@@ -375,8 +377,15 @@ mod tests {
         (url, task)
     }
 
-    fn call(path: &str) -> Invocation {
-        Invocation {
+    fn full(b: &graphene_core::provider::Body) -> &[u8] {
+        match b {
+            graphene_core::provider::Body::Full(b) => b,
+            other => panic!("expected a whole body, got {other:?}"),
+        }
+    }
+
+    fn call(path: &str) -> Call {
+        Call {
             method: "POST".into(),
             path: path.into(),
             query: "a=1".into(),
@@ -400,10 +409,10 @@ mod tests {
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         let t = std::time::Duration::from_secs(5);
         let r = up.call("f", call("/x"), deadline, t).await.unwrap();
-        assert_eq!((r.status, &r.body[..]), (201, &b"ok"[..]));
+        assert_eq!((r.status, full(&r.body)), (201, &b"ok"[..]));
         assert!(r.headers.iter().any(|(k, v)| k == "X-Up" && v == "1"));
         let r = up.call("f", call("/y"), deadline, t).await.unwrap();
-        assert_eq!((r.status, &r.body[..]), (200, &b"abcde"[..]));
+        assert_eq!((r.status, full(&r.body)), (200, &b"abcde"[..]));
         let seen = String::from_utf8(seen.await.unwrap()).unwrap();
         assert!(seen.starts_with("POST /base/x?a=1 HTTP/1.1\r\n"), "{seen}");
         assert!(
@@ -434,7 +443,7 @@ mod tests {
             .call("f", c, deadline, std::time::Duration::from_secs(5))
             .await
             .unwrap();
-        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+        assert_eq!((r.status, full(&r.body)), (200, &b"ok"[..]));
         let seen = String::from_utf8(seen.await.unwrap()).unwrap();
         assert!(!seen.to_ascii_lowercase().contains("expect:"), "{seen}");
         let (url, _seen) = upstream(vec![
@@ -456,7 +465,7 @@ mod tests {
         let t = std::time::Duration::from_secs(5);
         // The test upstream closes after its answers.
         let r = up.call("f", call("/"), deadline, t).await.unwrap();
-        assert_eq!(&r.body[..], b"streamed");
+        assert_eq!(full(&r.body), b"streamed");
         let (url, _seen) = upstream(vec![b"garbage\r\n\r\n"]).await;
         let e = Upstream::new(&url)
             .call("f", call("/"), deadline, t)

@@ -1,14 +1,16 @@
 use std::time::Duration;
 
 use anyhow::bail;
+use bytes::Bytes;
 use clap::Args;
-use graphene_core::api::FunctionStatus;
+use graphene_core::api::{Event, EventKind, RolloutState};
+use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
-use tokio::time::Instant;
 
 use super::{encode, StackArgs, Target};
 use crate::client::{self, Client};
 use crate::stackfile::StackFile;
+use graphene_core::api::REVISION_HEADER;
 
 #[derive(Args)]
 pub struct Deploy {
@@ -47,6 +49,32 @@ impl Deploy {
     }
 }
 
+/// A function deployed, and the revision its deploy made (or found).
+pub struct Deployed {
+    pub name: String,
+    pub namespace: String,
+    pub revision: Option<u64>,
+}
+
+/// Sends one deploy-like request; returns the revision the gateway named.
+pub async fn send_for_revision(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<(StatusCode, Option<u64>, Bytes)> {
+    let json = [("content-type".to_string(), "application/json".to_string())];
+    let resp = client.send(method, path, body, &json).await?;
+    let status = resp.status();
+    let revision = resp
+        .headers()
+        .get(REVISION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let answer = resp.into_body().collect().await?.to_bytes();
+    Ok((status, revision, answer))
+}
+
 /// Deploys the selected functions: an update if they exist, else a create
 /// (as faas-cli does).
 pub async fn deploy_all(
@@ -66,11 +94,11 @@ pub async fn deploy_all(
             spec.namespace = ns.clone();
         }
         let body = serde_json::to_vec(&spec)?;
-        let (mut status, mut answer) = client
-            .call(Method::PUT, "/system/functions", body.clone())
-            .await?;
+        let (mut status, mut revision, mut answer) =
+            send_for_revision(client, Method::PUT, "/system/functions", body.clone()).await?;
         if status == StatusCode::NOT_FOUND {
-            (status, answer) = client.call(Method::POST, "/system/functions", body).await?;
+            (status, revision, answer) =
+                send_for_revision(client, Method::POST, "/system/functions", body).await?;
         }
         if let Err(e) = client::check(status, &answer) {
             bail!("deploying {name}: {e}");
@@ -80,71 +108,102 @@ pub async fn deploy_all(
         } else {
             format!(".{}", spec.namespace)
         };
-        println!("Deployed {name}: {}/function/{name}{ns}", client.base);
-        deployed.push((name.clone(), spec.namespace.clone()));
+        let rev = revision.map_or(String::new(), |r| format!(" (revision {r})"));
+        println!("Deployed {name}{rev}: {}/function/{name}{ns}", client.base);
+        deployed.push(Deployed {
+            name: name.clone(),
+            namespace: spec.namespace.clone(),
+            revision,
+        });
     }
     if wait.is_zero() {
         return Ok(());
     }
-    wait_until_started(client, deployed, wait).await
-}
-
-/// Waits until each function's new version answers (its handler imported),
-/// reporting import errors; the previous version keeps serving meanwhile.
-async fn wait_until_started(
-    client: &Client,
-    mut pending: Vec<(String, String)>,
-    wait: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + wait;
     let mut failed = 0;
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for (name, ns) in pending {
-            let query = if ns.is_empty() {
-                String::new()
-            } else {
-                format!("?namespace={}", encode(&ns))
-            };
-            let body = client
-                .expect(
-                    Method::GET,
-                    &format!("/system/function/{}{query}", encode(&name)),
-                    Vec::new(),
-                )
-                .await?;
-            let status: FunctionStatus = serde_json::from_slice(&body)?;
-            let runtime = status.graphene.unwrap_or_default();
-            if let Some(error) = runtime.import_error {
-                eprintln!("error: {name} failed to import its handler: {error}\n  (see `graphene logs {name}`)");
-                failed += 1;
-            } else if status.replicas == 0 && runtime.parent.as_ref().is_none_or(|p| p.ready) {
-                // At zero: ready once the warm parent imported the handler.
-                eprintln!("{name} is ready (at zero replicas; the next call wakes it)");
-            } else if (runtime.instances.is_empty() && status.available_replicas > 0)
-                || runtime.instances.iter().any(|i| i.ready && !i.retiring)
-            {
-                eprintln!("{name} is ready");
-            } else {
-                still.push((name, ns));
-            }
-        }
-        pending = still;
-        if !pending.is_empty() {
-            if Instant::now() >= deadline {
-                for (name, _) in &pending {
-                    eprintln!(
-                        "{name} is still starting after {}s; follow it with `graphene logs {name} --follow`",
-                        wait.as_secs()
-                    );
-                }
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    for d in &deployed {
+        if !wait_for_rollout(client, d, wait).await? {
+            failed += 1;
         }
     }
     if failed > 0 {
         bail!("{failed} function(s) failed to start; a previous version, if any, keeps serving");
     }
     Ok(())
+}
+
+/// Follows the gateway's events until the revision a deploy made is ready
+/// or failed (or a newer one replaced it). False when it failed.
+pub async fn wait_for_rollout(
+    client: &Client,
+    d: &Deployed,
+    wait: Duration,
+) -> anyhow::Result<bool> {
+    let Some(revision) = d.revision else {
+        return Ok(true); // a gateway that does not number revisions
+    };
+    let mut path = format!("/system/events?name={}", encode(&d.name));
+    if !d.namespace.is_empty() {
+        path.push_str(&format!("&namespace={}", encode(&d.namespace)));
+    }
+    let name = d.name.as_str();
+    let follow = async {
+        let resp = client::success(client.send(Method::GET, &path, Vec::new(), &[]).await?).await?;
+        let mut ok = true;
+        let decided = client::until_line(resp, |line| {
+            let Ok(e) = serde_json::from_str::<Event>(line) else {
+                return Ok(false);
+            };
+            if e.kind == EventKind::Removed {
+                bail!("{name} was removed while starting");
+            }
+            let Some(latest) = e.revision else {
+                return Ok(false);
+            };
+            if latest.revision > revision {
+                eprintln!("{name}: revision {revision} was replaced by revision {} meanwhile", latest.revision);
+                return Ok(true);
+            }
+            if latest.revision < revision {
+                return Ok(false);
+            }
+            match latest.state {
+                RolloutState::Progressing => Ok(false),
+                RolloutState::Ready => {
+                    match e.replicas {
+                        Some(0) => eprintln!("{name} is ready (revision {revision}, at zero replicas; the next call wakes it)"),
+                        _ => eprintln!("{name} is ready (revision {revision})"),
+                    }
+                    Ok(true)
+                }
+                RolloutState::Failed => {
+                    let what = match latest.reason.strip_prefix("the handler failed to import: ") {
+                        Some(r) => format!("failed to import its handler: {r}"),
+                        None => format!("failed: {}", latest.reason),
+                    };
+                    eprintln!("error: {name} {what} (revision {revision})\n  (see `graphene logs {name}`)");
+                    match e.serving {
+                        Some(s) => eprintln!("  revision {s} keeps serving"),
+                        None => eprintln!("  no earlier revision serves it"),
+                    }
+                    ok = false;
+                    Ok(true)
+                }
+            }
+        })
+        .await?;
+        if !decided {
+            bail!("the gateway closed the event stream while {name} was starting");
+        }
+        Ok::<_, anyhow::Error>(ok)
+    };
+    match tokio::time::timeout(wait, follow).await {
+        Ok(result) => result,
+        Err(_) => {
+            eprintln!(
+                "{name} is still starting after {}s; follow it with `graphene logs {name} --follow`",
+                wait.as_secs()
+            );
+            Ok(true)
+        }
+    }
 }

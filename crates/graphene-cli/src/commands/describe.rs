@@ -54,74 +54,122 @@ impl Describe {
         if !f.secrets.is_empty() {
             row("Secrets:", &f.secrets.join(", "));
         }
-        if let Some(rt) = &f.graphene {
-            row("Workers/replica:", &rt.workers_per_replica);
-            row("Timeout:", &format!("{}s", rt.timeout_seconds));
-            row("Restarts:", &rt.restarts);
-            if let Some(e) = &rt.last_exit {
-                row("Last exit:", e);
-            }
-            if let Some(e) = &rt.import_error {
-                row("Import error:", e);
-            }
-            if let Some(sc) = &rt.scaling {
-                let zero = sc
-                    .zero_after_seconds
-                    .map_or("never".to_string(), |s| format!("after {s}s idle"));
+        let Some(rt) = &f.graphene else {
+            return Ok(());
+        };
+        if let Some(n) = rt.serving_revision {
+            row("Serving revision:", &n);
+        }
+        if let Some(l) = &rt.latest {
+            let reason = match l.reason.is_empty() {
+                true => String::new(),
+                false => format!(": {}", l.reason),
+            };
+            row(
+                "Latest revision:",
+                &format!("{} {}{reason}", l.revision, l.state.as_str()),
+            );
+        }
+        if let Some(r) = rt.reconcile.as_ref().filter(|r| !r.in_sync) {
+            row(
+                "Runtime:",
+                &match &r.last_error {
+                    Some(e) => format!("behind ({} failed attempts): {e}", r.attempts),
+                    None => "catching up".to_string(),
+                },
+            );
+        }
+        if let Some(sc) = &rt.scaling {
+            let zero = sc
+                .zero_after_seconds
+                .map_or("never".to_string(), |s| format!("after {s}s idle"));
+            row(
+                "Autoscaling:",
+                &if sc.enabled {
+                    format!(
+                        "{} {}..{}, target {:.1} {} per replica, window {}s, to zero {zero}",
+                        if sc.panicking { "PANIC" } else { "on" },
+                        sc.min,
+                        sc.max,
+                        sc.target,
+                        sc.metric,
+                        sc.window_seconds
+                    )
+                } else {
+                    "off (min == max): scale by hand".to_string()
+                },
+            );
+            row("In flight:", &sc.in_flight);
+            if let Some(d) = &sc.last_decision {
                 row(
-                    "Autoscaling:",
-                    &if sc.enabled {
-                        format!(
-                            "{} {}..{}, target {:.1} {} per replica, window {}s, to zero {zero}",
-                            if sc.panicking { "PANIC" } else { "on" },
-                            sc.min,
-                            sc.max,
-                            sc.target,
-                            sc.metric,
-                            sc.window_seconds
-                        )
-                    } else {
-                        "off (min == max): scale by hand".to_string()
-                    },
-                );
-                row(
-                    "In flight:",
-                    &format!("{} ({} queued)", sc.in_flight, rt.queued),
-                );
-                if let Some(d) = &sc.last_decision {
-                    row(
-                        "Last decision:",
-                        &format!("{} -> {} at {}: {}", d.from, d.to, d.at, d.reason),
-                    );
-                }
-            }
-            if let Some(p) = &rt.parent {
-                row(
-                    "Warm parent:",
-                    &format!(
-                        "pid {} {} (replicas fork from it)",
-                        p.pid,
-                        if p.ready { "ready" } else { "importing" }
-                    ),
-                );
-            }
-            for i in &rt.instances {
-                println!(
-                    "  replica {:<16} pid {:<8} {:<10} workers {} in flight {} started {}",
-                    i.id,
-                    i.pid,
-                    match (i.retiring, i.draining, i.ready) {
-                        (true, _, _) => "retiring",
-                        (_, true, _) => "draining",
-                        (_, _, true) => "ready",
-                        _ => "starting",
-                    },
-                    i.workers,
-                    i.in_flight,
-                    i.started_at
+                    "Last decision:",
+                    &format!("{} -> {} at {}: {}", d.from, d.to, d.at, d.reason),
                 );
             }
         }
+        // What only this runtime knows, as it tells it.
+        for (k, v) in &rt.details {
+            row(&format!("{}:", humanize(k)), &value(v));
+        }
+        for i in &rt.instances {
+            let state = if i.ready { "ready" } else { "starting" };
+            let details: Vec<String> = i
+                .details
+                .iter()
+                .map(|(k, v)| format!("{k}={}", value(v)))
+                .collect();
+            println!(
+                "  instance {:<16} revision {:<4} {:<9} started {} {}",
+                i.id,
+                i.revision,
+                state,
+                i.started_at,
+                details.join(" ")
+            );
+        }
         Ok(())
+    }
+}
+
+/// `workersPerReplica` → `Workers per replica`.
+fn humanize(key: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in key.chars().enumerate() {
+        match (i, c.is_ascii_uppercase()) {
+            (0, _) => out.push(c.to_ascii_uppercase()),
+            (_, true) => {
+                out.push(' ');
+                out.push(c.to_ascii_lowercase());
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A detail's value as text: strings bare, objects as `k=v` pairs.
+fn value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", value(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        serde_json::Value::Array(a) => a.iter().map(value).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn humanizes_detail_keys() {
+        assert_eq!(super::humanize("importError"), "Import error");
+        assert_eq!(super::humanize("restarts"), "Restarts");
+        assert_eq!(
+            super::value(&serde_json::json!({"pid": 3, "ready": true})),
+            "pid=3 ready=true"
+        );
     }
 }

@@ -64,6 +64,10 @@ pub struct Serve {
     /// Largest job result kept and sent to callbacks, in bytes
     #[arg(long, env = "GRAPHENE_JOB_RESULT_LIMIT", default_value_t = graphene_gateway::DEFAULT_JOB_RESULT_LIMIT)]
     pub job_result_limit: usize,
+    /// Revisions kept per function for history and rollback (the serving
+    /// one besides); their images are kept too
+    #[arg(long, env = "GRAPHENE_KEEP_REVISIONS", default_value_t = graphene_gateway::DEFAULT_KEEP_REVISIONS)]
+    pub keep_revisions: usize,
 }
 
 impl Serve {
@@ -98,15 +102,14 @@ impl Serve {
             Some(path) => graphene_gateway::oidc::AuthConfig::load(path)?,
             None => Default::default(),
         };
-        let provider = Arc::new(
-            LocalProvider::open(LocalConfig {
-                dir: state.join("local"),
-                python: self.python.clone(),
-                sandbox: !self.no_sandbox,
-                hidden: self.hidden_from_functions(&state),
-            })
-            .context("opening the local runtime")?,
-        );
+        let (provider, builder) = LocalProvider::open(LocalConfig {
+            dir: state.join("local"),
+            python: self.python.clone(),
+            sandbox: !self.no_sandbox,
+            hidden: self.hidden_from_functions(&state),
+        })
+        .context("opening the local runtime")?;
+        let provider = Arc::new(provider);
         let (gateway, created) = Gateway::open(
             GatewayConfig {
                 state_dir: state.clone(),
@@ -116,8 +119,10 @@ impl Serve {
                 job_retention: self.job_retention,
                 job_result_limit: self.job_result_limit,
                 queue: self.queue.clone(),
+                keep_revisions: self.keep_revisions,
             },
             provider.clone(),
+            Arc::new(builder),
         )
         .await?;
         if let Some(path) = &created {
@@ -148,7 +153,7 @@ impl Serve {
             .await
             .with_context(|| format!("listening on {}", self.listen))?;
         let addr = listener.local_addr()?;
-        let restored = gateway.restore().await?;
+        let restored = gateway.restore().await;
         tracing::info!(
             state_dir = %state.display(),
             sandbox = provider.sandboxed(),

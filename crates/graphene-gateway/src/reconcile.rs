@@ -1,0 +1,165 @@
+//! The reconciler: one task per function that makes the provider run what
+//! the registry wants, and reports back how the rollout went.
+//!
+//! It gives the provider the desired revision and replica count whenever
+//! the record's generation moves (a deploy, a rollback, a secret change, a
+//! failed revision handing back to the serving one, a scale the provider
+//! refused), retrying with backoff until the provider accepts; then it
+//! watches the provider's status until the revision is ready or failed and
+//! records that in the registry. A removed function is removed from the
+//! provider, again until it succeeds. `describe` shows its progress
+//! (`reconcile`: in sync or not, attempts, the last error).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use graphene_core::api::RolloutState;
+use graphene_core::provider::{Deployment, Provider, ProviderError};
+
+use crate::error::{ApiError, ApiResult};
+use crate::registry::Record;
+use crate::Gateway;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a rollout's progress is read while it starts.
+const WATCH_PROGRESS: Duration = Duration::from_millis(100);
+/// How often a failed revision is looked at again (a provider may still
+/// bring it up).
+const WATCH_FAILED: Duration = Duration::from_secs(2);
+
+impl<P: Provider> Gateway<P> {
+    /// The provider's view of what the record wants: its revision, with
+    /// secrets resolved, at the desired count.
+    pub(crate) fn deployment(&self, r: &Record) -> ApiResult<Deployment> {
+        let d = r.desired();
+        let secrets = self.secrets_of(&r.id.namespace, &d.spec.secrets)?;
+        Ok(Deployment {
+            function: r.id.clone(),
+            revision: d.revision,
+            spec: d.spec.clone(),
+            settings: d.settings.clone(),
+            image_digest: d.digest.clone(),
+            secrets,
+            replicas: r.scaling.desired(),
+        })
+    }
+
+    /// The values of the secrets a function names.
+    pub(crate) fn secrets_of(
+        &self,
+        ns: &str,
+        names: &[String],
+    ) -> ApiResult<Vec<(String, Vec<u8>)>> {
+        let mut secrets = Vec::new();
+        for name in names {
+            let value = self.store.secret(ns, name)?.ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "secrets: secret {name:?} does not exist in namespace {ns}; create it with `graphene secret create {name}`"
+                ))
+            })?;
+            secrets.push((name.clone(), value));
+        }
+        Ok(secrets)
+    }
+
+    /// Gives the provider the record's desired state once. Returns whether
+    /// it took it; the record's reconcile status says why not.
+    pub(crate) async fn apply_once(&self, r: &Record) -> bool {
+        let generation = r.generation.load(Ordering::Acquire);
+        let result = match self.deployment(r) {
+            Ok(d) => {
+                let revision = d.revision;
+                self.provider.apply(d).await.map(|()| revision)
+            }
+            Err(e) => Err(ProviderError::Invalid(e.message)),
+        };
+        let mut status = r.reconcile.lock().expect("reconcile lock");
+        match result {
+            Ok(revision) => {
+                status.in_sync = r.generation.load(Ordering::Acquire) == generation;
+                status.applied_revision = revision;
+                status.attempts = 0;
+                status.last_error = None;
+                r.applied.store(generation, Ordering::Release);
+                true
+            }
+            Err(e) => {
+                status.in_sync = false;
+                status.attempts += 1;
+                tracing::warn!(function = %r.id, attempt = status.attempts, error = %e, "the runtime did not take the function's desired state");
+                status.last_error = Some(e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Runs a function's reconciler until it is removed.
+    pub(crate) fn start_reconciler(self: &Arc<Self>, r: Arc<Record>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut backoff = MIN_BACKOFF;
+            loop {
+                let Some(gw) = weak.upgrade() else { return };
+                let woken = r.wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                if r.removed.load(Ordering::Acquire) {
+                    match gw.provider.remove(&r.id).await {
+                        Ok(()) | Err(ProviderError::NotFound(_)) => {
+                            tracing::info!(function = %r.id, "removed from the runtime");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(function = %r.id, error = %e, "could not remove from the runtime; trying again");
+                        }
+                    }
+                    drop(gw);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+                let generation = r.generation.load(Ordering::Acquire);
+                if r.applied.load(Ordering::Acquire) != generation {
+                    if !gw.apply_once(&r).await {
+                        drop(gw);
+                        let _ = tokio::time::timeout(backoff, woken).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                    backoff = MIN_BACKOFF;
+                }
+                // Watch the rollout of what runs until it is ready.
+                let d = r.desired();
+                let state = d.revision(d.revision).map(|s| s.state);
+                let wait = match state {
+                    Some(RolloutState::Ready) | None => None,
+                    Some(RolloutState::Progressing) => Some(WATCH_PROGRESS),
+                    Some(RolloutState::Failed) => Some(WATCH_FAILED),
+                };
+                if let Some(wait) = wait {
+                    if let Ok(status) = gw.provider.status(&r.id).await {
+                        if let Some(rollout) = status.rollout {
+                            if rollout.revision == d.revision
+                                && rollout.state != RolloutState::Progressing
+                            {
+                                gw.registry.rollout(
+                                    &r,
+                                    rollout.revision,
+                                    rollout.state,
+                                    &rollout.reason,
+                                );
+                            }
+                        }
+                    }
+                    drop(gw);
+                    let _ = tokio::time::timeout(wait, woken).await;
+                    continue;
+                }
+                drop(gw);
+                woken.await;
+            }
+        });
+    }
+}

@@ -1,0 +1,648 @@
+//! The function registry: the gateway's one home for "a function".
+//!
+//! Each function is a [`Record`] under its [`FunctionRef`]: the revisions
+//! kept (newest first, with their rollout state), the revision the provider
+//! should run, the settings derived once from it, its scaling state and its
+//! asynchronous-call count. The scaler, the job dispatcher, metrics, access
+//! and the management API all read records from here; nothing else keeps a
+//! map of functions.
+//!
+//! Desired state is written first (to SQLite through `store.rs`, then to the
+//! record); the reconciler (`reconcile.rs`) makes the provider match. Every
+//! change is also an [`Event`] on a broadcast channel, which
+//! `GET /system/events` streams to the CLI (and later the dashboard).
+//!
+//! Which revision runs: the newest, unless it failed, in which case the one
+//! that serves (the newest that became ready) runs instead. So a failed
+//! deploy never takes a serving function down, neither now nor after a
+//! restart.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use graphene_core::api::{
+    Event, EventKind, FunctionDeployment, ReconcileStatus, RevisionInfo, Rollout, RolloutState,
+};
+use graphene_core::names::FunctionRef;
+use graphene_core::settings::FunctionSettings;
+use tokio::sync::{broadcast, Notify};
+
+use crate::scaler::Scaling;
+use crate::store::{Store, StoredRevision};
+
+/// Revisions kept per function when not configured: the serving one is
+/// always kept besides.
+pub const DEFAULT_KEEP_REVISIONS: usize = 10;
+
+/// What the provider should run for a function, swapped whole on change.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// The revision the provider should run.
+    pub revision: u64,
+    /// That revision's spec, with settings derived once.
+    pub spec: FunctionDeployment,
+    pub settings: FunctionSettings,
+    pub digest: String,
+    /// Kept revisions, newest first.
+    pub revisions: Vec<StoredRevision>,
+}
+
+impl Desired {
+    pub fn latest(&self) -> &StoredRevision {
+        &self.revisions[0]
+    }
+
+    /// The newest revision that became ready: the one serving calls.
+    pub fn serving(&self) -> Option<u64> {
+        self.revisions
+            .iter()
+            .find(|r| r.state == RolloutState::Ready)
+            .map(|r| r.revision)
+    }
+
+    pub fn revision(&self, n: u64) -> Option<&StoredRevision> {
+        self.revisions.iter().find(|r| r.revision == n)
+    }
+
+    fn latest_rollout(&self) -> Rollout {
+        let l = self.latest();
+        Rollout {
+            revision: l.revision,
+            state: l.state,
+            reason: l.reason.clone(),
+        }
+    }
+}
+
+/// One function.
+pub struct Record {
+    pub id: FunctionRef,
+    pub created_at: String,
+    desired: RwLock<Arc<Desired>>,
+    /// Serialises deploys, rollbacks and removal of this function.
+    pub changes: tokio::sync::Mutex<()>,
+    /// Load and the autoscaler's state.
+    pub scaling: Scaling,
+    /// Its asynchronous calls running now.
+    pub jobs_running: Arc<AtomicU64>,
+    /// Bumped by every change the provider must be given again.
+    pub generation: AtomicU64,
+    /// The generation the provider last took (0: none yet).
+    pub applied: AtomicU64,
+    /// Wakes its reconciler.
+    pub wake: Notify,
+    pub removed: AtomicBool,
+    pub reconcile: Mutex<ReconcileStatus>,
+}
+
+impl Record {
+    pub fn desired(&self) -> Arc<Desired> {
+        self.desired.read().expect("record lock").clone()
+    }
+
+    /// Changes the desired state under its lock: a deploy and a rollout's
+    /// outcome never overwrite each other.
+    fn update<T>(&self, f: impl FnOnce(&mut Desired) -> T) -> T {
+        let mut guard = self.desired.write().expect("record lock");
+        let mut next = (**guard).clone();
+        let out = f(&mut next);
+        *guard = Arc::new(next);
+        out
+    }
+
+    /// Asks the reconciler to give the provider the desired state again.
+    pub fn touch(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// Async calls that may run at once: never more than the function can
+    /// take (its maximum replicas times the calls each serves).
+    pub fn async_concurrency(&self) -> u64 {
+        let d = self.desired();
+        let capacity = (d.settings.max_replicas * d.settings.workers).max(1);
+        d.settings.async_concurrency.min(capacity)
+    }
+
+    /// Whether the provider runs what the registry wants.
+    pub fn reconcile_status(&self) -> ReconcileStatus {
+        let mut s = self.reconcile.lock().expect("reconcile lock").clone();
+        s.in_sync = self.applied.load(Ordering::Acquire) == self.generation.load(Ordering::Acquire);
+        s
+    }
+
+    /// The registry's view of its revisions, for the API.
+    pub fn revision_infos(&self) -> Vec<RevisionInfo> {
+        let d = self.desired();
+        let serving = d.serving();
+        d.revisions
+            .iter()
+            .map(|r| RevisionInfo {
+                revision: r.revision,
+                image: r.spec.image.clone(),
+                digest: r.digest.clone(),
+                spec_hash: r.spec_hash.clone(),
+                created_by: r.created_by.clone(),
+                created_at: r.created_at.clone(),
+                state: r.state,
+                reason: r.reason.clone(),
+                serving: Some(r.revision) == serving,
+                rollback_of: r.rollback_of,
+            })
+            .collect()
+    }
+}
+
+pub struct Registry {
+    store: Arc<Store>,
+    records: RwLock<HashMap<FunctionRef, Arc<Record>>>,
+    events: broadcast::Sender<Event>,
+    keep: usize,
+    epoch: std::time::Instant,
+}
+
+/// The hash that decides whether a deploy changes a function.
+fn spec_hash(spec: &FunctionDeployment, digest: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(spec).expect("a deployment serialises"));
+    h.update([0]);
+    h.update(digest.as_bytes());
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The revision the provider should run: the newest, unless it failed and
+/// another serves.
+fn target(revisions: &[StoredRevision]) -> u64 {
+    let newest = &revisions[0];
+    match newest.state {
+        RolloutState::Failed => {
+            revisions
+                .iter()
+                .find(|r| r.state == RolloutState::Ready)
+                .unwrap_or(newest)
+                .revision
+        }
+        _ => newest.revision,
+    }
+}
+
+impl Registry {
+    /// Loads every stored function. A function stored before revisions
+    /// existed becomes revision 1 of itself, with its image's digest as
+    /// `resolve` finds it now.
+    pub fn open(
+        store: Arc<Store>,
+        keep: usize,
+        resolve: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Self> {
+        let (events, _) = broadcast::channel(1024);
+        let registry = Self {
+            store,
+            records: RwLock::new(HashMap::new()),
+            events,
+            keep: keep.max(1),
+            epoch: std::time::Instant::now(),
+        };
+        for f in registry.store.functions(None)? {
+            let id = FunctionRef::new(&f.namespace, &f.spec.service);
+            let mut revisions = registry.store.revisions(&id)?;
+            if revisions.is_empty() {
+                let digest = resolve(&f.spec.image).unwrap_or_default();
+                let first = StoredRevision {
+                    revision: 1,
+                    spec_hash: spec_hash(&f.spec, &digest),
+                    spec: f.spec.clone(),
+                    digest,
+                    created_by: "graphene".into(),
+                    created_at: f.created_at.clone(),
+                    state: RolloutState::Progressing,
+                    reason: String::new(),
+                    rollback_of: None,
+                };
+                registry.store.put_revision(&id, &first)?;
+                revisions.push(first);
+            }
+            let revision = target(&revisions);
+            let run = revisions
+                .iter()
+                .find(|r| r.revision == revision)
+                .expect("the target is a kept revision")
+                .clone();
+            let settings = match FunctionSettings::from_deployment(&run.spec) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(function = %id, error = %e, "a stored function no longer validates; it is not restored");
+                    continue;
+                }
+            };
+            let replicas = clamp(f.replicas, &settings);
+            let record = registry.record(
+                id,
+                f.created_at,
+                Desired {
+                    revision,
+                    spec: run.spec,
+                    settings,
+                    digest: run.digest,
+                    revisions,
+                },
+                replicas,
+            );
+            registry.insert(record);
+        }
+        Ok(registry)
+    }
+
+    fn record(
+        &self,
+        id: FunctionRef,
+        created_at: String,
+        desired: Desired,
+        replicas: u64,
+    ) -> Arc<Record> {
+        let scaling = Scaling::new(
+            desired.settings.scaling.clone(),
+            replicas,
+            self.epoch.elapsed(),
+        );
+        Arc::new(Record {
+            id,
+            created_at,
+            desired: RwLock::new(Arc::new(desired)),
+            changes: tokio::sync::Mutex::new(()),
+            scaling,
+            jobs_running: Default::default(),
+            generation: AtomicU64::new(1),
+            applied: AtomicU64::new(0),
+            wake: Notify::new(),
+            removed: AtomicBool::new(false),
+            reconcile: Mutex::new(ReconcileStatus::default()),
+        })
+    }
+
+    fn insert(&self, r: Arc<Record>) {
+        self.records
+            .write()
+            .expect("registry lock")
+            .insert(r.id.clone(), r);
+    }
+
+    /// Time since the registry opened: the autoscaler's clock.
+    pub fn now(&self) -> std::time::Duration {
+        self.epoch.elapsed()
+    }
+
+    pub fn get(&self, f: &FunctionRef) -> Option<Arc<Record>> {
+        self.records.read().expect("registry lock").get(f).cloned()
+    }
+
+    /// Every function, ordered by namespace and name (or one namespace's).
+    pub fn list(&self, namespace: Option<&str>) -> Vec<Arc<Record>> {
+        let mut all: Vec<Arc<Record>> = self
+            .records
+            .read()
+            .expect("registry lock")
+            .values()
+            .filter(|r| namespace.is_none_or(|ns| r.id.namespace == ns))
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, r: &Record, kind: EventKind) {
+        let d = r.desired();
+        let _ = self.events.send(Event {
+            kind,
+            name: r.id.name.clone(),
+            namespace: r.id.namespace.clone(),
+            revision: (kind != EventKind::Removed).then(|| d.latest_rollout()),
+            serving: d.serving(),
+            replicas: Some(r.scaling.desired()),
+            at: graphene_core::time::now_rfc3339(),
+        });
+    }
+
+    /// The state of a function as an event, for a subscriber's first lines.
+    pub fn snapshot(&self, r: &Record) -> Event {
+        let d = r.desired();
+        Event {
+            kind: EventKind::Function,
+            name: r.id.name.clone(),
+            namespace: r.id.namespace.clone(),
+            revision: Some(d.latest_rollout()),
+            serving: d.serving(),
+            replicas: Some(r.scaling.desired()),
+            at: graphene_core::time::now_rfc3339(),
+        }
+    }
+
+    /// Records a deploy: a new revision when it changes the function (or
+    /// when the newest failed: deploying it again is a retry), else the
+    /// newest revision as it is. Returns the record, the revision and
+    /// whether it is new. Call under the record's `changes` lock when it
+    /// exists.
+    pub fn deploy(
+        &self,
+        id: &FunctionRef,
+        spec: FunctionDeployment,
+        settings: FunctionSettings,
+        digest: String,
+        who: &str,
+        rollback_of: Option<u64>,
+    ) -> Result<(Arc<Record>, u64, bool), rusqlite::Error> {
+        let hash = spec_hash(&spec, &digest);
+        let revision = |number: u64| StoredRevision {
+            revision: number,
+            spec: spec.clone(),
+            digest: digest.clone(),
+            spec_hash: hash.clone(),
+            created_by: who.to_string(),
+            created_at: graphene_core::time::now_rfc3339(),
+            state: RolloutState::Progressing,
+            reason: String::new(),
+            rollback_of,
+        };
+        let record = match self.get(id) {
+            None => {
+                let first = revision(1);
+                let created_at = self.store.put_revision(id, &first)?;
+                let replicas = settings.min_replicas;
+                let desired = Desired {
+                    revision: 1,
+                    spec: spec.clone(),
+                    settings,
+                    digest: digest.clone(),
+                    revisions: vec![first],
+                };
+                let r = self.record(id.clone(), created_at, desired, replicas);
+                self.insert(r.clone());
+                r
+            }
+            Some(r) => {
+                let outcome = r.update(|d| {
+                    let newest = d.latest();
+                    if newest.spec_hash == hash
+                        && newest.state != RolloutState::Failed
+                        && rollback_of.is_none()
+                    {
+                        return Ok(Some(newest.revision));
+                    }
+                    let next = revision(newest.revision + 1);
+                    self.store.put_revision(id, &next)?;
+                    d.revision = next.revision;
+                    d.spec = spec.clone();
+                    d.digest = digest.clone();
+                    d.settings = settings.clone();
+                    d.revisions.insert(0, next);
+                    Ok::<_, rusqlite::Error>(None)
+                })?;
+                if let Some(unchanged) = outcome {
+                    return Ok((r, unchanged, false));
+                }
+                let replicas = clamp(Some(r.scaling.desired()), &settings);
+                r.scaling.set_policy(settings.scaling.clone(), replicas);
+                r
+            }
+        };
+        self.prune(&record);
+        self.emit(&record, EventKind::Function);
+        record.touch();
+        let number = record.desired().latest().revision;
+        Ok((record, number, true))
+    }
+
+    /// Records how a revision's rollout went. A failed newest revision
+    /// hands the provider back to the serving one.
+    pub fn rollout(&self, r: &Record, revision: u64, state: RolloutState, reason: &str) {
+        let switched = r.update(|d| {
+            let Some(stored) = d.revisions.iter_mut().find(|s| s.revision == revision) else {
+                return None; // pruned meanwhile
+            };
+            if stored.state == state && stored.reason == reason {
+                return None;
+            }
+            if let Err(e) = self.store.set_rollout(&r.id, revision, state, reason) {
+                tracing::warn!(function = %r.id, error = %e, "could not store a rollout's state");
+            }
+            stored.state = state;
+            stored.reason = reason.to_string();
+            let run = target(&d.revisions);
+            if run != d.revision {
+                let back = d.revision(run).expect("a kept revision").clone();
+                match FunctionSettings::from_deployment(&back.spec) {
+                    Ok(settings) => {
+                        d.revision = run;
+                        d.spec = back.spec;
+                        d.digest = back.digest;
+                        d.settings = settings;
+                        return Some(true);
+                    }
+                    Err(e) => {
+                        tracing::warn!(function = %r.id, error = %e, "the serving revision no longer validates")
+                    }
+                }
+            }
+            Some(false)
+        });
+        let Some(switched) = switched else { return };
+        match state {
+            RolloutState::Failed => {
+                tracing::warn!(function = %r.id, revision, reason, "revision failed; the serving revision, if any, keeps serving")
+            }
+            _ => tracing::info!(function = %r.id, revision, state = state.as_str(), "rollout"),
+        }
+        self.prune(r);
+        self.emit(r, EventKind::Revision);
+        if switched {
+            r.touch();
+        }
+    }
+
+    /// Keeps the newest revisions and the serving one; forgets the rest.
+    fn prune(&self, r: &Record) {
+        r.update(|d| {
+            if d.revisions.len() <= self.keep {
+                return;
+            }
+            let serving = d.serving();
+            let keep: Vec<u64> = d
+                .revisions
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| {
+                    *i < self.keep || Some(s.revision) == serving || s.revision == d.revision
+                })
+                .map(|(_, s)| s.revision)
+                .collect();
+            if let Err(e) = self.store.prune_revisions(&r.id, &keep) {
+                tracing::warn!(function = %r.id, error = %e, "could not forget old revisions");
+                return;
+            }
+            d.revisions.retain(|s| keep.contains(&s.revision));
+        })
+    }
+
+    /// Stores a new desired replica count.
+    pub fn set_replicas(&self, r: &Record, replicas: u64) {
+        if let Err(e) = self.store.set_replicas(&r.id, replicas) {
+            tracing::warn!(function = %r.id, error = %e, "could not store the replica count");
+        }
+        self.emit(r, EventKind::Replicas);
+    }
+
+    /// Removes a function from the registry (the store first); its
+    /// reconciler then removes it from the provider.
+    pub fn remove(&self, id: &FunctionRef) -> Result<Option<Arc<Record>>, rusqlite::Error> {
+        if !self.store.delete_function(id)? {
+            return Ok(None);
+        }
+        let removed = self.records.write().expect("registry lock").remove(id);
+        if let Some(r) = &removed {
+            r.removed.store(true, Ordering::Release);
+            self.emit(r, EventKind::Removed);
+            r.wake.notify_one();
+        }
+        Ok(removed)
+    }
+
+    /// Digests of every kept revision: images a build must not remove.
+    pub fn kept_digests(&self) -> HashSet<String> {
+        self.list(None)
+            .iter()
+            .flat_map(|r| {
+                r.desired()
+                    .revisions
+                    .iter()
+                    .map(|s| s.digest.clone())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|d| !d.is_empty())
+            .collect()
+    }
+}
+
+/// A stored count is brought within the function's bounds; zero stays zero
+/// (the next call wakes it); none means the minimum.
+fn clamp(stored: Option<u64>, settings: &FunctionSettings) -> u64 {
+    match stored {
+        None => settings.min_replicas,
+        Some(0) if settings.scaling.enabled() => 0,
+        Some(n) if settings.scaling.enabled() => {
+            n.clamp(settings.min_replicas.max(1), settings.max_replicas)
+        }
+        Some(n) => n.min(graphene_core::settings::MAX_REPLICAS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(image: &str) -> FunctionDeployment {
+        FunctionDeployment {
+            service: "f".into(),
+            image: image.into(),
+            namespace: "ns".into(),
+            ..Default::default()
+        }
+    }
+
+    fn registry(dir: &std::path::Path, keep: usize) -> Registry {
+        let store = Arc::new(Store::open(&dir.join("state.db")).unwrap());
+        Registry::open(store, keep, &|_| None).unwrap()
+    }
+
+    fn deploy(reg: &Registry, image: &str) -> (u64, bool) {
+        let s = spec(image);
+        let settings = FunctionSettings::from_deployment(&s).unwrap();
+        let (_, n, new) = reg
+            .deploy(
+                &FunctionRef::new("ns", "f"),
+                s,
+                settings,
+                format!("digest-{image}"),
+                "admin",
+                None,
+            )
+            .unwrap();
+        (n, new)
+    }
+
+    #[test]
+    fn a_failed_revision_never_replaces_the_serving_one_even_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("graphene-registry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = FunctionRef::new("ns", "f");
+        {
+            let reg = registry(&dir, 10);
+            assert_eq!(deploy(&reg, "good"), (1, true));
+            assert_eq!(deploy(&reg, "good"), (1, false), "unchanged: no revision");
+            let r = reg.get(&id).unwrap();
+            reg.rollout(&r, 1, RolloutState::Ready, "");
+            assert_eq!(deploy(&reg, "bad"), (2, true));
+            assert_eq!(
+                r.desired().revision,
+                2,
+                "the newest runs while it rolls out"
+            );
+            let mut events = reg.subscribe();
+            reg.rollout(&r, 2, RolloutState::Failed, "import error");
+            let d = r.desired();
+            assert_eq!(
+                (d.revision, d.serving()),
+                (1, Some(1)),
+                "back to the serving one"
+            );
+            assert_eq!(d.spec.image, "good");
+            let e = events.try_recv().unwrap();
+            assert_eq!(e.revision.unwrap().state, RolloutState::Failed);
+            assert_eq!(deploy(&reg, "bad"), (3, true), "a failed newest is retried");
+            reg.rollout(&r, 3, RolloutState::Failed, "import error");
+        }
+        let reg = registry(&dir, 10);
+        let d = reg.get(&id).unwrap().desired();
+        assert_eq!(
+            (d.revision, d.serving(), d.latest().revision),
+            (1, Some(1), 3)
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn keeps_the_newest_revisions_and_the_serving_one() {
+        let dir =
+            std::env::temp_dir().join(format!("graphene-registry-keep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let reg = registry(&dir, 2);
+        let id = FunctionRef::new("ns", "f");
+        deploy(&reg, "v1");
+        let r = reg.get(&id).unwrap();
+        reg.rollout(&r, 1, RolloutState::Ready, "");
+        for v in ["v2", "v3", "v4"] {
+            let (n, _) = deploy(&reg, v);
+            reg.rollout(&r, n, RolloutState::Failed, "no");
+        }
+        let kept: Vec<u64> = r.desired().revisions.iter().map(|s| s.revision).collect();
+        assert_eq!(kept, [4, 3, 1]);
+        assert_eq!(
+            reg.kept_digests(),
+            ["digest-v4", "digest-v3", "digest-v1"]
+                .into_iter()
+                .map(String::from)
+                .collect()
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
