@@ -2,17 +2,17 @@
 
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
+use graphene_http::HttpsConnector;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{connect::HttpConnector, Client as Hyper};
+use hyper_util::client::legacy::Client as Hyper;
 use hyper_util::rt::TokioExecutor;
 
 pub struct Client {
     pub base: String,
     token: Option<String>,
-    http: Hyper<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: Hyper<HttpsConnector, Full<Bytes>>,
 }
 
 /// A PEM file of certificates the CLI trusts besides the public roots (a
@@ -34,7 +34,7 @@ impl Client {
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("{base}: the gateway URL must start with http:// or https://");
         }
-        let connector = graphene_gateway::tls::https_connector(ca, CA_ENV)?;
+        let connector = graphene_http::https_connector(ca, CA_ENV)?;
         Ok(Self {
             base,
             token,

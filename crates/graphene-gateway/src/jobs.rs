@@ -556,7 +556,7 @@ impl<P: Provider> Gateway<P> {
     }
 
     async fn callback_loop(self: Arc<Self>, jobs: Arc<Jobs>) {
-        let http = match crate::oidc::http_client::<Full<Bytes>>(None) {
+        let http = match graphene_http::client::<Full<Bytes>>(None) {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(error = %e, "no HTTP client for callbacks");
@@ -626,10 +626,8 @@ impl<P: Provider> Gateway<P> {
     }
 }
 
-pub(crate) type Http = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
->;
+pub(crate) type Http =
+    hyper_util::client::legacy::Client<graphene_http::HttpsConnector, Full<Bytes>>;
 
 /// POSTs a job's result with OpenFaaS's callback headers.
 pub(crate) async fn deliver(http: &Http, cb: &graphene_queue::Callback) -> Result<(), String> {

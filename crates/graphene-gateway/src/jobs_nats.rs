@@ -124,7 +124,7 @@ impl<P: Provider> Gateway<P> {
     }
 
     async fn consume_callbacks(self: Arc<Self>, nats: Arc<NatsJobs>) {
-        let http = match crate::oidc::http_client(None) {
+        let http = match graphene_http::client(None) {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(error = %e, "no HTTP client for callbacks");

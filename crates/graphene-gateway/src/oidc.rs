@@ -17,8 +17,7 @@ use anyhow::{anyhow, bail, Context as _};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -140,7 +139,7 @@ pub struct Verified {
     pub roles: Vec<String>,
 }
 
-type Http = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type Http = Client<graphene_http::HttpsConnector, Empty<Bytes>>;
 
 struct Issuer {
     config: IssuerConfig,
@@ -178,7 +177,7 @@ impl Oidc {
             issuers.push(Arc::new(Issuer {
                 audience: c.audience.list(),
                 leeway,
-                http: http_client(c.ca.as_deref())?,
+                http: graphene_http::client(c.ca.as_deref())?,
                 config: c.clone(),
                 keys: Default::default(),
                 fetching: Default::default(),
@@ -418,17 +417,6 @@ fn claim_values(claims: &Value, path: &str) -> Vec<String> {
 }
 
 /// An HTTP(S) client trusting the public roots and, if given, a CA file.
-pub(crate) fn http_client<B>(
-    ca: Option<&std::path::Path>,
-) -> anyhow::Result<Client<HttpsConnector<HttpConnector>, B>>
-where
-    B: hyper::body::Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let connector = crate::tls::https_connector(ca, "ca")?;
-    Ok(Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
-}
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+pub use graphene_http::forward::Call;
+
 use crate::logs::LogBook;
 use crate::protocol::{self, RequestHeader, ResponseHeader};
 use crate::replica::Replica;
@@ -114,18 +116,7 @@ pub enum Target {
     /// A process per call (`fprocess`).
     Exec(Arc<Launch>),
     /// An HTTP service that runs elsewhere; calls are proxied to it.
-    Upstream(crate::upstream::Upstream),
-}
-
-/// A call as the local runtime serves it: the body already read (replicas
-/// take it whole).
-pub struct Call {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-    pub call_id: String,
+    Upstream(graphene_http::forward::Upstream),
 }
 
 /// What a call needs to know, swapped whole on update.

@@ -21,7 +21,6 @@ mod router;
 mod runner;
 mod sandbox;
 pub mod settings;
-mod upstream;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -312,7 +311,7 @@ impl Provider for LocalProvider {
             .versions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let target = match (image, &local.upstream) {
-            (_, Some(url)) => Target::Upstream(upstream::Upstream::new(url)),
+            (_, Some(url)) => Target::Upstream(graphene_http::forward::Upstream::new(url)),
             (None, None) => return Err(ProviderError::Internal("no image and no upstream".into())),
             (Some(image), None) => {
                 let secrets_dir = self

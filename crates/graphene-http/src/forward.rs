@@ -1,8 +1,8 @@
-//! Functions served by an HTTP service that runs elsewhere (annotation
-//! `com.graphene.upstream`): graphene adds its routing, headers, timeouts and
-//! metrics in front of, say, an existing model server.
+//! The forwarder: passes calls to an HTTP service (the local runtime's
+//! `com.graphene.upstream`, where graphene adds its routing, headers,
+//! timeouts and metrics in front of, say, an existing model server).
 //!
-//! The forwarding path is a small HTTP/1.1 client of its own: pooled
+//! It is a small HTTP/1.1 client of its own: pooled
 //! keep-alive connections, each used by one call at a time and driven by
 //! that call's task, the request written with one system call, the answer
 //! parsed in place (`httparse`), bodies by `Content-Length`, chunked
@@ -13,8 +13,6 @@ use std::sync::Mutex;
 
 use bytes::{Buf, Bytes, BytesMut};
 use graphene_core::provider::{is_hop_by_hop, InvocationResult, ProviderError};
-
-use crate::function::Call;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -25,6 +23,17 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 << 10;
 /// The largest answer body accepted from an upstream.
 const MAX_BODY: usize = 1 << 30;
+
+/// A call with its body read, as the forwarder (and a runtime that hands
+/// whole bodies to its replicas) takes it.
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub call_id: String,
+}
 
 struct Conn {
     stream: TcpStream,
