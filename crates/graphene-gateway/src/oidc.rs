@@ -416,8 +416,6 @@ fn claim_values(claims: &Value, path: &str) -> Vec<String> {
     }
 }
 
-/// An HTTP(S) client trusting the public roots and, if given, a CA file.
-
 #[cfg(test)]
 mod tests {
     use super::*;
