@@ -1,0 +1,145 @@
+//! The local runtime passes the provider conformance suite, with real
+//! Python replicas built by its own builder.
+
+use std::collections::HashMap;
+
+use graphene_core::api::FunctionDeployment;
+use graphene_core::names::FunctionRef;
+use graphene_core::provider::{BuildInput, Builder, Deployment};
+use graphene_core::settings::FunctionSettings;
+use graphene_core::stack::Lang;
+use graphene_local::{LocalBuilder, LocalConfig, LocalProvider};
+use graphene_testing::conformance::{self, Harness, Image};
+
+const HANDLER: &str = r#"import os, time
+
+VERSION = "{version}"
+
+def handle(req):
+    if req == "hang":
+        time.sleep(60)
+    if req == "slow":
+        time.sleep(1.5)
+    if req == "crash":
+        os._exit(3)
+    print("called with " + req, flush=True)
+    return VERSION
+"#;
+
+struct Local {
+    provider: LocalProvider,
+    digests: HashMap<&'static str, String>,
+}
+
+/// A function folder as the tar a build takes.
+fn folder(handler: &str) -> bytes::Bytes {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, text) in [("handler.py", handler), ("requirements.txt", "")] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, text.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap().into()
+}
+
+async fn build(builder: &LocalBuilder, image: &str, handler: &str) -> String {
+    let r = builder
+        .build(
+            BuildInput {
+                image: image.into(),
+                lang: Lang::Python3,
+                archive: folder(handler),
+            },
+            Box::new(|line| eprintln!("[build] {line}")),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert!(r.ok, "{}", r.error);
+    r.digest
+}
+
+impl Harness for Local {
+    type P = LocalProvider;
+
+    fn provider(&self) -> &LocalProvider {
+        &self.provider
+    }
+
+    fn deployment(
+        &self,
+        f: &FunctionRef,
+        revision: u64,
+        image: Image,
+        replicas: u64,
+    ) -> Deployment {
+        let name = match image {
+            Image::A => "conf-a:latest",
+            Image::B => "conf-b:latest",
+            Image::Broken => "conf-broken:latest",
+            Image::Missing => "missing:latest",
+        };
+        let map = |kv: &[(&str, &str)]| {
+            Some(
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let spec = FunctionDeployment {
+            service: f.name.clone(),
+            image: name.into(),
+            namespace: f.namespace.clone(),
+            labels: map(&[("com.openfaas.scale.max", "2")]),
+            annotations: map(&[
+                ("com.graphene.workers", "1"),
+                ("com.graphene.timeout", "3s"),
+            ]),
+            ..Default::default()
+        };
+        Deployment {
+            function: f.clone(),
+            revision,
+            settings: FunctionSettings::from_deployment(&spec).unwrap(),
+            spec,
+            image_digest: self.digests.get(name).cloned().unwrap_or_default(),
+            secrets: Vec::new(),
+            replicas,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_runtime_conforms() {
+    let dir = std::env::temp_dir().join(format!("graphene-conformance-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (provider, builder) = LocalProvider::open(LocalConfig {
+        dir: dir.join("local"),
+        python: "python3".into(),
+        // The suite is about the contract; the sandbox has tests of its own.
+        sandbox: false,
+        hidden: Vec::new(),
+    })
+    .unwrap();
+    let mut digests = HashMap::new();
+    for (image, handler) in [
+        ("conf-a:latest", HANDLER.replace("{version}", "a")),
+        ("conf-b:latest", HANDLER.replace("{version}", "b")),
+        (
+            "conf-broken:latest",
+            format!(
+                "import not_installed_anywhere\n{}",
+                HANDLER.replace("{version}", "x")
+            ),
+        ),
+    ] {
+        digests.insert(image, build(&builder, image, &handler).await);
+    }
+    let local = Local { provider, digests };
+    conformance::run(&local).await;
+    graphene_core::provider::Provider::shutdown(&local.provider).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
