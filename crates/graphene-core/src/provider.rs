@@ -283,7 +283,8 @@ pub type Progress = Box<dyn FnMut(&str) + Send>;
 pub trait Builder: Send + Sync + 'static {
     /// Builds `input` into the image it names. Images that no name refers
     /// to may be removed, except those in `keep` (digests of revisions that
-    /// serve or may be rolled back to).
+    /// serve or may be rolled back to). A failed build is an error (its
+    /// text is shown to the user as it is); a result is a success.
     fn build<'a>(
         &'a self,
         input: BuildInput,

@@ -13,9 +13,9 @@ use axum::Extension;
 use graphene_core::names::FunctionRef;
 use graphene_core::provider::{is_hop_by_hop, Invocation, Provider};
 use graphene_core::{names, DEFAULT_NAMESPACE};
-use rand::RngCore;
 
 use crate::access::{Action, Identity};
+use crate::calls;
 use crate::error::ApiError;
 use crate::Gateway;
 
@@ -33,16 +33,13 @@ pub async fn invoke<P: Provider>(
         .as_nanos();
     let (parts, body) = req.into_parts();
     let (name, ns, path) = route(parts.uri.path(), "/function/");
-    let call_id = parts
-        .headers
-        .get("x-call-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_string)
-        .unwrap_or_else(uuid_v4);
     if let Err(e) = gw.authorize(&who, Action::Invoke, ns, name) {
         return e.into_response();
     }
+    let call_id = match calls::call_id(&parts.headers) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
     let id = FunctionRef::new(ns, name);
     let known = id.validate().is_ok() && gw.registry.get(&id).is_some();
     let target = Target {
@@ -89,36 +86,8 @@ async fn call<P: Provider>(
     body: Body,
     t: &Target<'_>,
 ) -> Result<Response, ApiError> {
-    let call_id = t.call_id;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "request body is larger than the limit of {} bytes",
-                gw.config.max_body
-            ),
-        )
-    };
-    let declared = parts
-        .headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > gw.config.max_body) {
-        return Err(too_large());
-    }
-    let body = axum::body::to_bytes(body, gw.config.max_body)
-        .await
-        .map_err(|_| too_large())?;
-    let mut headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .filter(|(k, _)| !is_hop_by_hop(k.as_str()) && !is_credential(k.as_str()))
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-        .collect();
-    if !parts.headers.contains_key("x-call-id") {
-        headers.push(("x-call-id".into(), call_id.to_string()));
-    }
+    let body = calls::read_body(&parts.headers, body, gw.config.max_body).await?;
+    let headers = calls::forwarded(&parts.headers, &[], t.call_id);
     gw.metrics.started(&t.id);
     let waking = std::time::Instant::now();
     let (_load, at_zero) = gw.call_starts(&t.id).await;
@@ -133,7 +102,7 @@ async fn call<P: Provider>(
                 query: parts.uri.query().unwrap_or("").to_string(),
                 headers,
                 body: body.into(),
-                call_id: call_id.to_string(),
+                call_id: t.call_id.to_string(),
             },
         )
         .await
@@ -197,40 +166,4 @@ pub(crate) fn route<'a>(uri_path: &'a str, prefix: &str) -> (&'a str, &'a str, &
     };
     let (name, ns) = names::split_qualified(qualified);
     (name, ns.unwrap_or(DEFAULT_NAMESPACE), path)
-}
-
-/// The caller's credential is for the gateway: it never reaches a
-/// function or an upstream.
-pub(crate) fn is_credential(header: &str) -> bool {
-    header.eq_ignore_ascii_case("authorization")
-        || header.eq_ignore_ascii_case("proxy-authorization")
-}
-
-pub(crate) fn uuid_v4() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut b = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let mut out = String::with_capacity(36);
-    for (i, x) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
-        }
-        out.push(HEX[(x >> 4) as usize] as char);
-        out.push(HEX[(x & 15) as usize] as char);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn uuid_shape() {
-        let u = super::uuid_v4();
-        assert_eq!(u.len(), 36);
-        assert_eq!(u.as_bytes()[14], b'4');
-        assert_eq!(u.matches('-').count(), 4);
-        assert_ne!(u, super::uuid_v4());
-    }
 }

@@ -17,13 +17,14 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use graphene_core::names::FunctionRef;
-use graphene_core::provider::{is_hop_by_hop, Invocation, Provider, ProviderError};
+use graphene_core::provider::{Invocation, Provider, ProviderError};
 use graphene_core::DEFAULT_NAMESPACE;
 use graphene_queue::{Cancel, Jobs, NewJob, Outcome, State as JobState};
 use http_body_util::Full;
 use serde::Deserialize;
 
 use crate::access::{Action, Identity, Permit};
+use crate::calls;
 use crate::error::{ApiError, ApiResult};
 use crate::Gateway;
 
@@ -218,30 +219,8 @@ pub async fn enqueue<P: Provider>(
             Some(url.to_string())
         }
     };
-    let id = match header("x-call-id") {
-        None => crate::invoke::uuid_v4(),
-        Some(id)
-            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            id.to_string()
-        }
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "X-Call-Id: 1 to 128 visible ASCII characters",
-            ))
-        }
-    };
-    let body = axum::body::to_bytes(body, gw.config.max_body)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body is larger than the limit of {} bytes",
-                    gw.config.max_body
-                ),
-            )
-        })?;
+    let id = calls::call_id(&parts.headers)?;
+    let body = calls::read_body(&parts.headers, body, gw.config.max_body).await?;
     #[cfg(feature = "nats")]
     if let Backend::Nats(n) = &gw.jobs {
         if body.len() > n.max_body {
@@ -261,16 +240,7 @@ pub async fn enqueue<P: Provider>(
         method: parts.method.as_str().to_string(),
         path: path.to_string(),
         query: parts.uri.query().unwrap_or("").to_string(),
-        headers: parts
-            .headers
-            .iter()
-            .filter(|(k, _)| {
-                !is_hop_by_hop(k.as_str())
-                    && !crate::invoke::is_credential(k.as_str())
-                    && !NOT_STORED.contains(&k.as_str())
-            })
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect(),
+        headers: calls::forwarded(&parts.headers, NOT_STORED, &id),
         body: body.to_vec(),
         callback,
         principal: who.principal.clone(),

@@ -22,6 +22,7 @@
 mod access;
 mod admin;
 mod auth;
+mod calls;
 mod error;
 mod invoke;
 mod jobs;

@@ -144,12 +144,9 @@ impl<P: Provider> Gateway<P> {
                             if rollout.revision == d.revision
                                 && rollout.state != RolloutState::Progressing
                             {
-                                gw.registry.rollout(
-                                    &r,
-                                    rollout.revision,
-                                    rollout.state,
-                                    &rollout.reason,
-                                );
+                                gw.registry
+                                    .rollout(&r, rollout.revision, rollout.state, &rollout.reason)
+                                    .await;
                             }
                         }
                     }

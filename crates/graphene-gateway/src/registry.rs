@@ -80,8 +80,6 @@ pub struct Record {
     pub id: FunctionRef,
     pub created_at: String,
     desired: RwLock<Arc<Desired>>,
-    /// Serialises deploys, rollbacks and removal of this function.
-    pub changes: tokio::sync::Mutex<()>,
     /// Load and the autoscaler's state.
     pub scaling: Scaling,
     /// Its asynchronous calls running now.
@@ -101,13 +99,13 @@ impl Record {
         self.desired.read().expect("record lock").clone()
     }
 
-    /// Changes the desired state under its lock: a deploy and a rollout's
-    /// outcome never overwrite each other.
+    /// Changes the desired state: `f` edits a copy (and may write the
+    /// store) with no lock held, then the copy replaces it. Callers hold
+    /// the registry's write lock, so no two changes interleave.
     fn update<T>(&self, f: impl FnOnce(&mut Desired) -> T) -> T {
-        let mut guard = self.desired.write().expect("record lock");
-        let mut next = (**guard).clone();
+        let mut next = (*self.desired()).clone();
         let out = f(&mut next);
-        *guard = Arc::new(next);
+        *self.desired.write().expect("record lock") = Arc::new(next);
         out
     }
 
@@ -154,8 +152,26 @@ impl Record {
     }
 }
 
+/// A deploy as the registry records it.
+pub struct Change {
+    pub spec: FunctionDeployment,
+    /// Derived from `spec` (and checked) by the caller.
+    pub settings: FunctionSettings,
+    /// The build it runs, when a builder made it.
+    pub digest: String,
+    /// The principal deploying it.
+    pub by: String,
+    /// The earlier revision a rollback runs again.
+    pub rollback_of: Option<u64>,
+}
+
+/// Held while the registry changes (deploys, rollbacks, rollouts,
+/// removals): control-plane writes happen one at a time.
+pub type Writing<'a> = tokio::sync::MutexGuard<'a, ()>;
+
 pub struct Registry {
     store: Arc<Store>,
+    writes: tokio::sync::Mutex<()>,
     records: RwLock<HashMap<FunctionRef, Arc<Record>>>,
     events: broadcast::Sender<Event>,
     keep: usize,
@@ -203,6 +219,7 @@ impl Registry {
         let (events, _) = broadcast::channel(1024);
         let registry = Self {
             store,
+            writes: tokio::sync::Mutex::new(()),
             records: RwLock::new(HashMap::new()),
             events,
             keep: keep.max(1),
@@ -274,7 +291,6 @@ impl Registry {
             id,
             created_at,
             desired: RwLock::new(Arc::new(desired)),
-            changes: tokio::sync::Mutex::new(()),
             scaling,
             jobs_running: Default::default(),
             generation: AtomicU64::new(1),
@@ -295,6 +311,11 @@ impl Registry {
     /// Time since the registry opened: the autoscaler's clock.
     pub fn now(&self) -> std::time::Duration {
         self.epoch.elapsed()
+    }
+
+    /// The write lock every change holds.
+    pub async fn writing(&self) -> Writing<'_> {
+        self.writes.lock().await
     }
 
     pub fn get(&self, f: &FunctionRef) -> Option<Arc<Record>> {
@@ -349,24 +370,27 @@ impl Registry {
     /// Records a deploy: a new revision when it changes the function (or
     /// when the newest failed: deploying it again is a retry), else the
     /// newest revision as it is. Returns the record, the revision and
-    /// whether it is new. Call under the record's `changes` lock when it
-    /// exists.
+    /// whether it is new.
     pub fn deploy(
         &self,
+        _writing: &Writing<'_>,
         id: &FunctionRef,
-        spec: FunctionDeployment,
-        settings: FunctionSettings,
-        digest: String,
-        who: &str,
-        rollback_of: Option<u64>,
+        change: Change,
     ) -> Result<(Arc<Record>, u64, bool), rusqlite::Error> {
+        let Change {
+            spec,
+            settings,
+            digest,
+            by: who,
+            rollback_of,
+        } = change;
         let hash = spec_hash(&spec, &digest);
         let revision = |number: u64| StoredRevision {
             revision: number,
             spec: spec.clone(),
             digest: digest.clone(),
             spec_hash: hash.clone(),
-            created_by: who.to_string(),
+            created_by: who.clone(),
             created_at: graphene_core::time::now_rfc3339(),
             state: RolloutState::Progressing,
             reason: String::new(),
@@ -423,7 +447,8 @@ impl Registry {
 
     /// Records how a revision's rollout went. A failed newest revision
     /// hands the provider back to the serving one.
-    pub fn rollout(&self, r: &Record, revision: u64, state: RolloutState, reason: &str) {
+    pub async fn rollout(&self, r: &Record, revision: u64, state: RolloutState, reason: &str) {
+        let _writing = self.writing().await;
         let switched = r.update(|d| {
             let Some(stored) = d.revisions.iter_mut().find(|s| s.revision == revision) else {
                 return None; // pruned meanwhile
@@ -502,7 +527,11 @@ impl Registry {
 
     /// Removes a function from the registry (the store first); its
     /// reconciler then removes it from the provider.
-    pub fn remove(&self, id: &FunctionRef) -> Result<Option<Arc<Record>>, rusqlite::Error> {
+    pub fn remove(
+        &self,
+        _writing: &Writing<'_>,
+        id: &FunctionRef,
+    ) -> Result<Option<Arc<Record>>, rusqlite::Error> {
         if !self.store.delete_function(id)? {
             return Ok(None);
         }
@@ -562,42 +591,48 @@ mod tests {
         Registry::open(store, keep, &|_| None).unwrap()
     }
 
-    fn deploy(reg: &Registry, image: &str) -> (u64, bool) {
+    async fn deploy(reg: &Registry, image: &str) -> (u64, bool) {
         let s = spec(image);
         let settings = FunctionSettings::from_deployment(&s).unwrap();
+        let w = reg.writing().await;
+        let change = Change {
+            spec: s,
+            settings,
+            digest: format!("digest-{image}"),
+            by: "admin".into(),
+            rollback_of: None,
+        };
         let (_, n, new) = reg
-            .deploy(
-                &FunctionRef::new("ns", "f"),
-                s,
-                settings,
-                format!("digest-{image}"),
-                "admin",
-                None,
-            )
+            .deploy(&w, &FunctionRef::new("ns", "f"), change)
             .unwrap();
         (n, new)
     }
 
-    #[test]
-    fn a_failed_revision_never_replaces_the_serving_one_even_after_a_restart() {
+    #[tokio::test]
+    async fn a_failed_revision_never_replaces_the_serving_one_even_after_a_restart() {
         let dir = std::env::temp_dir().join(format!("graphene-registry-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let id = FunctionRef::new("ns", "f");
         {
             let reg = registry(&dir, 10);
-            assert_eq!(deploy(&reg, "good"), (1, true));
-            assert_eq!(deploy(&reg, "good"), (1, false), "unchanged: no revision");
+            assert_eq!(deploy(&reg, "good").await, (1, true));
+            assert_eq!(
+                deploy(&reg, "good").await,
+                (1, false),
+                "unchanged: no revision"
+            );
             let r = reg.get(&id).unwrap();
-            reg.rollout(&r, 1, RolloutState::Ready, "");
-            assert_eq!(deploy(&reg, "bad"), (2, true));
+            reg.rollout(&r, 1, RolloutState::Ready, "").await;
+            assert_eq!(deploy(&reg, "bad").await, (2, true));
             assert_eq!(
                 r.desired().revision,
                 2,
                 "the newest runs while it rolls out"
             );
             let mut events = reg.subscribe();
-            reg.rollout(&r, 2, RolloutState::Failed, "import error");
+            reg.rollout(&r, 2, RolloutState::Failed, "import error")
+                .await;
             let d = r.desired();
             assert_eq!(
                 (d.revision, d.serving()),
@@ -607,8 +642,13 @@ mod tests {
             assert_eq!(d.spec.image, "good");
             let e = events.try_recv().unwrap();
             assert_eq!(e.revision.unwrap().state, RolloutState::Failed);
-            assert_eq!(deploy(&reg, "bad"), (3, true), "a failed newest is retried");
-            reg.rollout(&r, 3, RolloutState::Failed, "import error");
+            assert_eq!(
+                deploy(&reg, "bad").await,
+                (3, true),
+                "a failed newest is retried"
+            );
+            reg.rollout(&r, 3, RolloutState::Failed, "import error")
+                .await;
         }
         let reg = registry(&dir, 10);
         let d = reg.get(&id).unwrap().desired();
@@ -619,20 +659,20 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    #[test]
-    fn keeps_the_newest_revisions_and_the_serving_one() {
+    #[tokio::test]
+    async fn keeps_the_newest_revisions_and_the_serving_one() {
         let dir =
             std::env::temp_dir().join(format!("graphene-registry-keep-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let reg = registry(&dir, 2);
         let id = FunctionRef::new("ns", "f");
-        deploy(&reg, "v1");
+        deploy(&reg, "v1").await;
         let r = reg.get(&id).unwrap();
-        reg.rollout(&r, 1, RolloutState::Ready, "");
+        reg.rollout(&r, 1, RolloutState::Ready, "").await;
         for v in ["v2", "v3", "v4"] {
-            let (n, _) = deploy(&reg, v);
-            reg.rollout(&r, n, RolloutState::Failed, "no");
+            let (n, _) = deploy(&reg, v).await;
+            reg.rollout(&r, n, RolloutState::Failed, "no").await;
         }
         let kept: Vec<u64> = r.desired().revisions.iter().map(|s| s.revision).collect();
         assert_eq!(kept, [4, 3, 1]);

@@ -89,95 +89,105 @@ impl Store {
         Ok(Self { db: Mutex::new(db) })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.db.lock().expect("store lock")
+    /// Runs `f` on the connection. Every write is fsynced, so on a
+    /// multi-threaded runtime the worker thread hands its other tasks over
+    /// first: the database never stalls the async runtime.
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        let run = || f(&mut self.db.lock().expect("store lock"));
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+            _ => run(),
+        }
     }
 
     pub fn functions(&self, namespace: Option<&str>) -> Result<Vec<StoredFunction>> {
-        let db = self.db();
-        let mut stmt = db.prepare(
-            "SELECT namespace, spec, replicas, created_at FROM functions
-             WHERE ?1 IS NULL OR namespace = ?1 ORDER BY namespace, name",
-        )?;
-        let rows = stmt.query_map(params![namespace], |r| {
-            let spec: String = r.get(1)?;
-            Ok(StoredFunction {
-                namespace: r.get(0)?,
-                spec: serde_json::from_str(&spec).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        1,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
-                })?,
-                replicas: r.get::<_, Option<i64>>(2)?.map(|n| n as u64),
-                created_at: r.get(3)?,
-            })
-        })?;
-        rows.collect()
+        self.with(|db| {
+            let mut stmt = db.prepare(
+                "SELECT namespace, spec, replicas, created_at FROM functions
+                 WHERE ?1 IS NULL OR namespace = ?1 ORDER BY namespace, name",
+            )?;
+            let rows = stmt.query_map(params![namespace], |r| {
+                let spec: String = r.get(1)?;
+                Ok(StoredFunction {
+                    namespace: r.get(0)?,
+                    spec: serde_json::from_str(&spec).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            1,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?,
+                    replicas: r.get::<_, Option<i64>>(2)?.map(|n| n as u64),
+                    created_at: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
     }
 
     /// A function's kept revisions, newest first.
     pub fn revisions(&self, f: &FunctionRef) -> Result<Vec<StoredRevision>> {
-        let db = self.db();
-        let mut stmt = db.prepare(
-            "SELECT revision, spec, digest, spec_hash, created_by, created_at, state, reason, rollback_of
-             FROM revisions WHERE namespace = ?1 AND name = ?2 ORDER BY revision DESC",
-        )?;
-        let rows = stmt.query_map(params![f.namespace, f.name], |r| {
-            let spec: String = r.get(1)?;
-            let state: String = r.get(6)?;
-            Ok(StoredRevision {
-                revision: r.get::<_, i64>(0)? as u64,
-                spec: serde_json::from_str(&spec).map_err(|e| conversion(e.to_string()))?,
-                digest: r.get(2)?,
-                spec_hash: r.get(3)?,
-                created_by: r.get(4)?,
-                created_at: r.get(5)?,
-                state: state_of(&state),
-                reason: r.get(7)?,
-                rollback_of: r.get::<_, Option<i64>>(8)?.map(|n| n as u64),
-            })
-        })?;
-        rows.collect()
+        self.with(|db| {
+            let mut stmt = db.prepare(
+                "SELECT revision, spec, digest, spec_hash, created_by, created_at, state, reason, rollback_of
+                 FROM revisions WHERE namespace = ?1 AND name = ?2 ORDER BY revision DESC",
+            )?;
+            let rows = stmt.query_map(params![f.namespace, f.name], |r| {
+                let spec: String = r.get(1)?;
+                let state: String = r.get(6)?;
+                Ok(StoredRevision {
+                    revision: r.get::<_, i64>(0)? as u64,
+                    spec: serde_json::from_str(&spec).map_err(|e| conversion(e.to_string()))?,
+                    digest: r.get(2)?,
+                    spec_hash: r.get(3)?,
+                    created_by: r.get(4)?,
+                    created_at: r.get(5)?,
+                    state: state_of(&state),
+                    reason: r.get(7)?,
+                    rollback_of: r.get::<_, Option<i64>>(8)?.map(|n| n as u64),
+                })
+            })?;
+            rows.collect()
+        })
     }
 
     /// Stores a new revision and makes its spec the function's, creating
     /// the function when new, in one transaction. Returns the creation time.
     pub fn put_revision(&self, f: &FunctionRef, r: &StoredRevision) -> Result<String> {
-        let json = serde_json::to_string(&r.spec).expect("a deployment serialises");
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        tx.execute(
-            "INSERT INTO functions (namespace, name, spec, replicas, created_at) VALUES (?1, ?2, ?3, NULL, ?4)
-             ON CONFLICT (namespace, name) DO UPDATE SET spec = excluded.spec",
-            params![f.namespace, f.name, json, r.created_at],
-        )?;
-        tx.execute(
-            "INSERT OR REPLACE INTO revisions (namespace, name, revision, spec, digest, spec_hash,
-                created_by, created_at, state, reason, rollback_of)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                f.namespace,
-                f.name,
-                r.revision as i64,
-                json,
-                r.digest,
-                r.spec_hash,
-                r.created_by,
-                r.created_at,
-                r.state.as_str(),
-                r.reason,
-                r.rollback_of.map(|n| n as i64)
-            ],
-        )?;
-        let created: String = tx.query_row(
-            "SELECT created_at FROM functions WHERE namespace = ?1 AND name = ?2",
-            params![f.namespace, f.name],
-            |row| row.get(0),
-        )?;
-        tx.commit()?;
-        Ok(created)
+        self.with(|db| {
+            let json = serde_json::to_string(&r.spec).expect("a deployment serialises");
+            let tx = db.transaction()?;
+            tx.execute(
+                "INSERT INTO functions (namespace, name, spec, replicas, created_at) VALUES (?1, ?2, ?3, NULL, ?4)
+                 ON CONFLICT (namespace, name) DO UPDATE SET spec = excluded.spec",
+                params![f.namespace, f.name, json, r.created_at],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO revisions (namespace, name, revision, spec, digest, spec_hash,
+                    created_by, created_at, state, reason, rollback_of)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    f.namespace,
+                    f.name,
+                    r.revision as i64,
+                    json,
+                    r.digest,
+                    r.spec_hash,
+                    r.created_by,
+                    r.created_at,
+                    r.state.as_str(),
+                    r.reason,
+                    r.rollback_of.map(|n| n as i64)
+                ],
+            )?;
+            let created: String = tx.query_row(
+                "SELECT created_at FROM functions WHERE namespace = ?1 AND name = ?2",
+                params![f.namespace, f.name],
+                |row| row.get(0),
+            )?;
+            tx.commit()?;
+            Ok(created)
+        })
     }
 
     pub fn set_rollout(
@@ -187,81 +197,91 @@ impl Store {
         state: RolloutState,
         reason: &str,
     ) -> Result<()> {
-        self.db().execute(
-            "UPDATE revisions SET state = ?4, reason = ?5 WHERE namespace = ?1 AND name = ?2 AND revision = ?3",
-            params![f.namespace, f.name, revision as i64, state.as_str(), reason],
-        )?;
-        Ok(())
+        self.with(|db| {
+            db.execute(
+                "UPDATE revisions SET state = ?4, reason = ?5 WHERE namespace = ?1 AND name = ?2 AND revision = ?3",
+                params![f.namespace, f.name, revision as i64, state.as_str(), reason],
+            )?;
+            Ok(())
+        })
     }
 
     /// Forgets the revisions not in `keep`.
     pub fn prune_revisions(&self, f: &FunctionRef, keep: &[u64]) -> Result<()> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let kept: Vec<i64> = keep.iter().map(|n| *n as i64).collect();
-        let all: Vec<i64> = {
-            let mut stmt =
-                tx.prepare("SELECT revision FROM revisions WHERE namespace = ?1 AND name = ?2")?;
-            let rows = stmt.query_map(params![f.namespace, f.name], |r| r.get(0))?;
-            rows.collect::<Result<_>>()?
-        };
-        for n in all.into_iter().filter(|n| !kept.contains(n)) {
-            tx.execute(
-                "DELETE FROM revisions WHERE namespace = ?1 AND name = ?2 AND revision = ?3",
-                params![f.namespace, f.name, n],
-            )?;
-        }
-        tx.commit()
+        self.with(|db| {
+            let tx = db.transaction()?;
+            let kept: Vec<i64> = keep.iter().map(|n| *n as i64).collect();
+            let all: Vec<i64> = {
+                let mut stmt = tx
+                    .prepare("SELECT revision FROM revisions WHERE namespace = ?1 AND name = ?2")?;
+                let rows = stmt.query_map(params![f.namespace, f.name], |r| r.get(0))?;
+                rows.collect::<Result<_>>()?
+            };
+            for n in all.into_iter().filter(|n| !kept.contains(n)) {
+                tx.execute(
+                    "DELETE FROM revisions WHERE namespace = ?1 AND name = ?2 AND revision = ?3",
+                    params![f.namespace, f.name, n],
+                )?;
+            }
+            tx.commit()
+        })
     }
 
     pub fn set_replicas(&self, f: &FunctionRef, replicas: u64) -> Result<()> {
-        self.db().execute(
-            "UPDATE functions SET replicas = ?3 WHERE namespace = ?1 AND name = ?2",
-            params![f.namespace, f.name, replicas as i64],
-        )?;
-        Ok(())
+        self.with(|db| {
+            db.execute(
+                "UPDATE functions SET replicas = ?3 WHERE namespace = ?1 AND name = ?2",
+                params![f.namespace, f.name, replicas as i64],
+            )?;
+            Ok(())
+        })
     }
 
     /// Removes a function with its revisions.
     pub fn delete_function(&self, f: &FunctionRef) -> Result<bool> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let n = tx.execute(
-            "DELETE FROM functions WHERE namespace = ?1 AND name = ?2",
-            params![f.namespace, f.name],
-        )?;
-        tx.execute(
-            "DELETE FROM revisions WHERE namespace = ?1 AND name = ?2",
-            params![f.namespace, f.name],
-        )?;
-        tx.commit()?;
-        Ok(n > 0)
+        self.with(|db| {
+            let tx = db.transaction()?;
+            let n = tx.execute(
+                "DELETE FROM functions WHERE namespace = ?1 AND name = ?2",
+                params![f.namespace, f.name],
+            )?;
+            tx.execute(
+                "DELETE FROM revisions WHERE namespace = ?1 AND name = ?2",
+                params![f.namespace, f.name],
+            )?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
     }
 
     pub fn namespaces(&self) -> Result<Vec<String>> {
-        let db = self.db();
-        let mut stmt = db.prepare(
-            "SELECT namespace FROM functions UNION SELECT namespace FROM secrets ORDER BY 1",
-        )?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        rows.collect()
+        self.with(|db| {
+            let mut stmt = db.prepare(
+                "SELECT namespace FROM functions UNION SELECT namespace FROM secrets ORDER BY 1",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
     }
 
     pub fn secret_names(&self, namespace: &str) -> Result<Vec<String>> {
-        let db = self.db();
-        let mut stmt = db.prepare("SELECT name FROM secrets WHERE namespace = ?1 ORDER BY name")?;
-        let rows = stmt.query_map([namespace], |r| r.get(0))?;
-        rows.collect()
+        self.with(|db| {
+            let mut stmt =
+                db.prepare("SELECT name FROM secrets WHERE namespace = ?1 ORDER BY name")?;
+            let rows = stmt.query_map([namespace], |r| r.get(0))?;
+            rows.collect()
+        })
     }
 
     pub fn secret(&self, namespace: &str, name: &str) -> Result<Option<Vec<u8>>> {
-        self.db()
-            .query_row(
+        self.with(|db| {
+            db.query_row(
                 "SELECT value FROM secrets WHERE namespace = ?1 AND name = ?2",
                 params![namespace, name],
                 |r| r.get(0),
             )
             .optional()
+        })
     }
 
     /// Creates (`replace = false`, failing if it exists) or replaces
@@ -274,44 +294,50 @@ impl Store {
         value: &[u8],
         replace: bool,
     ) -> Result<bool> {
-        let db = self.db();
-        let n = if replace {
-            db.execute(
-                "UPDATE secrets SET value = ?3 WHERE namespace = ?1 AND name = ?2",
-                params![namespace, name, value],
-            )?
-        } else {
-            db.execute(
-                "INSERT OR IGNORE INTO secrets (namespace, name, value, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![namespace, name, value, graphene_core::time::now_rfc3339()],
-            )?
-        };
-        Ok(n > 0)
+        self.with(|db| {
+            let n = if replace {
+                db.execute(
+                    "UPDATE secrets SET value = ?3 WHERE namespace = ?1 AND name = ?2",
+                    params![namespace, name, value],
+                )?
+            } else {
+                db.execute(
+                    "INSERT OR IGNORE INTO secrets (namespace, name, value, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![namespace, name, value, graphene_core::time::now_rfc3339()],
+                )?
+            };
+            Ok(n > 0)
+        })
     }
 
     pub fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool> {
-        Ok(self.db().execute(
-            "DELETE FROM secrets WHERE namespace = ?1 AND name = ?2",
-            params![namespace, name],
-        )? > 0)
+        self.with(|db| {
+            Ok(db.execute(
+                "DELETE FROM secrets WHERE namespace = ?1 AND name = ?2",
+                params![namespace, name],
+            )? > 0)
+        })
     }
 
     pub fn credential_hash(&self, name: &str) -> Result<Option<String>> {
-        self.db()
-            .query_row(
+        self.with(|db| {
+            db.query_row(
                 "SELECT hash FROM credentials WHERE name = ?1",
                 [name],
                 |r| r.get(0),
             )
             .optional()
+        })
     }
 
     pub fn put_credential(&self, name: &str, hash: &str) -> Result<()> {
-        self.db().execute(
-            "INSERT OR REPLACE INTO credentials (name, hash, created_at) VALUES (?1, ?2, ?3)",
-            params![name, hash, graphene_core::time::now_rfc3339()],
-        )?;
-        Ok(())
+        self.with(|db| {
+            db.execute(
+                "INSERT OR REPLACE INTO credentials (name, hash, created_at) VALUES (?1, ?2, ?3)",
+                params![name, hash, graphene_core::time::now_rfc3339()],
+            )?;
+            Ok(())
+        })
     }
 }
 
@@ -349,25 +375,26 @@ fn conversion(e: String) -> rusqlite::Error {
 impl Store {
     /// Appends to the audit trail.
     pub fn audit(&self, e: &AuditEntry) -> Result<()> {
-        audit(&self.db(), e)
+        self.with(|db| audit(db, e))
     }
 
     /// The newest entries first.
     pub fn audit_trail(&self, limit: usize) -> Result<Vec<AuditEntry>> {
-        let db = self.db();
-        let mut stmt = db.prepare(
-            "SELECT at, principal, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map([limit as i64], |r| {
-            Ok(AuditEntry {
-                at: r.get(0)?,
-                principal: r.get(1)?,
-                action: r.get(2)?,
-                target: r.get(3)?,
-                detail: r.get(4)?,
-            })
-        })?;
-        rows.collect()
+        self.with(|db| {
+            let mut stmt = db.prepare(
+                "SELECT at, principal, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit as i64], |r| {
+                Ok(AuditEntry {
+                    at: r.get(0)?,
+                    principal: r.get(1)?,
+                    action: r.get(2)?,
+                    target: r.get(3)?,
+                    detail: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
     }
 
     /// Stores a token's hash with its grants and the audit line, at once.
@@ -379,107 +406,113 @@ impl Store {
         grants: &[Grant],
         entry: &AuditEntry,
     ) -> Result<bool> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let n = tx.execute(
-            "INSERT OR IGNORE INTO tokens (name, hash, owner, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![t.name, hash, t.owner, t.created_at, t.expires_at.map(|e| e as i64)],
-        )?;
-        if n == 0 {
-            return Ok(false);
-        }
-        for g in grants {
-            put_grant(&tx, g)?;
-        }
-        audit(&tx, entry)?;
-        tx.commit()?;
-        Ok(true)
+        self.with(|db| {
+            let tx = db.transaction()?;
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO tokens (name, hash, owner, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.name, hash, t.owner, t.created_at, t.expires_at.map(|e| e as i64)],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            for g in grants {
+                put_grant(&tx, g)?;
+            }
+            audit(&tx, entry)?;
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     /// Removes a token and the grants made to it. False if there was none.
     pub fn revoke_token(&self, name: &str, entry: &AuditEntry) -> Result<bool> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        if tx.execute("DELETE FROM tokens WHERE name = ?1", [name])? == 0 {
-            return Ok(false);
-        }
-        tx.execute(
-            "DELETE FROM grants WHERE principal = ?1",
-            [format!("token:{name}")],
-        )?;
-        audit(&tx, entry)?;
-        tx.commit()?;
-        Ok(true)
+        self.with(|db| {
+            let tx = db.transaction()?;
+            if tx.execute("DELETE FROM tokens WHERE name = ?1", [name])? == 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "DELETE FROM grants WHERE principal = ?1",
+                [format!("token:{name}")],
+            )?;
+            audit(&tx, entry)?;
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     /// Every token by hash.
     pub fn tokens(&self) -> Result<Vec<(String, TokenRecord)>> {
-        let db = self.db();
-        let mut stmt = db.prepare(
-            "SELECT hash, name, owner, created_at, expires_at FROM tokens ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                TokenRecord {
-                    name: r.get(1)?,
-                    owner: r.get(2)?,
-                    created_at: r.get(3)?,
-                    expires_at: r.get::<_, Option<i64>>(4)?.map(|e| e as u64),
-                },
-            ))
-        })?;
-        rows.collect()
+        self.with(|db| {
+            let mut stmt = db.prepare(
+                "SELECT hash, name, owner, created_at, expires_at FROM tokens ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    TokenRecord {
+                        name: r.get(1)?,
+                        owner: r.get(2)?,
+                        created_at: r.get(3)?,
+                        expires_at: r.get::<_, Option<i64>>(4)?.map(|e| e as u64),
+                    },
+                ))
+            })?;
+            rows.collect()
+        })
     }
 
     pub fn add_grant(&self, g: &Grant, entry: &AuditEntry) -> Result<()> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        put_grant(&tx, g)?;
-        audit(&tx, entry)?;
-        tx.commit()
+        self.with(|db| {
+            let tx = db.transaction()?;
+            put_grant(&tx, g)?;
+            audit(&tx, entry)?;
+            tx.commit()
+        })
     }
 
     pub fn remove_grant(&self, id: &str, entry: &AuditEntry) -> Result<bool> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        if tx.execute("DELETE FROM grants WHERE id = ?1", [id])? == 0 {
-            return Ok(false);
-        }
-        audit(&tx, entry)?;
-        tx.commit()?;
-        Ok(true)
+        self.with(|db| {
+            let tx = db.transaction()?;
+            if tx.execute("DELETE FROM grants WHERE id = ?1", [id])? == 0 {
+                return Ok(false);
+            }
+            audit(&tx, entry)?;
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     pub fn grants(&self) -> Result<Vec<Grant>> {
-        let db = self.db();
-        let mut stmt = db.prepare(
-            "SELECT id, principal, actions, resource, rate, burst, created_at, created_by
-             FROM grants ORDER BY created_at, id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let actions: String = r.get(2)?;
-            let resource: String = r.get(3)?;
-            let rate: Option<String> = r.get(4)?;
-            let burst: Option<i64> = r.get(5)?;
-            Ok(Grant {
-                id: r.get(0)?,
-                principal: r.get(1)?,
-                actions: actions
-                    .split(',')
-                    .map(Action::parse)
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(conversion)?,
-                resource: Resource::parse(&resource).map_err(conversion)?,
-                rate: rate
-                    .map(|r| Rate::parse(&r, burst.map(|b| b as u64)))
-                    .transpose()
-                    .map_err(conversion)?,
-                created_at: r.get(6)?,
-                created_by: r.get(7)?,
-            })
-        })?;
-        rows.collect()
+        self.with(|db| {
+            let mut stmt = db.prepare(
+                "SELECT id, principal, actions, resource, rate, burst, created_at, created_by
+                 FROM grants ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let actions: String = r.get(2)?;
+                let resource: String = r.get(3)?;
+                let rate: Option<String> = r.get(4)?;
+                let burst: Option<i64> = r.get(5)?;
+                Ok(Grant {
+                    id: r.get(0)?,
+                    principal: r.get(1)?,
+                    actions: actions
+                        .split(',')
+                        .map(Action::parse)
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(conversion)?,
+                    resource: Resource::parse(&resource).map_err(conversion)?,
+                    rate: rate
+                        .map(|r| Rate::parse(&r, burst.map(|b| b as u64)))
+                        .transpose()
+                        .map_err(conversion)?,
+                    created_at: r.get(6)?,
+                    created_by: r.get(7)?,
+                })
+            })?;
+            rows.collect()
+        })
     }
 }
 

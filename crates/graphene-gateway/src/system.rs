@@ -152,11 +152,8 @@ impl<P: Provider> Gateway<P> {
                 .unwrap_or_default(),
             None => self.builder.resolve(&spec.image).unwrap_or_default(),
         };
+        let writing = self.registry.writing().await;
         let existing = self.registry.get(id);
-        let _one = match &existing {
-            Some(r) => Some(r.changes.lock().await),
-            None => None,
-        };
         self.provider.check(&graphene_core::provider::Deployment {
             function: id.clone(),
             revision: 0,
@@ -166,14 +163,15 @@ impl<P: Provider> Gateway<P> {
             secrets: self.secrets_of(&id.namespace, &spec.secrets)?,
             replicas: 0,
         })?;
-        let (record, revision, new) = self.registry.deploy(
-            id,
-            spec.clone(),
+        let change = crate::registry::Change {
+            spec: spec.clone(),
             settings,
             digest,
-            &who.principal,
+            by: who.principal.clone(),
             rollback_of,
-        )?;
+        };
+        let (record, revision, new) = self.registry.deploy(&writing, id, change)?;
+        drop(writing);
         if existing.is_none() {
             self.start_reconciler(record.clone());
         }
@@ -309,7 +307,7 @@ pub async fn delete<P: Provider>(
     if req.function_name.is_empty() {
         return Err(ApiError::bad_request("functionName: must not be empty"));
     }
-    let (id, r) = target(
+    let (id, _) = target(
         &gw,
         &who,
         Action::Deploy,
@@ -317,10 +315,12 @@ pub async fn delete<P: Provider>(
         &req.namespace,
         &q,
     )?;
-    let _one = r.changes.lock().await;
     // Gone from the registry first; its reconciler removes it from the
     // provider (until that succeeds).
-    if gw.registry.remove(&id)?.is_none() {
+    let writing = gw.registry.writing().await;
+    let removed = gw.registry.remove(&writing, &id)?;
+    drop(writing);
+    if removed.is_none() {
         return Err(ApiError::no_function(&id.name, &id.namespace));
     }
     gw.reload_access()?;

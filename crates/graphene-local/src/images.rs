@@ -93,7 +93,9 @@ impl ImageStore {
     }
 
     /// Builds an image, one build at a time. Images that no name refers to
-    /// and whose digest is not in `keep` are removed first.
+    /// and whose digest is not in `keep` are removed first. A build that
+    /// fails (a bad archive, pip) is an error whose text is for the user;
+    /// a result is always a success.
     pub async fn build(
         &self,
         input: BuildInput,
@@ -134,13 +136,7 @@ impl ImageStore {
             std::fs::rename(&staging, &dir).map_err(internal)?;
             if let Err(e) = self.prepare(&dir, input.lang, &mut progress).await {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Ok(BuildResult {
-                    ok: false,
-                    image: input.image,
-                    digest,
-                    cached: false,
-                    error: e,
-                });
+                return Err(ProviderError::Invalid(e));
             }
             let meta = Image {
                 name: input.image.clone(),
