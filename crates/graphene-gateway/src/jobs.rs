@@ -6,9 +6,15 @@
 //! backoff; the result is kept for `GET /async-function/status/<id>` and
 //! POSTed to `X-Callback-Url` (itself retried). A job is run at least once:
 //! one whose gateway died while it ran is run again.
+//!
+//! There is one dispatcher whatever the backend: it claims deliveries from
+//! the `graphene_queue::JobQueue` (SQLite or NATS JetStream), keeps their
+//! leases while they run, and settles them; the same failure ends the same
+//! way on both.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -19,7 +25,7 @@ use axum::{Extension, Json};
 use graphene_core::names::FunctionRef;
 use graphene_core::provider::{Invocation, Provider, ProviderError};
 use graphene_core::DEFAULT_NAMESPACE;
-use graphene_queue::{Cancel, Jobs, NewJob, Outcome, State as JobState};
+use graphene_queue::{Cancel, Delivery, NewJob, Outcome, Room, State as JobState};
 use http_body_util::Full;
 use serde::Deserialize;
 
@@ -51,90 +57,13 @@ pub(crate) enum Decision {
     Finish { succeeded: bool, outcome: Outcome },
 }
 
-/// Where jobs are kept: the state directory's database, or NATS JetStream.
-pub enum Backend {
-    Embedded(Arc<Jobs>),
-    #[cfg(feature = "nats")]
-    Nats(Arc<graphene_queue::nats::NatsJobs>),
-}
-
-#[cfg(feature = "nats")]
+/// A backend failure: logged; the caller gets a 503.
 fn unavailable(e: String) -> ApiError {
     tracing::warn!(error = %e, "job queue");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "the job queue is unavailable; try again shortly",
     )
-}
-
-impl Backend {
-    pub async fn open(
-        state_dir: &std::path::Path,
-        queue: Option<&str>,
-        result_limit: usize,
-    ) -> anyhow::Result<Self> {
-        match queue {
-            None => Ok(Backend::Embedded(Arc::new(Jobs::open(
-                &state_dir.join("jobs.db"),
-                result_limit,
-            )?))),
-            #[cfg(feature = "nats")]
-            Some(url) => Ok(Backend::Nats(Arc::new(
-                graphene_queue::nats::NatsJobs::connect(url, result_limit)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e))?,
-            ))),
-            #[cfg(not(feature = "nats"))]
-            Some(url) => anyhow::bail!(
-                "--queue {url}: this graphene was built without NATS support (cargo build --features nats)"
-            ),
-        }
-    }
-
-    async fn enqueue(&self, job: NewJob) -> ApiResult<Option<String>> {
-        match self {
-            Backend::Embedded(j) => Ok(blocking(j, move |j| j.enqueue(&job, now_ms())).await?),
-            #[cfg(feature = "nats")]
-            Backend::Nats(n) => n.enqueue(&job, now_ms()).await.map_err(unavailable),
-        }
-    }
-
-    async fn status(&self, id: &str) -> ApiResult<Option<graphene_queue::JobStatus>> {
-        let id = id.to_string();
-        match self {
-            Backend::Embedded(j) => Ok(blocking(j, move |j| j.status(&id)).await?),
-            #[cfg(feature = "nats")]
-            Backend::Nats(n) => n.status(&id).await.map_err(unavailable),
-        }
-    }
-
-    async fn cancel(&self, id: &str) -> ApiResult<Cancel> {
-        let id = id.to_string();
-        match self {
-            Backend::Embedded(j) => Ok(blocking(j, move |j| j.cancel(&id, now_ms())).await?),
-            #[cfg(feature = "nats")]
-            Backend::Nats(n) => n.cancel(&id, now_ms()).await.map_err(unavailable),
-        }
-    }
-
-    async fn list(
-        &self,
-        ns: String,
-        function: Option<String>,
-        state: Option<JobState>,
-        limit: usize,
-    ) -> ApiResult<Vec<graphene_queue::JobStatus>> {
-        match self {
-            Backend::Embedded(j) => {
-                Ok(blocking(j, move |j| j.list(&ns, function.as_deref(), state, limit)).await?)
-            }
-            #[cfg(feature = "nats")]
-            Backend::Nats(n) => n
-                .list(&ns, function.as_deref(), state, limit)
-                .await
-                .map_err(unavailable),
-        }
-    }
 }
 
 /// The dispatcher's global counts and wake-ups; each function's own
@@ -158,17 +87,20 @@ impl Drop for Running {
 
 impl<P: Provider> Gateway<P> {
     /// Room for more jobs per function, at most `free` in all.
-    fn room(&self, free: usize) -> Vec<((String, String), usize)> {
+    fn room(&self, free: usize) -> Vec<Room> {
         let mut left = free;
         let mut out = Vec::new();
         for r in self.registry.list(None) {
-            let n = (r
-                .async_concurrency()
-                .saturating_sub(r.jobs_running.load(Ordering::Acquire))
-                as usize)
+            let concurrency = r.async_concurrency();
+            let n = (concurrency.saturating_sub(r.jobs_running.load(Ordering::Acquire)) as usize)
                 .min(left);
             left -= n;
-            out.push(((r.id.namespace.clone(), r.id.name.clone()), n));
+            out.push(Room {
+                namespace: r.id.namespace.clone(),
+                function: r.id.name.clone(),
+                concurrency,
+                free: n,
+            });
         }
         out
     }
@@ -179,17 +111,6 @@ impl<P: Provider> Gateway<P> {
         c.fetch_add(1, Ordering::AcqRel);
         Some(Running(c))
     }
-}
-
-/// Runs a job-store call off the async threads (each write is fsynced).
-async fn blocking<T: Send + 'static>(
-    jobs: &Arc<Jobs>,
-    f: impl FnOnce(&Jobs) -> rusqlite::Result<T> + Send + 'static,
-) -> rusqlite::Result<T> {
-    let jobs = jobs.clone();
-    tokio::task::spawn_blocking(move || f(&jobs))
-        .await
-        .unwrap_or_else(|e| Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
 }
 
 /// `POST /async-function/<name>[.<namespace>][/<path>]`.
@@ -221,17 +142,13 @@ pub async fn enqueue<P: Provider>(
     };
     let id = calls::call_id(&parts.headers)?;
     let body = calls::read_body(&parts.headers, body, gw.config.max_body).await?;
-    #[cfg(feature = "nats")]
-    if let Backend::Nats(n) = &gw.jobs {
-        if body.len() > n.max_body {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body is larger than the {} bytes a job can carry through NATS (its max_payload)",
-                    n.max_body
-                ),
-            ));
-        }
+    if let Some(limit) = gw.jobs.max_body().filter(|l| body.len() > *l) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is larger than the {limit} bytes a job can carry in this job queue (NATS: its max_payload)"
+            ),
+        ));
     }
     let job = NewJob {
         id: id.clone(),
@@ -246,7 +163,7 @@ pub async fn enqueue<P: Provider>(
         principal: who.principal.clone(),
         retry,
     };
-    match gw.jobs.enqueue(job).await? {
+    match gw.jobs.enqueue(job, now_ms()).await.map_err(unavailable)? {
         None => {
             gw.dispatch.wake.notify_one();
             tracing::debug!(call_id = %id, function = %name, "job accepted");
@@ -274,7 +191,7 @@ impl<P: Provider> Gateway<P> {
         id: &str,
         action: Action,
     ) -> ApiResult<graphene_queue::JobStatus> {
-        let found = self.jobs.status(id).await?;
+        let found = self.jobs.status(id).await.map_err(unavailable)?;
         let missing = || ApiError::not_found(format!("no job with call id {id}"));
         let Some(s) = found else {
             self.signed_in(who)?;
@@ -291,16 +208,10 @@ impl<P: Provider> Gateway<P> {
 
     /// A removed function's queued jobs end as cancelled.
     pub(crate) async fn cancel_jobs_of(&self, f: &FunctionRef) {
-        let cancelled = match &self.jobs {
-            Backend::Embedded(j) => {
-                let (ns, name) = (f.namespace.clone(), f.name.clone());
-                blocking(j, move |j| j.cancel_function(&ns, &name, now_ms()))
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            #[cfg(feature = "nats")]
-            Backend::Nats(n) => n.cancel_function(&f.namespace, &f.name, now_ms()).await,
-        };
+        let cancelled = self
+            .jobs
+            .cancel_function(&f.namespace, &f.name, now_ms())
+            .await;
         match cancelled {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "cancelled the queued jobs of a removed function"),
@@ -308,17 +219,12 @@ impl<P: Provider> Gateway<P> {
         }
     }
 
-    /// Starts the dispatcher, the callback sender and the cleaner.
+    /// Starts the one dispatcher (whatever the backend) and the callback
+    /// sender.
     pub(crate) fn start_jobs(self: &Arc<Self>) {
-        let jobs = match &self.jobs {
-            Backend::Embedded(j) => j.clone(),
-            #[cfg(feature = "nats")]
-            Backend::Nats(n) => return self.start_nats_jobs(n.clone()),
-        };
         let gw = self.clone();
-        let j = jobs.clone();
         tokio::spawn(async move {
-            match blocking(&j, |j| j.requeue_running(now_ms())).await {
+            match gw.jobs.recover(now_ms()).await {
                 Ok(n) if n > 0 => tracing::info!(
                     jobs = n,
                     "queued again the jobs that were running when the server stopped"
@@ -326,30 +232,19 @@ impl<P: Provider> Gateway<P> {
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "could not requeue running jobs"),
             }
-            gw.dispatch_loop(j).await;
+            gw.dispatch_loop().await;
         });
         let gw = self.clone();
-        let j = jobs.clone();
-        tokio::spawn(async move { gw.callback_loop(j).await });
-        let gw = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let before = now_ms().saturating_sub(gw.config.job_retention.as_millis() as u64);
-                if let Err(e) = blocking(&jobs, move |j| j.purge(before)).await {
-                    tracing::warn!(error = %e, "could not purge old jobs");
-                }
-                tokio::time::sleep(Duration::from_secs(60)).await;
-            }
-        });
+        tokio::spawn(async move { gw.callback_loop().await });
     }
 
-    async fn dispatch_loop(self: Arc<Self>, jobs: Arc<Jobs>) {
+    async fn dispatch_loop(self: Arc<Self>) {
         loop {
             let _ = tokio::time::timeout(Duration::from_millis(200), self.dispatch.wake.notified())
                 .await;
             let now = now_ms();
-            if let Err(e) = blocking(&jobs, move |j| j.requeue_expired(now)).await {
-                tracing::warn!(error = %e, "job store");
+            if let Err(e) = self.jobs.maintain(now, self.config.job_retention).await {
+                tracing::warn!(error = %e, "job queue upkeep");
                 continue;
             }
             let free = MAX_RUNNING.saturating_sub(self.dispatch.running.load(Ordering::Acquire));
@@ -357,18 +252,15 @@ impl<P: Provider> Gateway<P> {
                 continue;
             }
             let room = self.room(free);
-            let lease = now + LEASE.as_millis() as u64;
-            let claimed = blocking(&jobs, move |j| j.claim(now, lease, &room)).await;
-            match claimed {
+            match self.jobs.claim(&room, now, LEASE).await {
                 Ok(claimed) => {
-                    for job in claimed {
-                        let counted = self
-                            .job_starts(&FunctionRef::new(&job.new.namespace, &job.new.function));
+                    for d in claimed {
+                        let counted =
+                            self.job_starts(&FunctionRef::new(&d.job.namespace, &d.job.function));
                         self.dispatch.running.fetch_add(1, Ordering::AcqRel);
                         let gw = self.clone();
-                        let jobs = jobs.clone();
                         tokio::spawn(async move {
-                            gw.run_job(job, jobs).await;
+                            gw.run_job(d).await;
                             drop(counted);
                             gw.dispatch.running.fetch_sub(1, Ordering::AcqRel);
                             gw.dispatch.wake.notify_one();
@@ -481,39 +373,27 @@ impl<P: Provider> Gateway<P> {
         Decision::Finish { succeeded, outcome }
     }
 
-    async fn run_job(self: &Arc<Self>, job: graphene_queue::Job, jobs: Arc<Jobs>) {
-        let j = job.new;
-        let attempt = job.attempt;
-        // The lease is renewed while the call runs, however long it takes.
-        let renew = {
-            let jobs = jobs.clone();
-            let id = j.id.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(LEASE / 3).await;
-                    let ids = vec![(id.clone(), attempt)];
-                    let until = now_ms() + LEASE.as_millis() as u64;
-                    if let Err(e) = blocking(&jobs, move |q| q.extend(&ids, until)).await {
-                        tracing::warn!(error = %e, "could not renew a job's lease");
-                    }
+    async fn run_job(self: &Arc<Self>, d: Delivery) {
+        let (j, attempt) = (&d.job, d.attempt);
+        // The lease is kept while the call runs, however long it takes.
+        let keep = async {
+            loop {
+                tokio::time::sleep(LEASE / 3).await;
+                if let Err(e) = self.jobs.keep(&d, now_ms(), LEASE).await {
+                    tracing::warn!(call_id = %j.id, error = %e, "could not renew a job's lease");
                 }
-            })
-        };
-        let decision = self.attempt(&j, attempt).await;
-        let id = j.id.clone();
-        let stored = match decision {
-            Decision::Retry { wait, error } => {
-                let next = now_ms() + wait.as_millis() as u64;
-                blocking(&jobs, move |q| q.retry(&id, attempt, next, &error)).await
             }
+        };
+        let decision = tokio::select! {
+            decision = self.attempt(j, attempt) => decision,
+            _ = keep => unreachable!("keeping a lease never ends"),
+        };
+        let stored = match &decision {
+            Decision::Retry { wait, error } => self.jobs.retry(&d, *wait, error, now_ms()).await,
             Decision::Finish { succeeded, outcome } => {
-                blocking(&jobs, move |q| {
-                    q.finish(&id, attempt, succeeded, &outcome, now_ms())
-                })
-                .await
+                self.jobs.finish(&d, *succeeded, outcome, now_ms()).await
             }
         };
-        renew.abort();
         match stored {
             Ok(true) => self.dispatch.callbacks_due.notify_one(),
             Ok(false) => {
@@ -525,7 +405,7 @@ impl<P: Provider> Gateway<P> {
         }
     }
 
-    async fn callback_loop(self: Arc<Self>, jobs: Arc<Jobs>) {
+    async fn callback_loop(self: Arc<Self>) {
         let http = match graphene_http::client::<Full<Bytes>>(None) {
             Ok(h) => h,
             Err(e) => {
@@ -534,61 +414,49 @@ impl<P: Provider> Gateway<P> {
             }
         };
         // Deliveries under way, so a due callback is not sent twice at once.
-        let sending: Arc<Mutex<std::collections::HashSet<String>>> = Default::default();
+        // The query and the claim happen under this lock, which a finished
+        // delivery also takes (after recording itself), so a callback
+        // delivered meanwhile is never picked up again.
+        let sending: Arc<tokio::sync::Mutex<HashSet<String>>> = Default::default();
         loop {
             let _ = tokio::time::timeout(
                 Duration::from_millis(100),
                 self.dispatch.callbacks_due.notified(),
             )
             .await;
-            // The query and the claim happen under one lock that a finished
-            // delivery also takes (after recording itself), so a callback
-            // delivered meanwhile is never picked up again.
-            let now = now_ms();
-            let claim = {
-                let (jobs, sending) = (jobs.clone(), sending.clone());
-                tokio::task::spawn_blocking(move || {
-                    let mut sending = sending.lock().expect("callbacks lock");
-                    let free = MAX_CALLBACKS.saturating_sub(sending.len());
-                    if free == 0 {
-                        return Ok(Vec::new());
-                    }
-                    let due = jobs.callbacks_due(now, sending.len() + free)?;
-                    Ok::<_, rusqlite::Error>(
-                        due.into_iter()
-                            .filter(|cb| sending.insert(cb.id.clone()))
-                            .collect::<Vec<_>>(),
-                    )
-                })
-                .await
-            };
-            let due = match claim {
-                Ok(Ok(d)) => d,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "job store");
+            let due = {
+                let mut sending = sending.lock().await;
+                let free = MAX_CALLBACKS.saturating_sub(sending.len());
+                if free == 0 {
                     continue;
                 }
-                Err(_) => continue,
+                match self.jobs.callbacks(now_ms(), sending.len() + free).await {
+                    Ok(due) => due
+                        .into_iter()
+                        .filter(|c| sending.insert(c.callback.id.clone()))
+                        .collect::<Vec<_>>(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "job queue");
+                        continue;
+                    }
+                }
             };
-            for cb in due {
+            for c in due {
                 let gw = self.clone();
-                let jobs = jobs.clone();
                 let http = http.clone();
                 let sending = sending.clone();
                 tokio::spawn(async move {
-                    let error = deliver(&http, &cb).await.err();
+                    let cb = &c.callback;
+                    let error = deliver(&http, cb).await.err();
                     if let Some(e) = &error {
                         tracing::info!(call_id = %cb.id, url = %cb.url, error = %e, "callback not delivered; it will be tried again");
                     }
-                    let wait = Duration::from_secs((1u64 << cb.attempts.min(8)).min(300));
-                    let next = now_ms() + wait.as_millis() as u64;
-                    let id = cb.id.clone();
-                    if let Err(e) =
-                        blocking(&jobs, move |j| j.callback_done(&id, error.as_deref(), next)).await
-                    {
+                    let mut sending = sending.lock().await;
+                    if let Err(e) = gw.jobs.callback_done(&c, error.as_deref(), now_ms()).await {
                         tracing::warn!(error = %e, "could not record a callback");
                     }
-                    sending.lock().expect("callbacks lock").remove(&cb.id);
+                    sending.remove(&cb.id);
+                    drop(sending);
                     gw.dispatch.callbacks_due.notify_one();
                 });
             }
@@ -647,7 +515,7 @@ pub async fn cancel<P: Provider>(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     gw.job_for(&who, &id, Action::Invoke).await?;
-    match gw.jobs.cancel(&id).await? {
+    match gw.jobs.cancel(&id, now_ms()).await.map_err(unavailable)? {
         Cancel::Cancelled => {
             tracing::info!(call_id = %id, by = %who.principal, "job cancelled");
             Ok(StatusCode::OK.into_response())
@@ -696,8 +564,9 @@ pub async fn list<P: Provider>(
     let policy = gw.policy();
     let list: Vec<_> = gw
         .jobs
-        .list(ns, function, state, limit)
-        .await?
+        .list(&ns, function.as_deref(), state, limit)
+        .await
+        .map_err(unavailable)?
         .into_iter()
         .filter(|s| {
             s.principal == who.principal

@@ -4,7 +4,7 @@
 //! (who is calling: admin credential, API token or OIDC JWT), then
 //! `/function/*` goes to `invoke.rs` (call a function through the provider,
 //! with OpenFaaS's headers and metrics), `/async-function/*` to `jobs.rs`
-//! (durable asynchronous calls; `jobs_nats.rs` runs them from NATS),
+//! (durable asynchronous calls, one dispatcher over the queue backend),
 //! `/system/*` to `system.rs` (the OpenFaaS management API), `revisions.rs`
 //! (history, rollback, the event stream) and `admin.rs` (tokens, grants,
 //! audit). Each handler asks `access.rs` whether the caller may do its
@@ -26,8 +26,6 @@ mod calls;
 mod error;
 mod invoke;
 mod jobs;
-#[cfg(feature = "nats")]
-mod jobs_nats;
 mod metrics;
 pub mod oidc;
 pub mod proxy;
@@ -102,7 +100,7 @@ pub struct Gateway<P> {
     limiter: access::Limiter,
     oidc: oidc::Oidc,
     admin_hash: String,
-    jobs: jobs::Backend,
+    jobs: Arc<dyn graphene_queue::JobQueue>,
     dispatch: jobs::Dispatch,
 }
 
@@ -123,12 +121,13 @@ impl<P: Provider> Gateway<P> {
         let registry = Registry::open(store.clone(), config.keep_revisions, &|image| {
             builder.resolve(image)
         })?;
-        let jobs = jobs::Backend::open(
+        let jobs = graphene_queue::open(
             &config.state_dir,
             config.queue.as_deref(),
             config.job_result_limit,
         )
-        .await?;
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
         let gw = Arc::new(Self {
             jobs,
             dispatch: Default::default(),

@@ -5,8 +5,11 @@
 //! at-least-once; a finished attempt only counts if it is the job's current
 //! attempt, so a late duplicate can't overwrite a newer result.
 //!
-//! [`Jobs`] is the embedded backend: a SQLite database in the state
-//! directory. Times are Unix milliseconds.
+//! [`JobQueue`] is what the gateway's dispatcher uses; [`open`] gives the
+//! backend the `--queue` URL names. [`Jobs`] is the embedded backend's
+//! store: a SQLite database in the state directory ([`Embedded`] puts it
+//! behind the trait); `nats.rs` keeps jobs in NATS JetStream. Times are Unix
+//! milliseconds.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -17,6 +20,12 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "nats")]
 pub mod nats;
+mod queue;
+
+pub use queue::{
+    callback_backoff, open, BoxFuture, CallbackDelivery, Delivery, Embedded, JobQueue, QueueError,
+    Room,
+};
 
 type Result<T> = rusqlite::Result<T>;
 

@@ -14,6 +14,8 @@
 //!   delay; the attempt number is JetStream's delivery count.
 //! - Callbacks are messages on `GRAPHENE_CALLBACKS`, consumed the same way.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, kv, stream};
@@ -21,6 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::queue::{callback_backoff, BoxFuture, CallbackDelivery, Delivery, JobQueue, Room};
 use crate::{Callback, CallbackStatus, Cancel, JobStatus, NewJob, Outcome, State};
 
 pub use async_nats::jetstream::{message::AckKind, Message};
@@ -178,6 +181,8 @@ struct CallbackWire {
     truncated: bool,
 }
 
+type Consumer = jetstream::consumer::Consumer<pull::Config>;
+
 pub struct NatsJobs {
     js: jetstream::Context,
     kv: kv::Store,
@@ -185,6 +190,9 @@ pub struct NatsJobs {
     /// Largest request body a job may carry (the server's message size
     /// limit, less base64 and the rest of the message).
     pub max_body: usize,
+    /// Each function's consumer, with the concurrency it was made with.
+    consumers: tokio::sync::Mutex<HashMap<(String, String), (u64, Consumer)>>,
+    callbacks: tokio::sync::Mutex<Option<Consumer>>,
 }
 
 fn key(id: &str) -> String {
@@ -237,6 +245,8 @@ impl NatsJobs {
             // must fit one message.
             result_limit: result_limit.min(max_payload / 4 - (16 << 10)),
             max_body,
+            consumers: Default::default(),
+            callbacks: Default::default(),
         })
     }
 
@@ -535,7 +545,7 @@ impl NatsJobs {
         wait: Duration,
         next_at: u64,
         error: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let changed = self
             .change(id, |r| {
                 if r.status.attempts != attempt || r.status.status != "running" {
@@ -549,11 +559,12 @@ impl NatsJobs {
             .await?;
         if changed == Changed::Fenced {
             // A newer delivery owns the message: a NAK would apply to it.
-            return Ok(());
+            return Ok(false);
         }
         msg.ack_with(AckKind::Nak(Some(wait)))
             .await
-            .map_err(|e| err("scheduling a retry")(e.to_string()))
+            .map_err(|e| err("scheduling a retry")(e.to_string()))?;
+        Ok(true)
     }
 
     /// Records the outcome, queues the callback, and acknowledges the job.
@@ -565,7 +576,7 @@ impl NatsJobs {
         succeeded: bool,
         o: &Outcome,
         now: u64,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let truncated = o.body.len() > self.result_limit;
         let body = o.body[..o.body.len().min(self.result_limit)].to_vec();
         let current = self
@@ -608,13 +619,13 @@ impl NatsJobs {
             .await?;
         match current {
             // A newer delivery of this job is running: it will finish it.
-            Changed::Fenced => return Ok(()),
+            Changed::Fenced => return Ok(false),
             // Its record expired from the bucket: nothing left to record.
             Changed::Missing => {
-                return msg
-                    .ack()
+                msg.ack()
                     .await
-                    .map_err(|e| err("acknowledging a job")(e.to_string()))
+                    .map_err(|e| err("acknowledging a job")(e.to_string()))?;
+                return Ok(false);
             }
             Changed::Applied => {}
         }
@@ -629,7 +640,8 @@ impl NatsJobs {
         }
         msg.ack()
             .await
-            .map_err(|e| err("acknowledging a job")(e.to_string()))
+            .map_err(|e| err("acknowledging a job")(e.to_string()))?;
+        Ok(true)
     }
 
     /// Queues a callback (at most once per job within the stream's
@@ -713,5 +725,237 @@ impl NatsJobs {
         })
         .await
         .map(|_| ())
+    }
+}
+
+/// How long a claim waits for a function's messages.
+const FETCH_WAIT: Duration = Duration::from_millis(50);
+
+/// A delivered message: a job's, or a callback's with its delivery count.
+struct Delivered(Arc<Message>, u32);
+
+fn delivered(token: &Arc<dyn std::any::Any + Send + Sync>) -> &Delivered {
+    token
+        .downcast_ref::<Delivered>()
+        .expect("a NATS delivery's token")
+}
+
+impl NatsJobs {
+    /// A function's consumer, made (or updated) for `concurrency`.
+    async fn consumer_for(&self, r: &Room) -> Result<Consumer, Error> {
+        let key = (r.namespace.clone(), r.function.clone());
+        let mut all = self.consumers.lock().await;
+        if let Some((c, consumer)) = all.get(&key) {
+            if *c == r.concurrency {
+                return Ok(consumer.clone());
+            }
+        }
+        let consumer = self
+            .consumer(&r.namespace, &r.function, r.concurrency)
+            .await?;
+        all.insert(key, (r.concurrency, consumer.clone()));
+        Ok(consumer)
+    }
+
+    async fn fetch(consumer: &Consumer, max: usize) -> Result<Vec<Message>, Error> {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(max)
+            .expires(FETCH_WAIT)
+            .messages()
+            .await
+            .map_err(|e| err("fetching")(e.to_string()))?;
+        // A status in the batch (e.g. 409: the function's jobs already run
+        // up to its concurrency on other gateways) ends it: no more now.
+        let mut out = Vec::new();
+        while let Some(Ok(m)) = batch.next().await {
+            out.push(m);
+        }
+        Ok(out)
+    }
+}
+
+impl JobQueue for NatsJobs {
+    fn max_body(&self) -> Option<usize> {
+        Some(self.max_body)
+    }
+
+    fn enqueue<'a>(
+        &'a self,
+        job: NewJob,
+        now: u64,
+    ) -> BoxFuture<'a, Result<Option<String>, Error>> {
+        Box::pin(async move { NatsJobs::enqueue(self, &job, now).await })
+    }
+
+    fn status<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<JobStatus>, Error>> {
+        Box::pin(NatsJobs::status(self, id))
+    }
+
+    fn cancel<'a>(&'a self, id: &'a str, now: u64) -> BoxFuture<'a, Result<Cancel, Error>> {
+        Box::pin(NatsJobs::cancel(self, id, now))
+    }
+
+    fn cancel_function<'a>(
+        &'a self,
+        namespace: &'a str,
+        function: &'a str,
+        now: u64,
+    ) -> BoxFuture<'a, Result<usize, Error>> {
+        Box::pin(NatsJobs::cancel_function(self, namespace, function, now))
+    }
+
+    fn list<'a>(
+        &'a self,
+        namespace: &'a str,
+        function: Option<&'a str>,
+        state: Option<State>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<JobStatus>, Error>> {
+        Box::pin(NatsJobs::list(self, namespace, function, state, limit))
+    }
+
+    /// Nothing to do: JetStream delivers a dead gateway's jobs again after
+    /// `ack_wait`.
+    fn recover(&self, _now: u64) -> BoxFuture<'_, Result<usize, Error>> {
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    /// Nothing to do: leases are JetStream's, retention the bucket's TTL.
+    fn maintain(&self, _now: u64, _retention: Duration) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn claim<'a>(
+        &'a self,
+        room: &'a [Room],
+        now: u64,
+        _lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, Error>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for r in room.iter().filter(|r| r.free > 0) {
+                let consumer = self.consumer_for(r).await?;
+                for msg in Self::fetch(&consumer, r.free).await? {
+                    if let Some((job, attempt)) = self.begin(&msg, now).await? {
+                        out.push(Delivery {
+                            job,
+                            attempt,
+                            token: Arc::new(Delivered(Arc::new(msg), attempt)),
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn keep<'a>(
+        &'a self,
+        d: &'a Delivery,
+        _now: u64,
+        _lease: Duration,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            Self::in_progress(&delivered(&d.token).0).await;
+            Ok(())
+        })
+    }
+
+    fn retry<'a>(
+        &'a self,
+        d: &'a Delivery,
+        wait: Duration,
+        error: &'a str,
+        now: u64,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let next = now + wait.as_millis() as u64;
+            NatsJobs::retry(
+                self,
+                &delivered(&d.token).0,
+                &d.job.id,
+                d.attempt,
+                wait,
+                next,
+                error,
+            )
+            .await
+        })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        d: &'a Delivery,
+        succeeded: bool,
+        outcome: &'a Outcome,
+        now: u64,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            NatsJobs::finish(
+                self,
+                &delivered(&d.token).0,
+                &d.job.id,
+                d.attempt,
+                succeeded,
+                outcome,
+                now,
+            )
+            .await
+        })
+    }
+
+    fn callbacks(
+        &self,
+        _now: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<CallbackDelivery>, Error>> {
+        Box::pin(async move {
+            let consumer = {
+                let mut c = self.callbacks.lock().await;
+                match c.as_ref() {
+                    Some(c) => c.clone(),
+                    None => {
+                        let made = self.callback_consumer().await?;
+                        *c = Some(made.clone());
+                        made
+                    }
+                }
+            };
+            let mut out = Vec::new();
+            for msg in Self::fetch(&consumer, max.max(1)).await? {
+                match Self::callback_of(&msg) {
+                    Some((callback, attempts)) => out.push(CallbackDelivery {
+                        callback,
+                        token: Arc::new(Delivered(Arc::new(msg), attempts)),
+                    }),
+                    None => {
+                        let _ = msg.ack_with(AckKind::Term).await;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn callback_done<'a>(
+        &'a self,
+        c: &'a CallbackDelivery,
+        error: Option<&'a str>,
+        _now: u64,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let Delivered(msg, attempts) = delivered(&c.token);
+            NatsJobs::callback_done(
+                self,
+                msg,
+                &c.callback.id,
+                *attempts,
+                crate::CALLBACK_ATTEMPTS,
+                error,
+                callback_backoff(c.callback.attempts),
+            )
+            .await
+        })
     }
 }
