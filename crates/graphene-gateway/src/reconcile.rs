@@ -22,6 +22,8 @@ use crate::registry::Record;
 use crate::Gateway;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// How long a deploy waits for the runtime to be handed it.
+const HAND_OVER: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a rollout's progress is read while it starts.
 const WATCH_PROGRESS: Duration = Duration::from_millis(100);
@@ -76,6 +78,7 @@ impl<P: Provider> Gateway<P> {
             Err(e) => Err(ProviderError::Invalid(e.message)),
         };
         let mut status = r.reconcile.lock().expect("reconcile lock");
+        r.attempted.send_replace(generation);
         match result {
             Ok(revision) => {
                 status.in_sync = r.generation.load(Ordering::Acquire) == generation;
@@ -93,6 +96,15 @@ impl<P: Provider> Gateway<P> {
                 false
             }
         }
+    }
+
+    /// Waits (briefly) until the provider was handed the record's current
+    /// generation, so that a call right after a deploy finds the function
+    /// in the runtime. The deploy is stored either way.
+    pub(crate) async fn handed_over(&self, r: &Record) {
+        let generation = r.generation.load(Ordering::Acquire);
+        let mut rx = r.attempted.subscribe();
+        let _ = tokio::time::timeout(HAND_OVER, rx.wait_for(|g| *g >= generation)).await;
     }
 
     /// Runs a function's reconciler until it is removed.

@@ -88,6 +88,9 @@ pub struct Record {
     pub generation: AtomicU64,
     /// The generation the provider last took (0: none yet).
     pub applied: AtomicU64,
+    /// The generation last handed to the provider, taken or not: what a
+    /// deploy waits for before it answers.
+    pub attempted: tokio::sync::watch::Sender<u64>,
     /// Wakes its reconciler.
     pub wake: Notify,
     pub removed: AtomicBool,
@@ -295,6 +298,7 @@ impl Registry {
             jobs_running: Default::default(),
             generation: AtomicU64::new(1),
             applied: AtomicU64::new(0),
+            attempted: tokio::sync::watch::channel(0).0,
             wake: Notify::new(),
             removed: AtomicBool::new(false),
             reconcile: Mutex::new(ReconcileStatus::default()),

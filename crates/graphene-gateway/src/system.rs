@@ -175,6 +175,7 @@ impl<P: Provider> Gateway<P> {
         if existing.is_none() {
             self.start_reconciler(record.clone());
         }
+        self.handed_over(&record).await;
         // Public functions are part of the access policy.
         self.reload_access()?;
         let (verb, detail) = match (rollback_of, existing.is_some()) {
