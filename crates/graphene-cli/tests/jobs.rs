@@ -409,7 +409,12 @@ fn long_job(s: Server) {
         let v = status(&s, &id);
         (v["status"] == "succeeded").then_some(v)
     });
-    assert_eq!(v["attempts"], 1, "not delivered again while it ran: {v}");
+    assert_eq!(
+        v["attempts"],
+        1,
+        "not delivered again while it ran: {v}\n{}",
+        s.ok(&["logs", "long"])
+    );
     assert!(v["durationSeconds"].as_f64().unwrap() >= 36.0);
 }
 

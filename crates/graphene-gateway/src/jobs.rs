@@ -378,7 +378,8 @@ impl<P: Provider> Gateway<P> {
         // The lease is kept while the call runs, however long it takes.
         let keep = async {
             loop {
-                tokio::time::sleep(LEASE / 3).await;
+                // Often enough that a busy machine never lets it lapse.
+                tokio::time::sleep(LEASE / 6).await;
                 if let Err(e) = self.jobs.keep(&d, now_ms(), LEASE).await {
                     tracing::warn!(call_id = %j.id, error = %e, "could not renew a job's lease");
                 }

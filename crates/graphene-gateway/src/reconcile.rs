@@ -107,10 +107,22 @@ impl<P: Provider> Gateway<P> {
         let _ = tokio::time::timeout(HAND_OVER, rx.wait_for(|g| *g >= generation)).await;
     }
 
+    /// Waits (briefly) until a removed function is gone from the runtime.
+    pub(crate) async fn removed_from_runtime(&self, r: &Record) {
+        let mut rx = r.gone.subscribe();
+        let _ = tokio::time::timeout(HAND_OVER, rx.wait_for(|g| *g)).await;
+    }
+
     /// Runs a function's reconciler until it is removed.
     pub(crate) fn start_reconciler(self: &Arc<Self>, r: Arc<Record>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
+            // A function removed under this name must be gone first, or its
+            // removal could undo this one's first apply.
+            if let Some(gw) = weak.upgrade() {
+                let registry = &gw.registry;
+                registry.predecessor_gone(&r.id).await;
+            }
             let mut backoff = MIN_BACKOFF;
             loop {
                 let Some(gw) = weak.upgrade() else { return };
@@ -121,6 +133,7 @@ impl<P: Provider> Gateway<P> {
                     match gw.provider.remove(&r.id).await {
                         Ok(()) | Err(ProviderError::NotFound(_)) => {
                             tracing::info!(function = %r.id, "removed from the runtime");
+                            gw.registry.gone(&r);
                             return;
                         }
                         Err(e) => {

@@ -94,6 +94,8 @@ pub struct Record {
     /// Wakes its reconciler.
     pub wake: Notify,
     pub removed: AtomicBool,
+    /// Set once the runtime no longer runs it (after removal).
+    pub gone: tokio::sync::watch::Sender<bool>,
     pub reconcile: Mutex<ReconcileStatus>,
 }
 
@@ -174,6 +176,9 @@ pub type Writing<'a> = tokio::sync::MutexGuard<'a, ()>;
 
 pub struct Registry {
     store: Arc<Store>,
+    /// Removed functions the runtime may still run: a function deployed
+    /// again under the same name waits until its predecessor is gone.
+    removing: std::sync::Mutex<HashMap<FunctionRef, Arc<Record>>>,
     writes: tokio::sync::Mutex<()>,
     records: RwLock<HashMap<FunctionRef, Arc<Record>>>,
     events: broadcast::Sender<Event>,
@@ -222,6 +227,7 @@ impl Registry {
         let (events, _) = broadcast::channel(1024);
         let registry = Self {
             store,
+            removing: Default::default(),
             writes: tokio::sync::Mutex::new(()),
             records: RwLock::new(HashMap::new()),
             events,
@@ -301,6 +307,7 @@ impl Registry {
             attempted: tokio::sync::watch::channel(0).0,
             wake: Notify::new(),
             removed: AtomicBool::new(false),
+            gone: tokio::sync::watch::channel(false).0,
             reconcile: Mutex::new(ReconcileStatus::default()),
         })
     }
@@ -542,10 +549,37 @@ impl Registry {
         let removed = self.records.write().expect("registry lock").remove(id);
         if let Some(r) = &removed {
             r.removed.store(true, Ordering::Release);
+            self.removing
+                .lock()
+                .expect("registry lock")
+                .insert(id.clone(), r.clone());
             self.emit(r, EventKind::Removed);
             r.wake.notify_one();
         }
         Ok(removed)
+    }
+
+    /// The runtime no longer runs a removed function.
+    pub fn gone(&self, r: &Record) {
+        r.gone.send_replace(true);
+        let mut removing = self.removing.lock().expect("registry lock");
+        if removing.get(&r.id).is_some_and(|o| std::ptr::eq(&**o, r)) {
+            removing.remove(&r.id);
+        }
+    }
+
+    /// Waits until an earlier function of this name, removed, is gone from
+    /// the runtime.
+    pub async fn predecessor_gone(&self, id: &FunctionRef) {
+        let old = self
+            .removing
+            .lock()
+            .expect("registry lock")
+            .get(id)
+            .cloned();
+        if let Some(old) = old {
+            let _ = old.gone.subscribe().wait_for(|g| *g).await;
+        }
     }
 
     /// Digests of every kept revision: images a build must not remove.

@@ -89,15 +89,14 @@ impl Store {
         Ok(Self { db: Mutex::new(db) })
     }
 
-    /// Runs `f` on the connection. Every write is fsynced, so on a
-    /// multi-threaded runtime the worker thread hands its other tasks over
-    /// first: the database never stalls the async runtime.
+    /// Runs `f` on the connection, on the calling thread. Not through
+    /// `tokio::task::block_in_place`: that hands the worker thread to the
+    /// blocking pool, which ends idle threads after a while, and a function
+    /// process started from such a thread dies with it (bubblewrap's
+    /// `--die-with-parent` follows the thread that spawned it). Control-plane
+    /// writes are rare and short; the job queue's go to the blocking pool.
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
-        let run = || f(&mut self.db.lock().expect("store lock"));
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
-            _ => run(),
-        }
+        f(&mut self.db.lock().expect("store lock"))
     }
 
     pub fn functions(&self, namespace: Option<&str>) -> Result<Vec<StoredFunction>> {

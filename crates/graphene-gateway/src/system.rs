@@ -321,9 +321,10 @@ pub async fn delete<P: Provider>(
     let writing = gw.registry.writing().await;
     let removed = gw.registry.remove(&writing, &id)?;
     drop(writing);
-    if removed.is_none() {
+    let Some(removed) = removed else {
         return Err(ApiError::no_function(&id.name, &id.namespace));
-    }
+    };
+    gw.removed_from_runtime(&removed).await;
     gw.reload_access()?;
     gw.audited(&who, "function.remove", &id.to_string(), String::new());
     gw.cancel_jobs_of(&id).await;

@@ -276,10 +276,26 @@ async fn the_reconciler_catches_up_with_a_runtime_that_refused() {
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     assert_eq!(c.call().await.0, StatusCode::NOT_FOUND);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !provider.running().is_empty() {
-        assert!(Instant::now() < deadline, "the runtime still runs it");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        provider.running().is_empty(),
+        "removed from the runtime before the answer"
+    );
+    // Deployed again under the same name right away: the new function is
+    // not undone by its predecessor's removal.
+    let r = c
+        .send(
+            "POST",
+            "/system/functions",
+            json!({"service": "svc", "image": "svc:a"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.revision),
+        (StatusCode::ACCEPTED, Some(1)),
+        "{}",
+        r.body
+    );
+    c.until("the new svc ready", latest_is("ready", 1)).await;
+    assert_eq!(c.call().await, (StatusCode::OK, "a".into()));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -190,9 +190,9 @@ pub struct NatsJobs {
     /// Largest request body a job may carry (the server's message size
     /// limit, less base64 and the rest of the message).
     pub max_body: usize,
-    /// Each function's consumer, with the concurrency it was made with.
-    consumers: tokio::sync::Mutex<HashMap<(String, String), (u64, Consumer)>>,
-    callbacks: tokio::sync::Mutex<Option<Consumer>>,
+    /// Each function's consumer feed.
+    feeds: std::sync::Mutex<HashMap<(String, String), Arc<Feed>>>,
+    callbacks: std::sync::OnceLock<Feed>,
 }
 
 fn key(id: &str) -> String {
@@ -245,7 +245,7 @@ impl NatsJobs {
             // must fit one message.
             result_limit: result_limit.min(max_payload / 4 - (16 << 10)),
             max_body,
-            consumers: Default::default(),
+            feeds: Default::default(),
             callbacks: Default::default(),
         })
     }
@@ -431,54 +431,6 @@ impl NatsJobs {
         });
         out.truncate(limit);
         Ok(out)
-    }
-
-    /// The durable consumer of one function's jobs, shared by every gateway.
-    pub async fn consumer(
-        &self,
-        namespace: &str,
-        function: &str,
-        concurrency: u64,
-    ) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
-        // `_` can't appear in names, so no two functions share a consumer.
-        let name = format!("jobs_{namespace}_{function}");
-        let stream = self
-            .js
-            .get_stream(JOBS)
-            .await
-            .map_err(|e| err("opening the stream")(e.to_string()))?;
-        stream
-            .create_consumer(pull::Config {
-                durable_name: Some(name),
-                filter_subject: format!("graphene.jobs.{namespace}.{function}"),
-                ack_wait: ACK_WAIT,
-                max_ack_pending: concurrency as i64,
-                max_deliver: -1,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| err("creating a consumer")(e.to_string()))
-    }
-
-    /// The durable consumer of callbacks.
-    pub async fn callback_consumer(
-        &self,
-    ) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
-        let stream = self
-            .js
-            .get_stream(CALLBACKS)
-            .await
-            .map_err(|e| err("opening the stream")(e.to_string()))?;
-        stream
-            .create_consumer(pull::Config {
-                durable_name: Some("callbacks".into()),
-                ack_wait: Duration::from_secs(90),
-                max_ack_pending: 64,
-                max_deliver: -1,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| err("creating a consumer")(e.to_string()))
     }
 
     /// A delivered job and its attempt number; `None` when it was cancelled
@@ -728,9 +680,6 @@ impl NatsJobs {
     }
 }
 
-/// How long a claim waits for a function's messages.
-const FETCH_WAIT: Duration = Duration::from_millis(50);
-
 /// A delivered message: a job's, or a callback's with its delivery count.
 struct Delivered(Arc<Message>, u32);
 
@@ -740,38 +689,141 @@ fn delivered(token: &Arc<dyn std::any::Any + Send + Sync>) -> &Delivered {
         .expect("a NATS delivery's token")
 }
 
-impl NatsJobs {
-    /// A function's consumer, made (or updated) for `concurrency`.
-    async fn consumer_for(&self, r: &Room) -> Result<Consumer, Error> {
-        let key = (r.namespace.clone(), r.function.clone());
-        let mut all = self.consumers.lock().await;
-        if let Some((c, consumer)) = all.get(&key) {
-            if *c == r.concurrency {
-                return Ok(consumer.clone());
+/// The durable consumer of one function's jobs, shared by every gateway.
+async fn job_consumer(
+    js: &jetstream::Context,
+    namespace: &str,
+    function: &str,
+    concurrency: u64,
+) -> Result<Consumer, Error> {
+    // `_` can't appear in names, so no two functions share a consumer.
+    let name = format!("jobs_{namespace}_{function}");
+    let stream = js
+        .get_stream(JOBS)
+        .await
+        .map_err(|e| err("opening the stream")(e.to_string()))?;
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name),
+            filter_subject: format!("graphene.jobs.{namespace}.{function}"),
+            ack_wait: ACK_WAIT,
+            max_ack_pending: concurrency as i64,
+            max_deliver: -1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err("creating a consumer")(e.to_string()))
+}
+
+/// The durable consumer of callbacks.
+async fn callback_consumer(js: &jetstream::Context) -> Result<Consumer, Error> {
+    let stream = js
+        .get_stream(CALLBACKS)
+        .await
+        .map_err(|e| err("opening the stream")(e.to_string()))?;
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some("callbacks".into()),
+            ack_wait: Duration::from_secs(90),
+            max_ack_pending: CALLBACKS_PENDING,
+            max_deliver: -1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err("creating a consumer")(e.to_string()))
+}
+
+/// Callbacks delivered and not yet settled, across gateways.
+const CALLBACKS_PENDING: i64 = 64;
+
+/// A consumer's messages as they arrive, buffered for the next claim. The
+/// task behind it makes (and after a failure remakes) the consumer and
+/// follows its message stream; the consumer's `max_ack_pending` bounds how
+/// many are delivered and not yet settled, so the buffer stays small.
+struct Feed {
+    concurrency: u64,
+    rx: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Message>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Feed {
+    fn start<F, Fut>(concurrency: u64, make: F) -> Self
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Consumer, Error>> + Send,
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(concurrency.clamp(1, 1024) as usize);
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(consumer) = make().await {
+                    if let Ok(mut messages) = consumer.messages().await {
+                        while let Some(Ok(m)) = messages.next().await {
+                            if tx.send(m).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                // The server restarted or is away: make it again shortly.
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
+        });
+        Self {
+            concurrency,
+            rx: tokio::sync::Mutex::new(rx),
+            task,
         }
-        let consumer = self
-            .consumer(&r.namespace, &r.function, r.concurrency)
-            .await?;
-        all.insert(key, (r.concurrency, consumer.clone()));
-        Ok(consumer)
     }
 
-    async fn fetch(consumer: &Consumer, max: usize) -> Result<Vec<Message>, Error> {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(max)
-            .expires(FETCH_WAIT)
-            .messages()
-            .await
-            .map_err(|e| err("fetching")(e.to_string()))?;
-        // A status in the batch (e.g. 409: the function's jobs already run
-        // up to its concurrency on other gateways) ends it: no more now.
+    /// Up to `max` messages that arrived.
+    async fn take(&self, max: usize) -> Vec<Message> {
+        let mut rx = self.rx.lock().await;
         let mut out = Vec::new();
-        while let Some(Ok(m)) = batch.next().await {
-            out.push(m);
+        while out.len() < max {
+            match rx.try_recv() {
+                Ok(m) => out.push(m),
+                Err(_) => break,
+            }
         }
-        Ok(out)
+        out
+    }
+}
+
+impl NatsJobs {
+    /// A function's feed, started (or restarted) for `concurrency`; the
+    /// feeds of functions no longer listed stop.
+    fn feeds_for(&self, room: &[Room]) -> Vec<(Arc<Feed>, usize)> {
+        let mut feeds = self.feeds.lock().expect("feeds lock");
+        feeds.retain(|k, _| room.iter().any(|r| r.namespace == k.0 && r.function == k.1));
+        room.iter()
+            .map(|r| {
+                let key = (r.namespace.clone(), r.function.clone());
+                let feed = match feeds.get(&key) {
+                    Some(f) if f.concurrency == r.concurrency => f.clone(),
+                    _ => {
+                        let (js, ns, f, c) = (
+                            self.js.clone(),
+                            r.namespace.clone(),
+                            r.function.clone(),
+                            r.concurrency,
+                        );
+                        let feed = Arc::new(Feed::start(c, move || {
+                            let (js, ns, f) = (js.clone(), ns.clone(), f.clone());
+                            async move { job_consumer(&js, &ns, &f, c).await }
+                        }));
+                        feeds.insert(key, feed.clone());
+                        feed
+                    }
+                };
+                (feed, r.free)
+            })
+            .collect()
     }
 }
 
@@ -834,19 +886,29 @@ impl JobQueue for NatsJobs {
     ) -> BoxFuture<'a, Result<Vec<Delivery>, Error>> {
         Box::pin(async move {
             let mut out = Vec::new();
-            for r in room.iter().filter(|r| r.free > 0) {
-                let consumer = self.consumer_for(r).await?;
-                for msg in Self::fetch(&consumer, r.free).await? {
-                    if let Some((job, attempt)) = self.begin(&msg, now).await? {
-                        out.push(Delivery {
+            let mut failed = None;
+            for (feed, free) in self.feeds_for(room) {
+                for msg in feed.take(free).await {
+                    match self.begin(&msg, now).await {
+                        Ok(Some((job, attempt))) => out.push(Delivery {
                             job,
                             attempt,
                             token: Arc::new(Delivered(Arc::new(msg), attempt)),
-                        });
+                        }),
+                        Ok(None) => {}
+                        // Not started: delivered again soon (not after
+                        // `ack_wait`), as its next attempt.
+                        Err(e) => {
+                            let _ = msg.ack_with(AckKind::Nak(None)).await;
+                            failed.get_or_insert(e);
+                        }
                     }
                 }
             }
-            Ok(out)
+            match failed {
+                Some(e) if out.is_empty() => Err(e),
+                _ => Ok(out),
+            }
         })
     }
 
@@ -911,19 +973,15 @@ impl JobQueue for NatsJobs {
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<CallbackDelivery>, Error>> {
         Box::pin(async move {
-            let consumer = {
-                let mut c = self.callbacks.lock().await;
-                match c.as_ref() {
-                    Some(c) => c.clone(),
-                    None => {
-                        let made = self.callback_consumer().await?;
-                        *c = Some(made.clone());
-                        made
-                    }
-                }
-            };
+            let feed = self.callbacks.get_or_init(|| {
+                let js = self.js.clone();
+                Feed::start(CALLBACKS_PENDING as u64, move || {
+                    let js = js.clone();
+                    async move { callback_consumer(&js).await }
+                })
+            });
             let mut out = Vec::new();
-            for msg in Self::fetch(&consumer, max.max(1)).await? {
+            for msg in feed.take(max).await {
                 match Self::callback_of(&msg) {
                     Some((callback, attempts)) => out.push(CallbackDelivery {
                         callback,

@@ -160,9 +160,9 @@ pub async fn open(
 }
 
 /// The embedded backend: [`Jobs`] in SQLite, every write fsynced. Calls run
-/// off the async runtime's worker (it hands its other tasks over first).
+/// on the blocking pool, never on the async runtime's workers.
 pub struct Embedded {
-    jobs: Jobs,
+    jobs: Arc<Jobs>,
     last_purge: AtomicU64,
 }
 
@@ -172,22 +172,23 @@ const PURGE_EVERY_MS: u64 = 60_000;
 impl Embedded {
     pub fn open(path: &Path, result_limit: usize) -> Result<Self, String> {
         Ok(Self {
-            jobs: Jobs::open(path, result_limit).map_err(|e| e.to_string())?,
+            jobs: Arc::new(Jobs::open(path, result_limit).map_err(|e| e.to_string())?),
             last_purge: AtomicU64::new(0),
         })
     }
 
-    fn run<T>(&self, f: impl FnOnce(&Jobs) -> rusqlite::Result<T>) -> QueueResult<T> {
-        let run = || f(&self.jobs).map_err(|e| format!("the job store: {e}"));
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
-            _ => run(),
-        }
+    fn run<'a, T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Jobs) -> rusqlite::Result<T> + Send + 'static,
+    ) -> BoxFuture<'a, QueueResult<T>> {
+        let jobs = self.jobs.clone();
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || f(&jobs)).await {
+                Ok(r) => r.map_err(|e| format!("the job store: {e}")),
+                Err(e) => Err(format!("the job store: {e}")),
+            }
+        })
     }
-}
-
-fn ready<'a, T: Send + 'a>(v: T) -> BoxFuture<'a, T> {
-    Box::pin(std::future::ready(v))
 }
 
 /// The embedded backend's token: the attempt is the job's lease.
@@ -195,15 +196,17 @@ struct Lease;
 
 impl JobQueue for Embedded {
     fn enqueue<'a>(&'a self, job: NewJob, now: u64) -> BoxFuture<'a, QueueResult<Option<String>>> {
-        ready(self.run(|j| j.enqueue(&job, now)))
+        self.run(move |j| j.enqueue(&job, now))
     }
 
     fn status<'a>(&'a self, id: &'a str) -> BoxFuture<'a, QueueResult<Option<JobStatus>>> {
-        ready(self.run(|j| j.status(id)))
+        let id = id.to_string();
+        self.run(move |j| j.status(&id))
     }
 
     fn cancel<'a>(&'a self, id: &'a str, now: u64) -> BoxFuture<'a, QueueResult<Cancel>> {
-        ready(self.run(|j| j.cancel(id, now)))
+        let id = id.to_string();
+        self.run(move |j| j.cancel(&id, now))
     }
 
     fn cancel_function<'a>(
@@ -212,7 +215,8 @@ impl JobQueue for Embedded {
         function: &'a str,
         now: u64,
     ) -> BoxFuture<'a, QueueResult<usize>> {
-        ready(self.run(|j| j.cancel_function(namespace, function, now)))
+        let (ns, f) = (namespace.to_string(), function.to_string());
+        self.run(move |j| j.cancel_function(&ns, &f, now))
     }
 
     fn list<'a>(
@@ -222,23 +226,26 @@ impl JobQueue for Embedded {
         state: Option<State>,
         limit: usize,
     ) -> BoxFuture<'a, QueueResult<Vec<JobStatus>>> {
-        ready(self.run(|j| j.list(namespace, function, state, limit)))
+        let (ns, f) = (namespace.to_string(), function.map(str::to_string));
+        self.run(move |j| j.list(&ns, f.as_deref(), state, limit))
     }
 
     fn recover(&self, now: u64) -> BoxFuture<'_, QueueResult<usize>> {
-        ready(self.run(|j| j.requeue_running(now)))
+        self.run(move |j| j.requeue_running(now))
     }
 
     fn maintain(&self, now: u64, retention: Duration) -> BoxFuture<'_, QueueResult<()>> {
         let purge = now.saturating_sub(self.last_purge.load(Ordering::Relaxed)) >= PURGE_EVERY_MS;
-        ready(self.run(|j| {
+        if purge {
+            self.last_purge.store(now, Ordering::Relaxed);
+        }
+        self.run(move |j| {
             j.requeue_expired(now)?;
             if purge {
-                self.last_purge.store(now, Ordering::Relaxed);
                 j.purge(now.saturating_sub(retention.as_millis() as u64))?;
             }
             Ok(())
-        }))
+        })
     }
 
     fn claim<'a>(
@@ -252,15 +259,18 @@ impl JobQueue for Embedded {
             .map(|r| ((r.namespace.clone(), r.function.clone()), r.free))
             .collect();
         let until = now + lease.as_millis() as u64;
-        ready(self.run(|j| j.claim(now, until, &room)).map(|jobs| {
-            jobs.into_iter()
+        let claimed = self.run(move |j| j.claim(now, until, &room));
+        Box::pin(async move {
+            Ok(claimed
+                .await?
+                .into_iter()
                 .map(|j| Delivery {
                     job: j.new,
                     attempt: j.attempt,
                     token: Arc::new(Lease),
                 })
-                .collect()
-        }))
+                .collect())
+        })
     }
 
     fn keep<'a>(
@@ -270,7 +280,7 @@ impl JobQueue for Embedded {
         lease: Duration,
     ) -> BoxFuture<'a, QueueResult<()>> {
         let ids = [(d.job.id.clone(), d.attempt)];
-        ready(self.run(|j| j.extend(&ids, now + lease.as_millis() as u64)))
+        self.run(move |j| j.extend(&ids, now + lease.as_millis() as u64))
     }
 
     fn retry<'a>(
@@ -280,8 +290,9 @@ impl JobQueue for Embedded {
         error: &'a str,
         now: u64,
     ) -> BoxFuture<'a, QueueResult<bool>> {
+        let (id, attempt, error) = (d.job.id.clone(), d.attempt, error.to_string());
         let next = now + wait.as_millis() as u64;
-        ready(self.run(|j| j.retry(&d.job.id, d.attempt, next, error)))
+        self.run(move |j| j.retry(&id, attempt, next, &error))
     }
 
     fn finish<'a>(
@@ -291,18 +302,22 @@ impl JobQueue for Embedded {
         outcome: &'a Outcome,
         now: u64,
     ) -> BoxFuture<'a, QueueResult<bool>> {
-        ready(self.run(|j| j.finish(&d.job.id, d.attempt, succeeded, outcome, now)))
+        let (id, attempt, outcome) = (d.job.id.clone(), d.attempt, outcome.clone());
+        self.run(move |j| j.finish(&id, attempt, succeeded, &outcome, now))
     }
 
     fn callbacks(&self, now: u64, max: usize) -> BoxFuture<'_, QueueResult<Vec<CallbackDelivery>>> {
-        ready(self.run(|j| j.callbacks_due(now, max)).map(|due| {
-            due.into_iter()
+        let due = self.run(move |j| j.callbacks_due(now, max));
+        Box::pin(async move {
+            Ok(due
+                .await?
+                .into_iter()
                 .map(|callback| CallbackDelivery {
                     callback,
                     token: Arc::new(Lease),
                 })
-                .collect()
-        }))
+                .collect())
+        })
     }
 
     fn callback_done<'a>(
@@ -312,6 +327,7 @@ impl JobQueue for Embedded {
         now: u64,
     ) -> BoxFuture<'a, QueueResult<()>> {
         let next = now + callback_backoff(c.callback.attempts).as_millis() as u64;
-        ready(self.run(|j| j.callback_done(&c.callback.id, error, next)))
+        let (id, error) = (c.callback.id.clone(), error.map(str::to_string));
+        self.run(move |j| j.callback_done(&id, error.as_deref(), next))
     }
 }
