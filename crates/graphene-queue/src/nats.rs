@@ -23,7 +23,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{callback_backoff, BoxFuture, CallbackDelivery, Delivery, JobQueue, Room};
+use crate::queue::{
+    callback_backoff, Arrivals, BoxFuture, CallbackDelivery, Delivery, JobQueue, Room,
+};
 use crate::{Callback, CallbackStatus, Cancel, JobStatus, NewJob, Outcome, State};
 
 pub use async_nats::jetstream::{message::AckKind, Message};
@@ -192,6 +194,7 @@ pub struct NatsJobs {
     pub max_body: usize,
     /// Each function's consumer feed.
     feeds: std::sync::Mutex<HashMap<(String, String), Arc<Feed>>>,
+    arrivals: Arrivals,
     callbacks: std::sync::OnceLock<Feed>,
 }
 
@@ -246,6 +249,7 @@ impl NatsJobs {
             result_limit: result_limit.min(max_payload / 4 - (16 << 10)),
             max_body,
             feeds: Default::default(),
+            arrivals: Default::default(),
             callbacks: Default::default(),
         })
     }
@@ -753,7 +757,7 @@ impl Drop for Feed {
 }
 
 impl Feed {
-    fn start<F, Fut>(concurrency: u64, make: F) -> Self
+    fn start<F, Fut>(concurrency: u64, arrived: Arc<tokio::sync::Notify>, make: F) -> Self
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<Consumer, Error>> + Send,
@@ -767,6 +771,7 @@ impl Feed {
                             if tx.send(m).await.is_err() {
                                 return;
                             }
+                            arrived.notify_one();
                         }
                     }
                 }
@@ -813,7 +818,8 @@ impl NatsJobs {
                             r.function.clone(),
                             r.concurrency,
                         );
-                        let feed = Arc::new(Feed::start(c, move || {
+                        let arrived = self.arrivals.jobs.clone();
+                        let feed = Arc::new(Feed::start(c, arrived, move || {
                             let (js, ns, f) = (js.clone(), ns.clone(), f.clone());
                             async move { job_consumer(&js, &ns, &f, c).await }
                         }));
@@ -830,6 +836,10 @@ impl NatsJobs {
 impl JobQueue for NatsJobs {
     fn max_body(&self) -> Option<usize> {
         Some(self.max_body)
+    }
+
+    fn arrivals(&self) -> Option<Arrivals> {
+        Some(self.arrivals.clone())
     }
 
     fn enqueue<'a>(
@@ -975,10 +985,14 @@ impl JobQueue for NatsJobs {
         Box::pin(async move {
             let feed = self.callbacks.get_or_init(|| {
                 let js = self.js.clone();
-                Feed::start(CALLBACKS_PENDING as u64, move || {
-                    let js = js.clone();
-                    async move { callback_consumer(&js).await }
-                })
+                Feed::start(
+                    CALLBACKS_PENDING as u64,
+                    self.arrivals.callbacks.clone(),
+                    move || {
+                        let js = js.clone();
+                        async move { callback_consumer(&js).await }
+                    },
+                )
             });
             let mut out = Vec::new();
             for msg in feed.take(max).await {
