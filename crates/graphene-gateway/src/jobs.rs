@@ -239,13 +239,9 @@ impl<P: Provider> Gateway<P> {
     }
 
     async fn dispatch_loop(self: Arc<Self>) {
-        let arrivals = self.jobs.arrivals().unwrap_or_default();
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = self.dispatch.wake.notified() => {}
-                _ = arrivals.jobs.notified() => {}
-            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), self.dispatch.wake.notified())
+                .await;
             let now = now_ms();
             if let Err(e) = self.jobs.maintain(now, self.config.job_retention).await {
                 tracing::warn!(error = %e, "job queue upkeep");
@@ -423,13 +419,12 @@ impl<P: Provider> Gateway<P> {
         // delivery also takes (after recording itself), so a callback
         // delivered meanwhile is never picked up again.
         let sending: Arc<tokio::sync::Mutex<HashSet<String>>> = Default::default();
-        let arrivals = self.jobs.arrivals().unwrap_or_default();
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = self.dispatch.callbacks_due.notified() => {}
-                _ = arrivals.callbacks.notified() => {}
-            }
+            let _ = tokio::time::timeout(
+                Duration::from_millis(100),
+                self.dispatch.callbacks_due.notified(),
+            )
+            .await;
             let due = {
                 let mut sending = sending.lock().await;
                 let free = MAX_CALLBACKS.saturating_sub(sending.len());

@@ -23,8 +23,8 @@ pub mod nats;
 mod queue;
 
 pub use queue::{
-    callback_backoff, open, Arrivals, BoxFuture, CallbackDelivery, Delivery, Embedded, JobQueue,
-    QueueError, Room,
+    callback_backoff, open, BoxFuture, CallbackDelivery, Delivery, Embedded, JobQueue, QueueError,
+    Room,
 };
 
 type Result<T> = rusqlite::Result<T>;

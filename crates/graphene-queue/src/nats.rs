@@ -23,9 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{
-    callback_backoff, Arrivals, BoxFuture, CallbackDelivery, Delivery, JobQueue, Room,
-};
+use crate::queue::{callback_backoff, BoxFuture, CallbackDelivery, Delivery, JobQueue, Room};
 use crate::{Callback, CallbackStatus, Cancel, JobStatus, NewJob, Outcome, State};
 
 pub use async_nats::jetstream::{message::AckKind, Message};
@@ -192,10 +190,9 @@ pub struct NatsJobs {
     /// Largest request body a job may carry (the server's message size
     /// limit, less base64 and the rest of the message).
     pub max_body: usize,
-    /// Each function's consumer feed.
-    feeds: std::sync::Mutex<HashMap<(String, String), Arc<Feed>>>,
-    arrivals: Arrivals,
-    callbacks: std::sync::OnceLock<Feed>,
+    /// Each function's consumer, with the concurrency it was made with.
+    consumers: tokio::sync::Mutex<HashMap<(String, String), (u64, Consumer)>>,
+    callbacks: tokio::sync::Mutex<Option<Consumer>>,
 }
 
 fn key(id: &str) -> String {
@@ -248,8 +245,7 @@ impl NatsJobs {
             // must fit one message.
             result_limit: result_limit.min(max_payload / 4 - (16 << 10)),
             max_body,
-            feeds: Default::default(),
-            arrivals: Default::default(),
+            consumers: Default::default(),
             callbacks: Default::default(),
         })
     }
@@ -740,106 +736,52 @@ async fn callback_consumer(js: &jetstream::Context) -> Result<Consumer, Error> {
 /// Callbacks delivered and not yet settled, across gateways.
 const CALLBACKS_PENDING: i64 = 64;
 
-/// A consumer's messages as they arrive, buffered for the next claim. The
-/// task behind it makes (and after a failure remakes) the consumer and
-/// follows its message stream; the consumer's `max_ack_pending` bounds how
-/// many are delivered and not yet settled, so the buffer stays small.
-struct Feed {
-    concurrency: u64,
-    rx: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Message>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Feed {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Feed {
-    fn start<F, Fut>(concurrency: u64, arrived: Arc<tokio::sync::Notify>, make: F) -> Self
-    where
-        F: Fn() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<Consumer, Error>> + Send,
-    {
-        let (tx, rx) = tokio::sync::mpsc::channel(concurrency.clamp(1, 1024) as usize);
-        let task = tokio::spawn(async move {
-            loop {
-                if let Ok(consumer) = make().await {
-                    if let Ok(mut messages) = consumer.messages().await {
-                        while let Some(Ok(m)) = messages.next().await {
-                            if tx.send(m).await.is_err() {
-                                return;
-                            }
-                            arrived.notify_one();
-                        }
-                    }
-                }
-                // The server restarted or is away: make it again shortly.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-        Self {
-            concurrency,
-            rx: tokio::sync::Mutex::new(rx),
-            task,
-        }
-    }
-
-    /// Up to `max` messages that arrived.
-    async fn take(&self, max: usize) -> Vec<Message> {
-        let mut rx = self.rx.lock().await;
-        let mut out = Vec::new();
-        while out.len() < max {
-            match rx.try_recv() {
-                Ok(m) => out.push(m),
-                Err(_) => break,
-            }
-        }
-        out
-    }
-}
+/// How long a fetch may go unanswered (a server restarting).
+const FETCH_UNANSWERED: Duration = Duration::from_secs(5);
 
 impl NatsJobs {
-    /// A function's feed, started (or restarted) for `concurrency`; the
-    /// feeds of functions no longer listed stop.
-    fn feeds_for(&self, room: &[Room]) -> Vec<(Arc<Feed>, usize)> {
-        let mut feeds = self.feeds.lock().expect("feeds lock");
-        feeds.retain(|k, _| room.iter().any(|r| r.namespace == k.0 && r.function == k.1));
-        room.iter()
-            .map(|r| {
-                let key = (r.namespace.clone(), r.function.clone());
-                let feed = match feeds.get(&key) {
-                    Some(f) if f.concurrency == r.concurrency => f.clone(),
-                    _ => {
-                        let (js, ns, f, c) = (
-                            self.js.clone(),
-                            r.namespace.clone(),
-                            r.function.clone(),
-                            r.concurrency,
-                        );
-                        let arrived = self.arrivals.jobs.clone();
-                        let feed = Arc::new(Feed::start(c, arrived, move || {
-                            let (js, ns, f) = (js.clone(), ns.clone(), f.clone());
-                            async move { job_consumer(&js, &ns, &f, c).await }
-                        }));
-                        feeds.insert(key, feed.clone());
-                        feed
-                    }
-                };
-                (feed, r.free)
-            })
-            .collect()
+    /// A function's consumer, made (or updated) for `concurrency`.
+    async fn consumer_for(&self, r: &Room) -> Result<Consumer, Error> {
+        let key = (r.namespace.clone(), r.function.clone());
+        let mut all = self.consumers.lock().await;
+        if let Some((c, consumer)) = all.get(&key) {
+            if *c == r.concurrency {
+                return Ok(consumer.clone());
+            }
+        }
+        let consumer = job_consumer(&self.js, &r.namespace, &r.function, r.concurrency).await?;
+        all.insert(key, (r.concurrency, consumer.clone()));
+        Ok(consumer)
+    }
+
+    /// Up to `max` of a consumer's messages, without waiting for more.
+    async fn fetch(consumer: &Consumer, max: usize) -> Result<Vec<Message>, Error> {
+        let read = async {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(max)
+                .messages()
+                .await
+                .map_err(|e| err("fetching")(e.to_string()))?;
+            // A status in the batch (e.g. 409: the function's jobs already
+            // run up to its concurrency on other gateways) ends it.
+            let mut out = Vec::new();
+            while let Some(Ok(m)) = batch.next().await {
+                out.push(m);
+            }
+            Ok(out)
+        };
+        // What a lost answer delivered meanwhile comes again after
+        // `ack_wait`.
+        tokio::time::timeout(FETCH_UNANSWERED, read)
+            .await
+            .unwrap_or_else(|_| Err("NATS JetStream: a fetch went unanswered".into()))
     }
 }
 
 impl JobQueue for NatsJobs {
     fn max_body(&self) -> Option<usize> {
         Some(self.max_body)
-    }
-
-    fn arrivals(&self) -> Option<Arrivals> {
-        Some(self.arrivals.clone())
     }
 
     fn enqueue<'a>(
@@ -895,23 +837,37 @@ impl JobQueue for NatsJobs {
         _lease: Duration,
     ) -> BoxFuture<'a, Result<Vec<Delivery>, Error>> {
         Box::pin(async move {
-            let mut out = Vec::new();
+            let mut messages = Vec::new();
             let mut failed = None;
-            for (feed, free) in self.feeds_for(room) {
-                for msg in feed.take(free).await {
-                    match self.begin(&msg, now).await {
-                        Ok(Some((job, attempt))) => out.push(Delivery {
-                            job,
-                            attempt,
-                            token: Arc::new(Delivered(Arc::new(msg), attempt)),
-                        }),
-                        Ok(None) => {}
-                        // Not started: delivered again soon (not after
-                        // `ack_wait`), as its next attempt.
-                        Err(e) => {
-                            let _ = msg.ack_with(AckKind::Nak(None)).await;
-                            failed.get_or_insert(e);
-                        }
+            for r in room.iter().filter(|r| r.free > 0) {
+                let fetched = match self.consumer_for(r).await {
+                    Ok(c) => Self::fetch(&c, r.free).await,
+                    Err(e) => Err(e),
+                };
+                match fetched {
+                    Ok(m) => messages.extend(m),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            // Each start is a few round trips to the bucket: all at once.
+            let started =
+                futures_util::future::join_all(messages.iter().map(|m| self.begin(m, now))).await;
+            let mut out = Vec::new();
+            for (msg, started) in messages.into_iter().zip(started) {
+                match started {
+                    Ok(Some((job, attempt))) => out.push(Delivery {
+                        job,
+                        attempt,
+                        token: Arc::new(Delivered(Arc::new(msg), attempt)),
+                    }),
+                    Ok(None) => {}
+                    // Not started: delivered again soon (not after
+                    // `ack_wait`), as its next attempt.
+                    Err(e) => {
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                        failed.get_or_insert(e);
                     }
                 }
             }
@@ -983,19 +939,19 @@ impl JobQueue for NatsJobs {
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<CallbackDelivery>, Error>> {
         Box::pin(async move {
-            let feed = self.callbacks.get_or_init(|| {
-                let js = self.js.clone();
-                Feed::start(
-                    CALLBACKS_PENDING as u64,
-                    self.arrivals.callbacks.clone(),
-                    move || {
-                        let js = js.clone();
-                        async move { callback_consumer(&js).await }
-                    },
-                )
-            });
+            let consumer = {
+                let mut c = self.callbacks.lock().await;
+                match c.as_ref() {
+                    Some(c) => c.clone(),
+                    None => {
+                        let made = callback_consumer(&self.js).await?;
+                        *c = Some(made.clone());
+                        made
+                    }
+                }
+            };
             let mut out = Vec::new();
-            for msg in feed.take(max).await {
+            for msg in Self::fetch(&consumer, max.max(1)).await? {
                 match Self::callback_of(&msg) {
                     Some((callback, attempts)) => out.push(CallbackDelivery {
                         callback,

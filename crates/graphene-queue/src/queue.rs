@@ -23,13 +23,6 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type QueueError = String;
 type QueueResult<T> = Result<T, QueueError>;
 
-/// Signals that deliveries arrived: of jobs, and of callbacks.
-#[derive(Clone, Default)]
-pub struct Arrivals {
-    pub jobs: Arc<tokio::sync::Notify>,
-    pub callbacks: Arc<tokio::sync::Notify>,
-}
-
 /// One function's share of a claim.
 #[derive(Debug, Clone)]
 pub struct Room {
@@ -61,13 +54,6 @@ pub struct CallbackDelivery {
 pub trait JobQueue: Send + Sync + 'static {
     /// The largest request body a job can carry, when the backend sets one.
     fn max_body(&self) -> Option<usize> {
-        None
-    }
-
-    /// For a backend that receives deliveries as they come (NATS):
-    /// signalled when jobs, or callbacks, arrived to be claimed, so that the
-    /// dispatcher claims them at once rather than at its next tick.
-    fn arrivals(&self) -> Option<Arrivals> {
         None
     }
 
