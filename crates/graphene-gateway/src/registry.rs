@@ -529,8 +529,14 @@ impl Registry {
     }
 
     /// Stores a new desired replica count.
-    pub fn set_replicas(&self, r: &Record, replicas: u64) {
-        if let Err(e) = self.store.set_replicas(&r.id, replicas) {
+    /// Stores a new desired replica count, on the blocking pool: it is on
+    /// the call path (a wake from zero) and the autoscaler's.
+    pub async fn set_replicas(&self, r: &Record, replicas: u64) {
+        let (store, id) = (self.store.clone(), r.id.clone());
+        let stored = tokio::task::spawn_blocking(move || store.set_replicas(&id, replicas))
+            .await
+            .unwrap_or_else(|e| Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))));
+        if let Err(e) = stored {
             tracing::warn!(function = %r.id, error = %e, "could not store the replica count");
         }
         self.emit(r, EventKind::Replicas);

@@ -138,7 +138,7 @@ impl<P: Provider> Gateway<P> {
     ) -> Result<(), graphene_core::provider::ProviderError> {
         let mut autoscaler = r.scaling.autoscaler.lock().await;
         let from = r.scaling.desired.swap(replicas, SeqCst);
-        self.registry.set_replicas(r, replicas);
+        self.registry.set_replicas(r, replicas).await;
         if let Err(e) = self.provider.scale(&r.id, replicas).await {
             // The count is stored: the reconciler keeps trying.
             r.touch();
@@ -167,7 +167,7 @@ impl<P: Provider> Gateway<P> {
     /// fails is left to the reconciler.
     async fn rescale(&self, r: &Arc<Record>, from: u64, to: u64) {
         r.scaling.desired.store(to, SeqCst);
-        self.registry.set_replicas(r, to);
+        self.registry.set_replicas(r, to).await;
         if let Err(err) = self.provider.scale(&r.id, to).await {
             tracing::warn!(function = %r.id, error = %err, "could not scale; the reconciler tries again");
             r.touch();

@@ -89,12 +89,13 @@ impl Store {
         Ok(Self { db: Mutex::new(db) })
     }
 
-    /// Runs `f` on the connection, on the calling thread. Not through
+    /// Runs `f` on the connection, on the calling thread. Writes on the
+    /// call path (replica counts) are sent to the blocking pool by their
+    /// callers; the management API's are rare and short. Never through
     /// `tokio::task::block_in_place`: that hands the worker thread to the
     /// blocking pool, which ends idle threads after a while, and a function
     /// process started from such a thread dies with it (bubblewrap's
-    /// `--die-with-parent` follows the thread that spawned it). Control-plane
-    /// writes are rare and short; the job queue's go to the blocking pool.
+    /// `--die-with-parent` follows the thread that spawned it).
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
         f(&mut self.db.lock().expect("store lock"))
     }
