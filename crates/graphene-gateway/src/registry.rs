@@ -104,9 +104,9 @@ impl Record {
         self.desired.read().expect("record lock").clone()
     }
 
-    /// Changes the desired state: `f` edits a copy (and may write the
-    /// store) with no lock held, then the copy replaces it. Callers hold
-    /// the registry's write lock, so no two changes interleave.
+    /// Changes the desired state: `f` edits a copy, which then replaces it.
+    /// Callers hold the registry's write lock, so no two changes interleave
+    /// (and store writes happen before, on the blocking pool).
     fn update<T>(&self, f: impl FnOnce(&mut Desired) -> T) -> T {
         let mut next = (*self.desired()).clone();
         let out = f(&mut next);
@@ -378,11 +378,23 @@ impl Registry {
         }
     }
 
+    /// Runs a store call on the blocking pool: every write is fsynced, and
+    /// none runs on the async runtime's threads.
+    async fn stored<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> rusqlite::Result<T> + Send + 'static,
+    ) -> rusqlite::Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .unwrap_or_else(|e| Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+    }
+
     /// Records a deploy: a new revision when it changes the function (or
     /// when the newest failed: deploying it again is a retry), else the
     /// newest revision as it is. Returns the record, the revision and
     /// whether it is new.
-    pub fn deploy(
+    pub async fn deploy(
         &self,
         _writing: &Writing<'_>,
         id: &FunctionRef,
@@ -407,10 +419,14 @@ impl Registry {
             reason: String::new(),
             rollback_of,
         };
+        let put = |next: &StoredRevision| {
+            let (id, next) = (id.clone(), next.clone());
+            self.stored(move |s| s.put_revision(&id, &next))
+        };
         let record = match self.get(id) {
             None => {
                 let first = revision(1);
-                let created_at = self.store.put_revision(id, &first)?;
+                let created_at = put(&first).await?;
                 let replicas = settings.min_replicas;
                 let desired = Desired {
                     revision: 1,
@@ -424,32 +440,28 @@ impl Registry {
                 r
             }
             Some(r) => {
-                let outcome = r.update(|d| {
-                    let newest = d.latest();
-                    if newest.spec_hash == hash
-                        && newest.state != RolloutState::Failed
-                        && rollback_of.is_none()
-                    {
-                        return Ok(Some(newest.revision));
-                    }
-                    let next = revision(newest.revision + 1);
-                    self.store.put_revision(id, &next)?;
+                let newest = r.desired().latest().clone();
+                if newest.spec_hash == hash
+                    && newest.state != RolloutState::Failed
+                    && rollback_of.is_none()
+                {
+                    return Ok((r, newest.revision, false));
+                }
+                let next = revision(newest.revision + 1);
+                put(&next).await?;
+                r.update(|d| {
                     d.revision = next.revision;
                     d.spec = spec.clone();
                     d.digest = digest.clone();
                     d.settings = settings.clone();
                     d.revisions.insert(0, next);
-                    Ok::<_, rusqlite::Error>(None)
-                })?;
-                if let Some(unchanged) = outcome {
-                    return Ok((r, unchanged, false));
-                }
+                });
                 let replicas = clamp(Some(r.scaling.desired()), &settings);
                 r.scaling.set_policy(settings.scaling.clone(), replicas);
                 r
             }
         };
-        self.prune(&record);
+        self.prune(&record).await;
         self.emit(&record, EventKind::Function);
         record.touch();
         let number = record.desired().latest().revision;
@@ -460,44 +472,50 @@ impl Registry {
     /// hands the provider back to the serving one.
     pub async fn rollout(&self, r: &Record, revision: u64, state: RolloutState, reason: &str) {
         let _writing = self.writing().await;
+        let Some(stored) = r.desired().revision(revision).cloned() else {
+            return; // pruned meanwhile
+        };
+        if stored.state == state && stored.reason == reason {
+            return;
+        }
+        let (id, why) = (r.id.clone(), reason.to_string());
+        if let Err(e) = self
+            .stored(move |s| s.set_rollout(&id, revision, state, &why))
+            .await
+        {
+            tracing::warn!(function = %r.id, error = %e, "could not store a rollout's state");
+        }
         let switched = r.update(|d| {
-            let Some(stored) = d.revisions.iter_mut().find(|s| s.revision == revision) else {
-                return None; // pruned meanwhile
-            };
-            if stored.state == state && stored.reason == reason {
-                return None;
+            for s in d.revisions.iter_mut().filter(|s| s.revision == revision) {
+                s.state = state;
+                s.reason = reason.to_string();
             }
-            if let Err(e) = self.store.set_rollout(&r.id, revision, state, reason) {
-                tracing::warn!(function = %r.id, error = %e, "could not store a rollout's state");
-            }
-            stored.state = state;
-            stored.reason = reason.to_string();
             let run = target(&d.revisions);
-            if run != d.revision {
-                let back = d.revision(run).expect("a kept revision").clone();
-                match FunctionSettings::from_deployment(&back.spec) {
-                    Ok(settings) => {
-                        d.revision = run;
-                        d.spec = back.spec;
-                        d.digest = back.digest;
-                        d.settings = settings;
-                        return Some(true);
-                    }
-                    Err(e) => {
-                        tracing::warn!(function = %r.id, error = %e, "the serving revision no longer validates")
-                    }
+            if run == d.revision {
+                return false;
+            }
+            let back = d.revision(run).expect("a kept revision").clone();
+            match FunctionSettings::from_deployment(&back.spec) {
+                Ok(settings) => {
+                    d.revision = run;
+                    d.spec = back.spec;
+                    d.digest = back.digest;
+                    d.settings = settings;
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(function = %r.id, error = %e, "the serving revision no longer validates");
+                    false
                 }
             }
-            Some(false)
         });
-        let Some(switched) = switched else { return };
         match state {
             RolloutState::Failed => {
                 tracing::warn!(function = %r.id, revision, reason, "revision failed; the serving revision, if any, keeps serving")
             }
             _ => tracing::info!(function = %r.id, revision, state = state.as_str(), "rollout"),
         }
-        self.prune(r);
+        self.prune(r).await;
         self.emit(r, EventKind::Revision);
         if switched {
             r.touch();
@@ -505,38 +523,34 @@ impl Registry {
     }
 
     /// Keeps the newest revisions and the serving one; forgets the rest.
-    fn prune(&self, r: &Record) {
-        r.update(|d| {
-            if d.revisions.len() <= self.keep {
-                return;
-            }
-            let serving = d.serving();
-            let keep: Vec<u64> = d
-                .revisions
-                .iter()
-                .enumerate()
-                .filter(|(i, s)| {
-                    *i < self.keep || Some(s.revision) == serving || s.revision == d.revision
-                })
-                .map(|(_, s)| s.revision)
-                .collect();
-            if let Err(e) = self.store.prune_revisions(&r.id, &keep) {
-                tracing::warn!(function = %r.id, error = %e, "could not forget old revisions");
-                return;
-            }
-            d.revisions.retain(|s| keep.contains(&s.revision));
-        })
+    async fn prune(&self, r: &Record) {
+        let d = r.desired();
+        if d.revisions.len() <= self.keep {
+            return;
+        }
+        let serving = d.serving();
+        let keep: Vec<u64> = d
+            .revisions
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| {
+                *i < self.keep || Some(s.revision) == serving || s.revision == d.revision
+            })
+            .map(|(_, s)| s.revision)
+            .collect();
+        let (id, kept) = (r.id.clone(), keep.clone());
+        if let Err(e) = self.stored(move |s| s.prune_revisions(&id, &kept)).await {
+            tracing::warn!(function = %r.id, error = %e, "could not forget old revisions");
+            return;
+        }
+        r.update(|d| d.revisions.retain(|s| keep.contains(&s.revision)));
     }
 
-    /// Stores a new desired replica count.
-    /// Stores a new desired replica count, on the blocking pool: it is on
-    /// the call path (a wake from zero) and the autoscaler's.
+    /// Stores a new desired replica count (on the call path: a wake from
+    /// zero; and the autoscaler's).
     pub async fn set_replicas(&self, r: &Record, replicas: u64) {
-        let (store, id) = (self.store.clone(), r.id.clone());
-        let stored = tokio::task::spawn_blocking(move || store.set_replicas(&id, replicas))
-            .await
-            .unwrap_or_else(|e| Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))));
-        if let Err(e) = stored {
+        let id = r.id.clone();
+        if let Err(e) = self.stored(move |s| s.set_replicas(&id, replicas)).await {
             tracing::warn!(function = %r.id, error = %e, "could not store the replica count");
         }
         self.emit(r, EventKind::Replicas);
@@ -544,12 +558,13 @@ impl Registry {
 
     /// Removes a function from the registry (the store first); its
     /// reconciler then removes it from the provider.
-    pub fn remove(
+    pub async fn remove(
         &self,
         _writing: &Writing<'_>,
         id: &FunctionRef,
     ) -> Result<Option<Arc<Record>>, rusqlite::Error> {
-        if !self.store.delete_function(id)? {
+        let gone = id.clone();
+        if !self.stored(move |s| s.delete_function(&gone)).await? {
             return Ok(None);
         }
         let removed = self.records.write().expect("registry lock").remove(id);
@@ -648,6 +663,7 @@ mod tests {
         };
         let (_, n, new) = reg
             .deploy(&w, &FunctionRef::new("ns", "f"), change)
+            .await
             .unwrap();
         (n, new)
     }

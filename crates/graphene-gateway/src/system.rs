@@ -170,7 +170,7 @@ impl<P: Provider> Gateway<P> {
             by: who.principal.clone(),
             rollback_of,
         };
-        let (record, revision, new) = self.registry.deploy(&writing, id, change)?;
+        let (record, revision, new) = self.registry.deploy(&writing, id, change).await?;
         drop(writing);
         if existing.is_none() {
             self.start_reconciler(record.clone());
@@ -319,7 +319,7 @@ pub async fn delete<P: Provider>(
     // Gone from the registry first; its reconciler removes it from the
     // provider (until that succeeds).
     let writing = gw.registry.writing().await;
-    let removed = gw.registry.remove(&writing, &id)?;
+    let removed = gw.registry.remove(&writing, &id).await?;
     drop(writing);
     let Some(removed) = removed else {
         return Err(ApiError::no_function(&id.name, &id.namespace));
