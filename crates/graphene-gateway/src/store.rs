@@ -89,9 +89,10 @@ impl Store {
         Ok(Self { db: Mutex::new(db) })
     }
 
-    /// Runs `f` on the connection, on the calling thread. Writes on the
-    /// call path (replica counts) are sent to the blocking pool by their
-    /// callers; the management API's are rare and short. Never through
+    /// Runs `f` on the connection, on the calling thread. The registry
+    /// calls the store from the blocking pool; the security calls (tokens,
+    /// grants, audit, secrets) are rare and short and still run where they
+    /// are made. Never through
     /// `tokio::task::block_in_place`: that hands the worker thread to the
     /// blocking pool, which ends idle threads after a while, and a function
     /// process started from such a thread dies with it (bubblewrap's
