@@ -847,6 +847,12 @@ impl JobQueue for NatsJobs {
                 match fetched {
                     Ok(m) => messages.extend(m),
                     Err(e) => {
+                        // Made afresh next time (the server may have
+                        // restarted).
+                        self.consumers
+                            .lock()
+                            .await
+                            .remove(&(r.namespace.clone(), r.function.clone()));
                         failed.get_or_insert(e);
                     }
                 }
@@ -951,7 +957,15 @@ impl JobQueue for NatsJobs {
                 }
             };
             let mut out = Vec::new();
-            for msg in Self::fetch(&consumer, max.max(1)).await? {
+            let fetched = match Self::fetch(&consumer, max.max(1)).await {
+                Ok(m) => m,
+                Err(e) => {
+                    // Made afresh next time (the server may have restarted).
+                    *self.callbacks.lock().await = None;
+                    return Err(e);
+                }
+            };
+            for msg in fetched {
                 match Self::callback_of(&msg) {
                     Some((callback, attempts)) => out.push(CallbackDelivery {
                         callback,
