@@ -41,15 +41,16 @@ pub async fn invoke<P: Provider>(
         Err(e) => return e.into_response(),
     };
     let id = FunctionRef::new(ns, name);
-    let known = id.validate().is_ok() && gw.registry.get(&id).is_some();
+    let record = id.validate().ok().and_then(|()| gw.registry.get(&id));
+    let known = record.is_some();
     let target = Target {
         id,
         path,
         call_id: &call_id,
     };
-    let result = match known {
-        true => call(&gw, &parts, body, &target).await,
-        false => Err(ApiError::no_function(name, ns)),
+    let result = match record {
+        Some(r) => call(&gw, &parts, body, &target, &r).await,
+        None => Err(ApiError::no_function(name, ns)),
     };
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     let code = response.status().as_u16();
@@ -85,12 +86,13 @@ async fn call<P: Provider>(
     parts: &axum::http::request::Parts,
     body: Body,
     t: &Target<'_>,
+    record: &Arc<crate::registry::Record>,
 ) -> Result<Response, ApiError> {
     let body = calls::read_body(&parts.headers, body, gw.config.max_body).await?;
     let headers = calls::forwarded(&parts.headers, &[], t.call_id);
     gw.metrics.started(&t.id);
     let waking = std::time::Instant::now();
-    let (_load, at_zero) = gw.call_starts(&t.id).await;
+    let (_load, at_zero) = gw.call_starts(record).await;
     let wake = waking.elapsed();
     let result = gw
         .provider

@@ -302,7 +302,11 @@ impl<P: Provider> Gateway<P> {
         {
             headers.push(("x-call-id".into(), j.id.clone()));
         }
-        let (load, _) = self.call_starts(&function).await;
+        // A removed function has no record; the provider then answers 404.
+        let load = match self.registry.get(&function) {
+            Some(r) => Some(self.call_starts(&r).await.0),
+            None => None,
+        };
         let result = self
             .provider
             .invoke(

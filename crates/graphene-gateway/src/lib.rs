@@ -33,6 +33,7 @@ mod reconcile;
 mod registry;
 mod revisions;
 mod scaler;
+mod scaling;
 mod store;
 mod system;
 pub mod tls;

@@ -81,7 +81,6 @@ impl<P: Provider> Gateway<P> {
         r.attempted.send_replace(generation);
         match result {
             Ok(revision) => {
-                status.in_sync = r.generation.load(Ordering::Acquire) == generation;
                 status.applied_revision = revision;
                 status.attempts = 0;
                 status.last_error = None;
@@ -89,7 +88,6 @@ impl<P: Provider> Gateway<P> {
                 true
             }
             Err(e) => {
-                status.in_sync = false;
                 status.attempts += 1;
                 tracing::warn!(function = %r.id, attempt = status.attempts, error = %e, "the runtime did not take the function's desired state");
                 status.last_error = Some(e.to_string());

@@ -28,7 +28,7 @@ use graphene_core::names::FunctionRef;
 use graphene_core::settings::FunctionSettings;
 use tokio::sync::{broadcast, Notify};
 
-use crate::scaler::Scaling;
+use crate::scaling::Scaling;
 use crate::store::{Store, StoredRevision};
 
 /// Revisions kept per function when not configured: the serving one is
@@ -352,26 +352,18 @@ impl Registry {
     }
 
     fn emit(&self, r: &Record, kind: EventKind) {
+        let _ = self.events.send(self.event(r, kind));
+    }
+
+    /// The state of a function as an event (a subscriber's first lines are
+    /// `function` events of every function).
+    pub fn event(&self, r: &Record, kind: EventKind) -> Event {
         let d = r.desired();
-        let _ = self.events.send(Event {
+        Event {
             kind,
             name: r.id.name.clone(),
             namespace: r.id.namespace.clone(),
             revision: (kind != EventKind::Removed).then(|| d.latest_rollout()),
-            serving: d.serving(),
-            replicas: Some(r.scaling.desired()),
-            at: graphene_core::time::now_rfc3339(),
-        });
-    }
-
-    /// The state of a function as an event, for a subscriber's first lines.
-    pub fn snapshot(&self, r: &Record) -> Event {
-        let d = r.desired();
-        Event {
-            kind: EventKind::Function,
-            name: r.id.name.clone(),
-            namespace: r.id.namespace.clone(),
-            revision: Some(d.latest_rollout()),
             serving: d.serving(),
             replicas: Some(r.scaling.desired()),
             at: graphene_core::time::now_rfc3339(),

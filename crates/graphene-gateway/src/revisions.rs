@@ -19,7 +19,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::StreamExt;
-use graphene_core::api::{History, RollbackRequest, RolloutState};
+use graphene_core::api::{EventKind, History, RollbackRequest, RolloutState};
 use graphene_core::provider::Provider;
 use serde::Deserialize;
 
@@ -121,7 +121,7 @@ pub async fn events<P: Provider>(
         .list(None)
         .iter()
         .filter(|r| wanted(&r.id.namespace, &r.id.name))
-        .map(|r| gw.registry.snapshot(r))
+        .map(|r| gw.registry.event(r, EventKind::Function))
         .collect();
     let live = futures_util::stream::unfold(live, |mut rx| async move {
         loop {

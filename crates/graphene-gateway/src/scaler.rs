@@ -9,36 +9,14 @@
 //! (both sequentially consistent): either the call sees zero and wakes the
 //! function, or the autoscaler sees the call and backs off.
 
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
 
-use graphene_core::api::{ScaleDecision, ScalingStatus};
-use graphene_core::autoscale::{Autoscaler, Policy, Sample, TICK};
-use graphene_core::names::FunctionRef;
+use graphene_core::autoscale::{Sample, TICK};
 use graphene_core::provider::Provider;
 
 use crate::registry::Record;
 use crate::Gateway;
-
-/// One function's load and scaling state, held by its registry record.
-pub struct Scaling {
-    in_flight: AtomicU64,
-    started: AtomicU64,
-    /// The replica count last asked for.
-    desired: AtomicU64,
-    policy: Mutex<Policy>,
-    /// Serialises decisions: ticks, wakes and manual scales.
-    autoscaler: tokio::sync::Mutex<Autoscaler>,
-    /// A copy of the state for status readers (never awaited on).
-    shown: Mutex<Shown>,
-}
-
-#[derive(Clone, Default)]
-struct Shown {
-    panicking: bool,
-    last: Option<ScaleDecision>,
-}
 
 /// Counts a call as in flight until dropped.
 pub struct Load(Arc<Record>);
@@ -49,84 +27,19 @@ impl Drop for Load {
     }
 }
 
-impl Scaling {
-    pub fn new(policy: Policy, desired: u64, now: Duration) -> Self {
-        Self {
-            in_flight: AtomicU64::new(0),
-            started: AtomicU64::new(0),
-            desired: AtomicU64::new(desired),
-            policy: Mutex::new(policy),
-            autoscaler: tokio::sync::Mutex::new(Autoscaler::new(now)),
-            shown: Mutex::new(Shown::default()),
-        }
-    }
-
-    pub fn desired(&self) -> u64 {
-        self.desired.load(SeqCst)
-    }
-
-    /// A deploy changed the policy (and maybe brought the count within it).
-    pub fn set_policy(&self, policy: Policy, desired: u64) {
-        *self.policy.lock().expect("lock") = policy;
-        self.desired.store(desired, SeqCst);
-    }
-
-    fn policy(&self) -> Policy {
-        self.policy.lock().expect("lock").clone()
-    }
-
-    /// Calls in flight (running or waiting).
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(SeqCst)
-    }
-
-    pub fn status(&self) -> ScalingStatus {
-        let policy = self.policy();
-        let shown = self.shown.lock().expect("lock").clone();
-        ScalingStatus {
-            enabled: policy.enabled(),
-            min: policy.min,
-            max: policy.max,
-            metric: policy.metric.as_str().to_string(),
-            target: policy.target,
-            zero_after_seconds: policy.zero_after.map(|d| d.as_secs_f64()),
-            window_seconds: policy.window.as_secs_f64(),
-            in_flight: self.in_flight(),
-            panicking: shown.panicking,
-            last_decision: shown.last,
-        }
-    }
-
-    fn record(&self, from: u64, to: u64, reason: String, panicking: bool) {
-        let mut shown = self.shown.lock().expect("lock");
-        shown.panicking = panicking;
-        if from != to {
-            shown.last = Some(ScaleDecision {
-                at: graphene_core::time::now_rfc3339(),
-                from,
-                to,
-                reason,
-            });
-        }
-    }
-}
-
 impl<P: Provider> Gateway<P> {
     /// Counts a call and wakes its function when it rests at zero. The
     /// returned guard counts the call until it ends; the flag says whether
     /// the call found the function at zero.
-    pub(crate) async fn call_starts(&self, f: &FunctionRef) -> (Option<Load>, bool) {
-        let Some(r) = self.registry.get(f) else {
-            return (None, false);
-        };
+    pub(crate) async fn call_starts(&self, r: &Arc<Record>) -> (Load, bool) {
         r.scaling.in_flight.fetch_add(1, SeqCst);
         r.scaling.started.fetch_add(1, SeqCst);
         let load = Load(r.clone());
         let at_zero = r.scaling.desired.load(SeqCst) == 0;
         if at_zero {
-            self.wake(&r).await;
+            self.wake(r).await;
         }
-        (Some(load), at_zero)
+        (load, at_zero)
     }
 
     /// A manual scale, applied under the function's scaling lock so that

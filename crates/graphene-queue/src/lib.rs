@@ -23,9 +23,25 @@ pub mod nats;
 mod queue;
 
 pub use queue::{
-    callback_backoff, open, BoxFuture, CallbackDelivery, Delivery, Embedded, JobQueue, QueueError,
-    Room,
+    callback_backoff, BoxFuture, CallbackDelivery, Delivery, Embedded, JobQueue, QueueError, Room,
 };
+
+/// The queue `url` names (`nats://...`), or the embedded one in `state_dir`.
+pub async fn open(
+    state_dir: &Path,
+    url: Option<&str>,
+    result_limit: usize,
+) -> std::result::Result<std::sync::Arc<dyn JobQueue>, String> {
+    match url {
+        None => Ok(std::sync::Arc::new(Embedded::open(&state_dir.join("jobs.db"), result_limit)?)),
+        #[cfg(feature = "nats")]
+        Some(url) => Ok(std::sync::Arc::new(crate::nats::NatsJobs::connect(url, result_limit).await?)),
+        #[cfg(not(feature = "nats"))]
+        Some(url) => Err(format!(
+            "--queue {url}: this graphene was built without NATS support (cargo build --features nats)"
+        )),
+    }
+}
 
 type Result<T> = rusqlite::Result<T>;
 

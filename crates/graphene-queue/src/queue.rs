@@ -142,23 +142,6 @@ pub fn callback_backoff(attempts: u32) -> Duration {
     Duration::from_secs((1u64 << attempts.min(8)).min(300))
 }
 
-/// The queue `url` names (`nats://...`), or the embedded one in `state_dir`.
-pub async fn open(
-    state_dir: &Path,
-    url: Option<&str>,
-    result_limit: usize,
-) -> Result<Arc<dyn JobQueue>, String> {
-    match url {
-        None => Ok(Arc::new(Embedded::open(&state_dir.join("jobs.db"), result_limit)?)),
-        #[cfg(feature = "nats")]
-        Some(url) => Ok(Arc::new(crate::nats::NatsJobs::connect(url, result_limit).await?)),
-        #[cfg(not(feature = "nats"))]
-        Some(url) => Err(format!(
-            "--queue {url}: this graphene was built without NATS support (cargo build --features nats)"
-        )),
-    }
-}
-
 /// The embedded backend: [`Jobs`] in SQLite, every write fsynced. Calls run
 /// on the blocking pool, never on the async runtime's workers.
 pub struct Embedded {
