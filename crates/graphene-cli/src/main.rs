@@ -65,6 +65,9 @@ enum Command {
     Audit(commands::grant::Audit),
     /// Follow, list and cancel asynchronous calls.
     Job(commands::job::Job),
+    /// Serve one function in a container (its entrypoint), speaking
+    /// OpenFaaS's watchdog contract; configured by environment variables.
+    Watchdog(commands::watchdog::Watchdog),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
             Command::Grant(c) => c.run().await,
             Command::Audit(c) => c.run().await,
             Command::Job(c) => c.run().await,
+            Command::Watchdog(c) => c.run().await,
         }
     });
     match result {

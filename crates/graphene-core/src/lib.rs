@@ -10,6 +10,7 @@
 pub mod api;
 pub mod autoscale;
 pub mod duration;
+pub mod histogram;
 pub mod names;
 pub mod provider;
 pub mod settings;

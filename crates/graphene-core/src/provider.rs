@@ -74,6 +74,22 @@ pub enum ProviderError {
     Internal(String),
 }
 
+impl ProviderError {
+    /// The HTTP status a caller gets for it.
+    pub fn status(&self) -> u16 {
+        match self {
+            ProviderError::Invalid(_) => 400,
+            ProviderError::NotFound(_) => 404,
+            ProviderError::Unavailable(_) => 503,
+            ProviderError::Timeout(_) => 504,
+            ProviderError::Upstream(_) => 502,
+            ProviderError::Overloaded(_, _) => 429,
+            ProviderError::Unsupported(_) => 501,
+            ProviderError::Internal(_) => 500,
+        }
+    }
+}
+
 /// One revision of a function to run: the desired state the gateway hands a
 /// provider. Secrets are resolved by the control plane.
 #[derive(Debug, Clone)]

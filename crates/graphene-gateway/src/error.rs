@@ -50,16 +50,16 @@ impl ApiError {
 
 impl From<ProviderError> for ApiError {
     fn from(e: ProviderError) -> Self {
-        let (status, layer) = match &e {
-            ProviderError::Invalid(_) => (StatusCode::BAD_REQUEST, "gateway"),
-            ProviderError::NotFound(_) => (StatusCode::NOT_FOUND, "gateway"),
-            ProviderError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "runtime"),
-            ProviderError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "function"),
-            ProviderError::Upstream(_) => (StatusCode::BAD_GATEWAY, "runtime"),
-            ProviderError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "gateway"),
-            ProviderError::Overloaded(_, _) => (StatusCode::TOO_MANY_REQUESTS, "runtime"),
+        let layer = match &e {
             ProviderError::Internal(cause) => return ApiError::internal(cause),
+            ProviderError::Unavailable(_)
+            | ProviderError::Upstream(_)
+            | ProviderError::Overloaded(_, _) => "runtime",
+            ProviderError::Timeout(_) => "function",
+            _ => "gateway",
         };
+        let status =
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Self {
             status,
             message: e.to_string(),

@@ -10,41 +10,23 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+use graphene_core::histogram::{escape, Histogram};
 use graphene_core::names::FunctionRef;
-
-const BUCKETS: [f64; 11] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-#[derive(Default)]
-struct Series {
-    counts: [u64; BUCKETS.len()],
-    total: u64,
-    sum: f64,
-}
 
 #[derive(Default)]
 pub struct Metrics {
     started: Mutex<BTreeMap<FunctionRef, u64>>,
     /// Per function, per status code.
-    finished: Mutex<BTreeMap<FunctionRef, BTreeMap<u16, Series>>>,
+    finished: Mutex<BTreeMap<FunctionRef, BTreeMap<u16, Histogram>>>,
     /// Per function and direction (`up`, `down`).
     scale_events: Mutex<BTreeMap<(FunctionRef, &'static str), u64>>,
     /// How long calls waited for a first replica.
-    cold_starts: Mutex<BTreeMap<FunctionRef, Series>>,
+    cold_starts: Mutex<BTreeMap<FunctionRef, Histogram>>,
     /// Asynchronous calls per function and result (`succeeded`, `failed`,
     /// `retried`).
     jobs: Mutex<BTreeMap<(FunctionRef, &'static str), u64>>,
     /// Per principal and result (`allowed`, `denied`, `limited`).
     principals: Mutex<BTreeMap<(String, &'static str), u64>>,
-}
-
-/// A label value as the text format wants it.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Name, type, help text and value of a per-function gauge.
@@ -63,31 +45,6 @@ pub struct ReplicaGauge {
     pub restarts: u64,
     pub in_flight: u64,
     pub queued: u64,
-}
-
-impl Series {
-    fn observe(&mut self, seconds: f64) {
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if seconds <= *le {
-                self.counts[i] += 1;
-            }
-        }
-        self.total += 1;
-        self.sum += seconds;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        for (i, le) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels},le=\"{le}\"}} {}",
-                self.counts[i]
-            );
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.total);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.total);
-    }
 }
 
 impl Metrics {
@@ -156,7 +113,7 @@ impl Metrics {
             .lock()
             .expect("metrics lock")
             .get(function)
-            .map_or(0, |codes| codes.values().map(|s| s.total).sum())
+            .map_or(0, |codes| codes.values().map(Histogram::count).sum())
     }
 
     pub fn render(&self, replicas: &[ReplicaGauge]) -> String {
@@ -179,7 +136,7 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "gateway_function_invocation_total{{code=\"{code}\",function_name=\"{f}\"}} {}",
-                s.total
+                s.count()
             );
         }
         out.push_str("# HELP gateway_functions_seconds Function time taken\n");

@@ -47,13 +47,21 @@ pub struct Shared {
     pub generation: AtomicU64,
     pub logs: LogBook,
     pub sockets: Arc<SocketNames>,
+    /// Told when a runner exits on its own; when set, runners are not
+    /// restarted.
+    pub runner_exit: Option<crate::RunnerExit>,
     /// Recent worker exits (runner, pid, how), to name the cause of a crash
     /// (pids are per runner: each sandbox has its own PID namespace).
     exits: Mutex<VecDeque<(String, u32, String)>>,
 }
 
 impl Shared {
-    pub fn new(name: String, logs: LogBook, sockets: Arc<SocketNames>) -> Self {
+    pub fn new(
+        name: String,
+        logs: LogBook,
+        sockets: Arc<SocketNames>,
+        runner_exit: Option<crate::RunnerExit>,
+    ) -> Self {
         Self {
             name,
             router: Router::default(),
@@ -66,6 +74,7 @@ impl Shared {
             generation: AtomicU64::new(0),
             logs,
             sockets,
+            runner_exit,
             exits: Mutex::new(VecDeque::new()),
         }
     }
@@ -782,6 +791,7 @@ impl Function {
         }
         let mounts = Mounts {
             image_dir: &launch.image.dir,
+            workdir: &launch.image.function_dir(),
             run_dir: None,
             secrets_dir: &launch.secrets_dir,
             network: launch.network,

@@ -25,11 +25,20 @@ pub struct Image {
     pub lang: String,
     #[serde(skip)]
     pub dir: PathBuf,
+    /// Where the function's processes start, when not `dir/function` (an
+    /// exec image adopted from a container's working directory).
+    #[serde(skip)]
+    pub workdir: Option<PathBuf>,
 }
 
 impl Image {
     pub fn lang(&self) -> Lang {
         Lang::parse(&self.lang).unwrap_or(Lang::Exec)
+    }
+    pub fn function_dir(&self) -> PathBuf {
+        self.workdir
+            .clone()
+            .unwrap_or_else(|| self.dir.join("function"))
     }
     pub fn python(&self) -> PathBuf {
         self.dir.join("venv/bin/python")
@@ -40,6 +49,9 @@ pub struct ImageStore {
     root: PathBuf,
     python: String,
     index: Mutex<BTreeMap<String, String>>,
+    /// Images built elsewhere (into a container image) and run where they
+    /// lie, by digest.
+    adopted: Mutex<BTreeMap<String, Image>>,
     /// One build at a time: pip is heavy and two builds of one digest must
     /// not race.
     building: tokio::sync::Mutex<()>,
@@ -56,6 +68,7 @@ impl ImageStore {
             root,
             python,
             index: Mutex::new(index),
+            adopted: Mutex::new(BTreeMap::new()),
             building: tokio::sync::Mutex::new(()),
         })
     }
@@ -78,6 +91,12 @@ impl ImageStore {
     /// A built image by digest (a revision runs the build it was deployed
     /// with, whatever the name refers to now), shown under `name`.
     pub fn by_digest(&self, name: &str, digest: &str) -> Option<Image> {
+        if let Some(image) = self.adopted.lock().expect("adopted lock").get(digest) {
+            return Some(Image {
+                name: name.to_string(),
+                ..image.clone()
+            });
+        }
         if digest.is_empty() || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
@@ -90,6 +109,36 @@ impl ImageStore {
         image.name = name.to_string();
         image.dir = dir;
         Some(image)
+    }
+
+    /// Runs an image that was built elsewhere where it lies: `dir` holds
+    /// what a build makes (`image.json`, `runner.py`, `function/`, `venv/`),
+    /// or, for an exec function with no such folder, `workdir` is where its
+    /// command runs. Returns the digest deployments name it by, and its
+    /// language.
+    pub fn adopt(&self, dir: PathBuf, workdir: Option<PathBuf>) -> std::io::Result<(String, Lang)> {
+        let mut image = match std::fs::read(dir.join("image.json")) {
+            Ok(bytes) => serde_json::from_slice::<Image>(&bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && workdir.is_some() => Image {
+                name: String::new(),
+                digest: String::new(),
+                lang: Lang::Exec.as_str().to_string(),
+                dir: PathBuf::new(),
+                workdir: None,
+            },
+            Err(e) => return Err(e),
+        };
+        if image.digest.is_empty() {
+            image.digest = "adopted".to_string();
+        }
+        image.dir = dir;
+        image.workdir = workdir;
+        let adopted = (image.digest.clone(), image.lang());
+        self.adopted
+            .lock()
+            .expect("adopted lock")
+            .insert(adopted.0.clone(), image);
+        Ok(adopted)
     }
 
     /// Builds an image, one build at a time. Images that no name refers to
@@ -143,6 +192,7 @@ impl ImageStore {
                 digest: digest.clone(),
                 lang: input.lang.as_str().to_string(),
                 dir: dir.clone(),
+                workdir: None,
             };
             std::fs::write(
                 dir.join("image.json"),

@@ -49,7 +49,17 @@ pub struct LocalConfig {
     pub sandbox: bool,
     /// Folders functions must not see (the server's whole state directory).
     pub hidden: Vec<PathBuf>,
+    /// Function output goes to this process's stdout (a container's log)
+    /// instead of log files in `dir`.
+    pub logs_to_stdout: bool,
+    /// Called with the reason when a runner (a warm parent, or a replica's
+    /// only process) exits on its own. When set, runners are not restarted
+    /// here: the caller decides (`graphene watchdog` ends the container,
+    /// whose restart policy starts it afresh).
+    pub runner_exit: Option<RunnerExit>,
 }
+
+pub type RunnerExit = Arc<dyn Fn(String) + Send + Sync>;
 
 pub struct LocalProvider {
     dir: PathBuf,
@@ -63,6 +73,8 @@ pub struct LocalProvider {
     /// Serialises deploy/scale/remove so two updates of one function can't
     /// interleave.
     changes: tokio::sync::Mutex<()>,
+    logs_to_stdout: bool,
+    runner_exit: Option<RunnerExit>,
 }
 
 /// Builds function folders into the images [`LocalProvider`] runs: a
@@ -114,12 +126,24 @@ impl LocalProvider {
             functions: RwLock::new(HashMap::new()),
             versions: AtomicU64::new(1),
             changes: tokio::sync::Mutex::new(()),
+            logs_to_stdout: config.logs_to_stdout,
+            runner_exit: config.runner_exit,
         };
         Ok((provider, builder))
     }
 
     pub fn sandboxed(&self) -> bool {
         self.sandbox.enabled()
+    }
+
+    /// Runs an image built elsewhere where it lies (see
+    /// `ImageStore::adopt`); deployments name it by the digest returned.
+    pub fn adopt(
+        &self,
+        dir: PathBuf,
+        workdir: Option<PathBuf>,
+    ) -> std::io::Result<(String, graphene_core::stack::Lang)> {
+        self.images.adopt(dir, workdir)
     }
 
     fn get(&self, f: &FunctionRef) -> Result<Arc<Function>, ProviderError> {
@@ -368,14 +392,19 @@ impl Provider for LocalProvider {
                 f.update(current, d.revision, d.replicas).await;
             }
             None => {
-                let shared = Shared::new(
-                    d.function.name.clone(),
-                    logs::LogBook::open(
+                let logs = match self.logs_to_stdout {
+                    true => logs::LogBook::stdout(&d.function.namespace, &d.function.name),
+                    false => logs::LogBook::open(
                         self.dir.join("logs"),
                         &d.function.namespace,
                         &d.function.name,
                     ),
+                };
+                let shared = Shared::new(
+                    d.function.name.clone(),
+                    logs,
                     self.sockets.clone(),
+                    self.runner_exit.clone(),
                 );
                 let f = Arc::new(Function::new(shared, current, limits, d.revision));
                 self.functions

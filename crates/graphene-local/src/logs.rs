@@ -16,7 +16,9 @@ const MAX_FILE: u64 = 8 << 20;
 pub struct LogBook {
     name: String,
     namespace: String,
-    path: PathBuf,
+    /// The NDJSON file; none when lines go to this process's stdout (a
+    /// container's log) instead.
+    path: Option<PathBuf>,
     recent: Mutex<VecDeque<LogMessage>>,
     live: broadcast::Sender<LogMessage>,
     /// The open log file and how much it holds; opened on first write.
@@ -26,9 +28,18 @@ pub struct LogBook {
 impl LogBook {
     /// Opens the log of a function, loading what the file already holds.
     pub fn open(dir: PathBuf, namespace: &str, name: &str) -> Self {
-        let path = dir.join(format!("{namespace}.{name}.log"));
+        Self::new(Some(dir.join(format!("{namespace}.{name}.log"))), namespace, name)
+    }
+
+    /// A log whose lines are printed to stdout as they come (and kept in
+    /// memory), for a container runtime to collect.
+    pub fn stdout(namespace: &str, name: &str) -> Self {
+        Self::new(None, namespace, name)
+    }
+
+    fn new(path: Option<PathBuf>, namespace: &str, name: &str) -> Self {
         let mut recent = VecDeque::new();
-        if let Ok(f) = std::fs::File::open(&path) {
+        if let Some(Ok(f)) = path.as_ref().map(std::fs::File::open) {
             for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
                 if let Ok(m) = serde_json::from_str::<LogMessage>(&line) {
                     if recent.len() == KEEP {
@@ -58,8 +69,16 @@ impl LogBook {
             text: text.to_string(),
         };
         let mut recent = self.recent.lock().expect("log lock");
-        if let Ok(line) = serde_json::to_string(&msg) {
-            self.append(&line);
+        match &self.path {
+            Some(path) => {
+                if let Ok(line) = serde_json::to_string(&msg) {
+                    self.append(path, &line);
+                }
+            }
+            None => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{text}");
+            }
         }
         if recent.len() == KEEP {
             recent.pop_front();
@@ -69,17 +88,17 @@ impl LogBook {
     }
 
     /// Appends a line to the file (kept open), rotating it past its size.
-    fn append(&self, line: &str) {
+    fn append(&self, path: &std::path::Path, line: &str) {
         let mut file = self.file.lock().expect("log file lock");
         if file.as_ref().is_some_and(|(_, size)| *size > MAX_FILE) {
             *file = None;
-            let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));
+            let _ = std::fs::rename(path, path.with_extension("log.1"));
         }
         if file.is_none() {
             let opened = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(&self.path);
+                .open(path);
             if let Ok(f) = opened {
                 let size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 *file = Some((f, size));
@@ -142,8 +161,10 @@ impl LogBook {
 
     pub fn delete(&self) {
         self.file.lock().expect("log file lock").take();
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_file(self.path.with_extension("log.1"));
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(path.with_extension("log.1"));
+        }
     }
 }
 

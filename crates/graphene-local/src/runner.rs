@@ -227,14 +227,19 @@ async fn supervise(
             Outcome::Exited(_) if runner.finishing.load(Ordering::Acquire) => break,
             Outcome::Exited(reason) => reason,
         };
-        shared.restarts.fetch_add(1, Ordering::Relaxed);
-        if started.elapsed() > STABLE {
-            backoff = MIN_BACKOFF;
-        }
         let what = match runner.mode {
             Mode::Fork => "warm parent",
             Mode::Direct { .. } => "replica",
         };
+        if let Some(exit) = &shared.runner_exit {
+            shared.logs.write(&runner.id, &format!("{what} {reason}"));
+            exit(format!("the {what} of {} {reason}", shared.name));
+            break;
+        }
+        shared.restarts.fetch_add(1, Ordering::Relaxed);
+        if started.elapsed() > STABLE {
+            backoff = MIN_BACKOFF;
+        }
         shared.logs.write(
             &runner.id,
             &format!("{what} {reason}; restarting in {} ms", backoff.as_millis()),
@@ -297,16 +302,19 @@ async fn run_once(
             "GRAPHENE_FUNCTION_ROOT".to_string(),
             launch.image.dir.to_string_lossy().into_owned(),
         ),
-        ("HOSTNAME".to_string(), runner.id.clone()),
         ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
         ("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()),
     ]);
+    if !env.iter().any(|(k, _)| k == "HOSTNAME") {
+        env.push(("HOSTNAME".to_string(), runner.id.clone()));
+    }
     let script = launch.image.dir.join("runner.py");
     // The warm parent, or a replica's only process, in a group of its own.
     let group = launch.cgroups.group(&runner.id, launch.resources);
     let join = group.as_ref().map(|g| g.procs_files()).unwrap_or_default();
     let mounts = Mounts {
         image_dir: &launch.image.dir,
+        workdir: &launch.image.function_dir(),
         run_dir: Some(&run_dir),
         secrets_dir: &launch.secrets_dir,
         network: launch.network,

@@ -60,6 +60,8 @@ pub struct Sandbox {
 /// What one process of a function needs to see.
 pub struct Mounts<'a> {
     pub image_dir: &'a Path,
+    /// The working directory: the function folder.
+    pub workdir: &'a Path,
     pub run_dir: Option<&'a Path>,
     pub secrets_dir: &'a Path,
     /// Whether the process may use the network (`com.graphene.network`).
@@ -177,7 +179,7 @@ impl Sandbox {
                     arg(&"--unshare-net");
                 }
                 arg(&"--chdir");
-                arg(&mounts.image_dir.join("function"));
+                arg(&mounts.workdir);
                 arg(&"--");
                 arg(&program);
                 args.iter().for_each(|a| arg(a));
@@ -206,7 +208,7 @@ impl Sandbox {
                 c
             }
         };
-        cmd.current_dir(mounts.image_dir.join("function"));
+        cmd.current_dir(mounts.workdir);
         let secrets = if self.enabled() {
             SECRETS_MOUNT.to_string()
         } else {

@@ -122,6 +122,8 @@ async fn the_local_runtime_conforms() {
         // The suite is about the contract; the sandbox has tests of its own.
         sandbox: false,
         hidden: Vec::new(),
+        logs_to_stdout: false,
+        runner_exit: None,
     })
     .unwrap();
     let mut digests = HashMap::new();

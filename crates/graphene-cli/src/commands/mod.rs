@@ -18,6 +18,7 @@ pub mod secret;
 pub mod serve;
 pub mod token;
 pub mod up;
+pub mod watchdog;
 
 use std::path::PathBuf;
 

@@ -107,6 +107,8 @@ impl Serve {
             python: self.python.clone(),
             sandbox: !self.no_sandbox,
             hidden: self.hidden_from_functions(&state),
+            logs_to_stdout: false,
+            runner_exit: None,
         })
         .context("opening the local runtime")?;
         let provider = Arc::new(provider);
