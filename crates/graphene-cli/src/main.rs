@@ -4,6 +4,8 @@
 mod client;
 mod commands;
 mod config;
+mod files;
+mod oci;
 mod stackfile;
 
 use std::process::ExitCode;

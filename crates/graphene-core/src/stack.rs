@@ -83,6 +83,28 @@ pub struct Stack {
     pub provider: Provider,
     #[serde(default)]
     pub functions: BTreeMap<String, StackFunction>,
+    /// How `graphene build` makes images.
+    #[serde(default)]
+    pub build: BuildSettings,
+}
+
+/// The stack file's `build` section: how functions become images.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct BuildSettings {
+    /// Build OCI images (pushed to a registry, for Kubernetes) instead of
+    /// images on the gateway's local runtime.
+    #[serde(default)]
+    pub oci: bool,
+    /// The base image per template (`python3`, `python3-http`, `exec`).
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub base: Map,
+    /// The OCI builder to use: buildah, podman or docker (default: the first
+    /// found).
+    #[serde(default)]
+    pub builder: Option<String>,
+    /// Push images to their registry after building.
+    #[serde(default)]
+    pub push: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -127,7 +149,8 @@ pub struct StackFunction {
     pub skip_build: bool,
 }
 
-const TOP_FIELDS: &[&str] = &["version", "provider", "functions", "configuration"];
+const TOP_FIELDS: &[&str] = &["version", "provider", "functions", "configuration", "build"];
+const BUILD_FIELDS: &[&str] = &["oci", "base", "builder", "push"];
 const PROVIDER_FIELDS: &[&str] = &["name", "gateway", "network"];
 const FUNCTION_FIELDS: &[&str] = &[
     "lang",
@@ -182,6 +205,13 @@ pub fn parse(text: &str) -> Result<Parsed, StackError> {
                 stack.version
             ),
         });
+    }
+    for lang in stack.build.base.keys() {
+        Lang::parse(lang).map_err(|e| StackError {
+            line: locate(text, &["build", "base", lang]),
+            field: format!("build.base.{lang}"),
+            reason: e,
+        })?;
     }
     for (name, f) in &stack.functions {
         let err = |field: &str, reason: String| StackError {
@@ -295,6 +325,9 @@ fn unknown_fields(text: &str) -> Vec<String> {
     check(&top, TOP_FIELDS, &[]);
     if let Some(serde_yaml::Value::Mapping(p)) = top.get("provider") {
         check(p, PROVIDER_FIELDS, &["provider"]);
+    }
+    if let Some(serde_yaml::Value::Mapping(b)) = top.get("build") {
+        check(b, BUILD_FIELDS, &["build"]);
     }
     if let Some(serde_yaml::Value::Mapping(fns)) = top.get("functions") {
         for (name, f) in fns {

@@ -58,8 +58,7 @@ impl From<ProviderError> for ApiError {
             ProviderError::Timeout(_) => "function",
             _ => "gateway",
         };
-        let status =
-            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Self {
             status,
             message: e.to_string(),

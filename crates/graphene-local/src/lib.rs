@@ -35,6 +35,7 @@ use graphene_core::provider::{
 };
 
 use function::{Call, Current, Function, Limits, Shared, SocketNames, Target};
+pub use images::RUNNER;
 use images::{Image, ImageStore};
 use runner::Launch;
 pub use sandbox::SECRETS_ENV;
@@ -173,10 +174,17 @@ impl LocalProvider {
             false => self.images.by_digest(&d.spec.image, &d.image_digest),
         }
         .ok_or_else(|| {
-            ProviderError::Invalid(format!(
-                "image {:?} was not built on this server; build it first with `graphene build` (or `graphene up`)",
-                d.spec.image
-            ))
+            ProviderError::Invalid(match from_a_registry(&d.spec.image) {
+                true => format!(
+                    "image {:?} is an image from a registry: the local runtime runs functions built on this server \
+                     (`graphene up` without --oci); registry images run on the Kubernetes provider",
+                    d.spec.image
+                ),
+                false => format!(
+                    "image {:?} was not built on this server; build it first with `graphene build` (or `graphene up`)",
+                    d.spec.image
+                ),
+            })
         })?;
         if !image.lang().is_python() && d.spec.env_process.trim().is_empty() {
             return Err(ProviderError::Invalid(format!(
@@ -256,6 +264,15 @@ fn fingerprint(image_digest: &str, d: &Deployment, local: &LocalSettings) -> Str
         .as_bytes(),
     );
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether an image name points into a registry (`host[:port]/...`, or a
+/// pinned `@sha256:` digest) rather than naming a local build.
+fn from_a_registry(image: &str) -> bool {
+    image.contains('@')
+        || image.split_once('/').is_some_and(|(host, _)| {
+            host.contains('.') || host.contains(':') || host == "localhost"
+        })
 }
 
 fn restrict(dir: &Path) -> std::io::Result<()> {

@@ -28,7 +28,11 @@ pub struct LogBook {
 impl LogBook {
     /// Opens the log of a function, loading what the file already holds.
     pub fn open(dir: PathBuf, namespace: &str, name: &str) -> Self {
-        Self::new(Some(dir.join(format!("{namespace}.{name}.log"))), namespace, name)
+        Self::new(
+            Some(dir.join(format!("{namespace}.{name}.log"))),
+            namespace,
+            name,
+        )
     }
 
     /// A log whose lines are printed to stdout as they come (and kept in

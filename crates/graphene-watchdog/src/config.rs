@@ -12,6 +12,10 @@ use graphene_core::settings::{DEFAULT_WORKERS, MAX_WORKERS};
 /// Where `graphene build --oci` puts the built function in the image.
 pub const IMAGE_DIR: &str = "/home/app/image";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long calls are still taken after SIGTERM, unless
+/// `healthcheck_interval` says: long enough for endpoints to update, short
+/// enough to drain within the usual 10-30 s grace period.
+const DEFAULT_STOP_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -61,7 +65,9 @@ impl Config {
         let get = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
         let duration = |name: &'static str, default: Duration| match get(name) {
             None => Ok(default),
-            Some(v) => graphene_core::duration::parse(v).map_err(|reason| ConfigError { name, reason }),
+            Some(v) => {
+                graphene_core::duration::parse(v).map_err(|reason| ConfigError { name, reason })
+            }
         };
         let number = |name: &'static str, default: u64| match get(name) {
             None => Ok(default),
@@ -122,7 +128,10 @@ impl Config {
             },
             read_timeout: duration("read_timeout", DEFAULT_TIMEOUT)?,
             write_timeout,
-            healthcheck_interval: duration("healthcheck_interval", write_timeout)?,
+            healthcheck_interval: duration(
+                "healthcheck_interval",
+                DEFAULT_STOP_WAIT.min(write_timeout),
+            )?,
             max_inflight: number("max_inflight", 0)? as usize,
             content_type: get("content_type").map(str::to_string),
             suppress_lock: flag("suppress_lock")?.unwrap_or(false),
@@ -153,7 +162,7 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!((c.port, c.metrics_port), (8080, 8081));
         assert_eq!(c.exec_timeout, Duration::from_secs(30));
-        assert_eq!(c.healthcheck_interval, c.write_timeout);
+        assert_eq!(c.healthcheck_interval, Duration::from_secs(5));
         assert_eq!(c.max_inflight, 0);
         assert!(c.fork && !c.suppress_lock);
     }
@@ -168,6 +177,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.exec_timeout, Duration::from_secs(2));
+        // Never longer than answering may take.
         assert_eq!(c.healthcheck_interval, Duration::from_millis(1500));
         assert_eq!(c.max_inflight, 3);
         assert_eq!(c.fprocess, "cat");
@@ -180,7 +190,10 @@ mod tests {
         let e = config(&[("write_timeout", "0")]).unwrap_err();
         assert_eq!(e.name, "write_timeout");
         let e = config(&[("port", "70000")]).unwrap_err();
-        assert!(e.to_string().contains("port: 70000 is not a TCP port"), "{e}");
+        assert!(
+            e.to_string().contains("port: 70000 is not a TCP port"),
+            "{e}"
+        );
         let e = config(&[("GRAPHENE_FORK", "maybe")]).unwrap_err();
         assert_eq!(e.name, "GRAPHENE_FORK");
     }

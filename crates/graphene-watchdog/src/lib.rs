@@ -397,24 +397,21 @@ async fn call(wd: &Watchdog, req: Request) -> Response {
         body: body.into(),
         call_id,
     };
-    let result = match tokio::time::timeout_at(
-        deadline,
-        wd.provider.invoke(&wd.function, invocation),
-    )
-    .await
-    {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return failure(e),
-        Err(_) => {
-            return plain(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "no answer within write_timeout ({:?})",
-                    wd.config.write_timeout
-                ),
-            )
-        }
-    };
+    let result =
+        match tokio::time::timeout_at(deadline, wd.provider.invoke(&wd.function, invocation)).await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return failure(e),
+            Err(_) => {
+                return plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "no answer within write_timeout ({:?})",
+                        wd.config.write_timeout
+                    ),
+                )
+            }
+        };
     let mut response = Response::new(match result.body {
         graphene_core::provider::Body::Full(b) => Body::from(b),
         graphene_core::provider::Body::Stream(s) => Body::from_stream(s),
@@ -457,7 +454,12 @@ fn failure(e: ProviderError) -> Response {
 }
 
 fn plain(status: StatusCode, text: String) -> Response {
-    (status, [("content-type", "text/plain; charset=utf-8")], text).into_response()
+    (
+        status,
+        [("content-type", "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 async fn render_metrics(State(wd): State<Arc<Watchdog>>) -> Response {

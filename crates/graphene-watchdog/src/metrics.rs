@@ -67,7 +67,9 @@ mod tests {
         assert!(text.contains(
             "http_request_duration_seconds_bucket{code=\"200\",method=\"post\",le=\"0.025\"} 1\n"
         ));
-        assert!(text.contains("http_request_duration_seconds_count{code=\"200\",method=\"post\"} 2\n"));
+        assert!(
+            text.contains("http_request_duration_seconds_count{code=\"200\",method=\"post\"} 2\n")
+        );
         assert!(text.contains("http_requests_in_flight 1\n"));
     }
 }

@@ -1,4 +1,5 @@
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
@@ -8,6 +9,7 @@ use hyper::Method;
 
 use super::{encode, StackArgs, Target};
 use crate::client::{self, Client};
+use crate::oci;
 use crate::stackfile::StackFile;
 
 #[derive(Args)]
@@ -15,15 +17,139 @@ pub struct Build {
     #[command(flatten)]
     pub stack: StackArgs,
     #[command(flatten)]
+    pub oci: OciArgs,
+    #[command(flatten)]
     pub target: Target,
+}
+
+/// How OCI images are built (`--oci`), beside the stack file's `build`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct OciArgs {
+    /// Build OCI images with a builder on this machine (buildah, podman or
+    /// docker), not on the gateway [default: the stack file's build.oci]
+    #[arg(long)]
+    pub oci: bool,
+    /// The base image of every function [default: the stack file's
+    /// build.base for its template, else an official slim Python image]
+    #[arg(long, value_name = "IMAGE")]
+    pub base: Option<String>,
+    /// buildah, podman or docker [default: build.builder, else the first
+    /// installed]
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
+    /// Only write each function's build context (Containerfile and files)
+    /// to DIR/<function>, for another builder (BuildKit, kaniko)
+    #[arg(long, value_name = "DIR")]
+    pub shrinkwrap: Option<PathBuf>,
+    /// Push each image to its registry and print its digest [default:
+    /// build.push]
+    #[arg(long)]
+    pub push: bool,
+}
+
+impl OciArgs {
+    /// Whether images are OCI images, from the flag or the stack file.
+    pub fn wanted(&self, file: &StackFile) -> bool {
+        self.oci || self.shrinkwrap.is_some() || file.stack.build.oci
+    }
 }
 
 impl Build {
     pub async fn run(self) -> anyhow::Result<()> {
         let file = self.stack.load()?;
+        let filter = self.stack.filter.as_deref();
+        if self.oci.wanted(&file) {
+            let push = self.oci.push || file.stack.build.push;
+            build_oci(&file, filter, &self.oci, push).await?;
+            return Ok(());
+        }
         let client = self.target.client(Some(&file.stack.provider.gateway))?;
-        build_all(&client, &file, self.stack.filter.as_deref()).await
+        build_all(&client, &file, filter).await
     }
+}
+
+/// Builds every selected function that has a `lang` into an OCI image (or
+/// only writes its build context, with `--shrinkwrap`); with `push`,
+/// pushes it. Returns, per function pushed, its image by digest.
+pub async fn build_oci(
+    file: &StackFile,
+    filter: Option<&str>,
+    opts: &OciArgs,
+    push: bool,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let settings = &file.stack.build;
+    let builder = match &opts.shrinkwrap {
+        Some(_) => None,
+        None => Some(oci::Builder::find(
+            opts.builder.as_deref().or(settings.builder.as_deref()),
+        )?),
+    };
+    let mut pushed = BTreeMap::new();
+    for (name, f) in file.select(filter)? {
+        let Some(lang) = f.lang.as_deref() else {
+            continue;
+        };
+        if f.skip_build {
+            continue;
+        }
+        let lang = Lang::parse(lang).map_err(anyhow::Error::msg)?;
+        let function = oci::Function {
+            name,
+            spec: f,
+            lang,
+            dir: file.handler_dir(name, f)?,
+            image: f.image_name(name),
+            base: opts
+                .base
+                .clone()
+                .or_else(|| settings.base.get(lang.as_str()).cloned())
+                .unwrap_or_else(|| oci::DEFAULT_BASE.to_string()),
+        };
+        let prefix = format!("[{name}] ");
+        let Some(builder) = builder else {
+            let out = opts
+                .shrinkwrap
+                .as_ref()
+                .expect("no builder only when shrinkwrapping")
+                .join(name);
+            oci::write_context(&function, &out)?;
+            eprintln!(
+                "{prefix}wrote the build context of {} to {} (build it with: buildah build -t {} {})",
+                function.image,
+                out.display(),
+                function.image,
+                out.display()
+            );
+            continue;
+        };
+        let context =
+            std::env::temp_dir().join(format!("graphene-oci-{}-{name}", std::process::id()));
+        eprintln!(
+            "{prefix}building {} from {} ({lang}) on {} with {}",
+            function.image,
+            function.dir.display(),
+            function.base,
+            builder.program()
+        );
+        let built = async {
+            oci::write_context(&function, &context)?;
+            builder.build(&context, &function.image, &prefix).await
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&context);
+        built.with_context(|| format!("building {name}"))?;
+        eprintln!("{prefix}built {}", function.image);
+        if push {
+            let digest = builder
+                .push(&function.image, &prefix)
+                .await
+                .with_context(|| format!("pushing {name}"))?;
+            let reference = oci::by_digest(&function.image, &digest);
+            println!("{name}: pushed {reference}");
+            pushed.insert(name.clone(), reference);
+        }
+    }
+    Ok(pushed)
 }
 
 /// Builds every selected function that has a `lang` (and no `skip_build`).
@@ -43,7 +169,8 @@ pub async fn build_all(
         let dir = file.handler_dir(name, f)?;
         let image = f.image_name(name);
         eprintln!("[{name}] building {image} from {} ({lang})", dir.display());
-        let archive = pack(&dir).with_context(|| format!("packing {}", dir.display()))?;
+        let archive =
+            crate::files::pack(&dir).with_context(|| format!("packing {}", dir.display()))?;
         let path = format!("/system/build?image={}&lang={}", encode(&image), lang);
         let resp = client
             .send(
@@ -77,34 +204,4 @@ pub async fn build_all(
         }
     }
     Ok(())
-}
-
-/// Packs a function folder as a tar, leaving out caches and local
-/// environments.
-fn pack(dir: &Path) -> anyhow::Result<Vec<u8>> {
-    fn walk(b: &mut tar::Builder<Vec<u8>>, base: &Path, dir: &Path) -> anyhow::Result<()> {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
-            if [".venv", "venv", "__pycache__", ".git", "build"]
-                .iter()
-                .any(|s| name == *s)
-            {
-                continue;
-            }
-            let path = e.path();
-            let rel = path.strip_prefix(base)?;
-            let kind = e.file_type()?;
-            if kind.is_dir() {
-                walk(b, base, &path)?;
-            } else if kind.is_file() {
-                b.append_path_with_name(&path, rel)?;
-            }
-        }
-        Ok(())
-    }
-    let mut b = tar::Builder::new(Vec::new());
-    walk(&mut b, dir, dir)?;
-    Ok(b.into_inner()?)
 }

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -7,6 +8,7 @@ use graphene_core::api::{Event, EventKind, RolloutState};
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 
+use super::build::OciArgs;
 use super::{encode, StackArgs, Target};
 use crate::client::{self, Client};
 use crate::stackfile::StackFile;
@@ -25,23 +27,36 @@ pub struct Deploy {
 
 impl Deploy {
     pub async fn run(self) -> anyhow::Result<()> {
-        self.run_with(false).await
+        self.run_with(None).await
     }
 
-    /// Deploys, after building first when `build` is set (`graphene up`).
-    pub async fn run_with(self, build: bool) -> anyhow::Result<()> {
+    /// Deploys, after building first when `build` is given (`graphene
+    /// up`). OCI images are pushed and deployed by digest.
+    pub async fn run_with(self, build: Option<&OciArgs>) -> anyhow::Result<()> {
         let file = self.stack.load()?;
         let client = self.target.client(Some(&file.stack.provider.gateway))?;
         let filter = self.stack.filter.as_deref();
-        if build {
-            super::build::build_all(&client, &file, filter)
+        let images = match build {
+            None => BTreeMap::new(),
+            Some(oci) if oci.shrinkwrap.is_some() => {
+                bail!("--shrinkwrap only writes build contexts: use it with `graphene build`")
+            }
+            // A cluster pulls images from their registry: they are pushed.
+            Some(oci) if oci.wanted(&file) => super::build::build_oci(&file, filter, oci, true)
                 .await
-                .map_err(|e| e.context("nothing was deployed"))?;
-        }
+                .map_err(|e| e.context("nothing was deployed"))?,
+            Some(_) => {
+                super::build::build_all(&client, &file, filter)
+                    .await
+                    .map_err(|e| e.context("nothing was deployed"))?;
+                BTreeMap::new()
+            }
+        };
         deploy_all(
             &client,
             &file,
             filter,
+            &images,
             &self.target,
             Duration::from_secs(self.wait),
         )
@@ -81,6 +96,7 @@ pub async fn deploy_all(
     client: &Client,
     file: &StackFile,
     filter: Option<&str>,
+    images: &BTreeMap<String, String>,
     target: &Target,
     wait: Duration,
 ) -> anyhow::Result<()> {
@@ -90,6 +106,9 @@ pub async fn deploy_all(
             file.handler_dir(name, f)?;
         }
         let mut spec = f.deployment(name);
+        if let Some(image) = images.get(name) {
+            spec.image = image.clone();
+        }
         if let Some(ns) = &target.namespace {
             spec.namespace = ns.clone();
         }

@@ -225,6 +225,7 @@ async fn deploy_stack(
         &client,
         &file,
         None,
+        &Default::default(),
         &Target::default(),
         std::time::Duration::from_secs(600),
     )

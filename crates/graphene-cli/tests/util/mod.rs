@@ -260,29 +260,7 @@ impl Server {
         body: &[u8],
         headers: &[(&str, &str)],
     ) -> Reply {
-        let mut req =
-            ureq::request(method, &format!("{}{path}", self.url)).timeout(Duration::from_secs(60));
-        for (k, v) in headers {
-            req = req.set(k, v);
-        }
-        let resp = match req.send_bytes(body) {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let status = resp.status();
-        let headers = resp
-            .headers_names()
-            .into_iter()
-            .map(|h| (h.clone(), resp.header(&h).unwrap_or("").to_string()))
-            .collect();
-        let mut body = Vec::new();
-        std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
-        Reply {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+        http(method, &format!("{}{path}", self.url), body, headers)
     }
 
     /// Waits until a function answers 200 to `body`.
@@ -309,6 +287,67 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One HTTP request; any status is a reply, only a failed connection
+/// panics.
+pub fn http(method: &str, url: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+    try_http(method, url, body, headers).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// One HTTP request, or why no reply came.
+pub fn try_http(
+    method: &str,
+    url: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    let mut req = ureq::request(method, url).timeout(Duration::from_secs(60));
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let resp = match req.send_bytes(body) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(e.to_string()),
+    };
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .map(|h| (h.clone(), resp.header(&h).unwrap_or("").to_string()))
+        .collect();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).map_err(|e| e.to_string())?;
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// A TCP port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Copies a child's output lines into a shared list (and the test's
+/// output, behind `tag`) as they come.
+pub fn collect_lines(
+    pipe: impl std::io::Read + Send + 'static,
+    tag: &'static str,
+    into: Arc<Mutex<Vec<String>>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            eprintln!("[{tag}] {line}");
+            into.lock().unwrap().push(line);
+        }
+    });
 }
 
 #[derive(Debug)]
@@ -338,11 +377,7 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut n = Self {
             url: format!("nats://127.0.0.1:{port}"),
             port,
