@@ -73,20 +73,19 @@ pub fn write_context(f: &Function<'_>, out: &Path) -> anyhow::Result<String> {
         std::fs::write(function.join("requirements.txt"), "")?;
     }
     std::fs::write(out.join("runner.py"), graphene_local::RUNNER)?;
+    // What the watchdog reads; nothing in it changes with the handler, so
+    // its layer is reused.
     std::fs::write(
         out.join("image.json"),
         serde_json::to_vec(&serde_json::json!({
-            "name": f.image,
-            "digest": &revision[..32],
+            "name": f.name,
+            "digest": "",
             "lang": f.lang.as_str(),
         }))?,
     )?;
     let exe = std::env::current_exe().context("finding the graphene binary to put in the image")?;
-    // A hard link when it can be (the binary is large), else a copy.
-    if std::fs::hard_link(&exe, out.join("graphene")).is_err() {
-        std::fs::copy(&exe, out.join("graphene"))
-            .with_context(|| format!("copying {}", exe.display()))?;
-    }
+    std::fs::copy(&exe, out.join("graphene"))
+        .with_context(|| format!("copying {}", exe.display()))?;
     let requirements = std::fs::read_to_string(function.join("requirements.txt"))?;
     std::fs::write(
         out.join("Containerfile"),
@@ -97,7 +96,29 @@ pub fn write_context(f: &Function<'_>, out: &Path) -> anyhow::Result<String> {
             wants_packages(&requirements),
         ),
     )?;
+    settle(out)?;
     Ok(revision)
+}
+
+/// Gives every file and folder of the context one fixed time: builders key
+/// their layer cache (and layers their digest) on file times too, so an
+/// unchanged `requirements.txt` must look unchanged to reuse its layer.
+fn settle(dir: &Path) -> anyhow::Result<()> {
+    // 1980-01-01, the usual fixed time of reproducible archives.
+    let fixed = std::time::UNIX_EPOCH + std::time::Duration::from_secs(315_532_800);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            settle(&entry.path())?;
+        } else {
+            std::fs::File::options()
+                .write(true)
+                .open(entry.path())?
+                .set_modified(fixed)?;
+        }
+    }
+    std::fs::File::open(dir)?.set_modified(fixed)?;
+    Ok(())
 }
 
 /// Whether a requirements file asks for anything.
@@ -148,16 +169,6 @@ fn containerfile(f: &Function<'_>, revision: &str, source: &str, packages: bool)
     ));
     line(format!("FROM {}", f.base));
     line(format!(
-        "LABEL org.opencontainers.image.title={} org.opencontainers.image.source={} \\",
-        quoted(f.name),
-        quoted(source)
-    ));
-    line(format!(
-        "      org.opencontainers.image.revision={} com.graphene.template={}",
-        quoted(revision),
-        quoted(f.lang.as_str())
-    ));
-    line(format!(
         "ENV HOME=/home/app PYTHONDONTWRITEBYTECODE=1 GRAPHENE_FUNCTION={}",
         quoted(f.name)
     ));
@@ -191,6 +202,18 @@ fn containerfile(f: &Function<'_>, revision: &str, source: &str, packages: bool)
     line(format!("COPY runner.py image.json {dir}/"));
     line("# The handler last: a change to it rebuilds only this layer.".into());
     line(format!("COPY function/ {dir}/function/"));
+    // Labels last: the revision changes with the handler, and every step
+    // after a changed one is rebuilt.
+    line(format!(
+        "LABEL org.opencontainers.image.title={} org.opencontainers.image.source={} \\",
+        quoted(f.name),
+        quoted(source)
+    ));
+    line(format!(
+        "      org.opencontainers.image.revision={} com.graphene.template={}",
+        quoted(revision),
+        quoted(f.lang.as_str())
+    ));
     line(format!("USER {APP_USER}:{APP_USER}"));
     line("WORKDIR /home/app".into());
     line("EXPOSE 8080 8081".into());

@@ -1,0 +1,293 @@
+//! OCI images for real: `graphene build --oci --push` with buildah on a
+//! Python base image made locally (`scripts/oci-fixtures.sh`, cached outside
+//! the repository), pushed to a real registry on loopback (Debian's
+//! docker-registry), read back with skopeo, and run with podman.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use util::{eventually, free_port, http, try_http, TempDir, BIN};
+
+/// A registry on loopback, and a HOME whose containers configuration
+/// trusts it over plain HTTP (as an operator's registries.conf would).
+struct Registry {
+    host: String,
+    child: Child,
+    home: TempDir,
+}
+
+impl Registry {
+    fn start() -> Self {
+        let home = TempDir::new("ocihome");
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        std::fs::write(
+            home.path().join("registry.yml"),
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
+                home.path().join("blobs").display()
+            ),
+        )
+        .unwrap();
+        let conf = home.path().join(".config/containers");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::write(
+            conf.join("registries.conf"),
+            format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(home.path().join("registry.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry (scripts/oci-fixtures.sh installs it)");
+        eventually("the registry to answer", Duration::from_secs(20), || {
+            try_http("GET", &format!("http://{host}/v2/"), b"", &[])
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        Self { host, child, home }
+    }
+
+    /// A command with this registry's HOME.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("HOME", self.home.path());
+        c
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The base image archive, built once and cached (installs what is
+/// missing).
+fn base_archive() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/oci-fixtures.sh");
+    let out = Command::new(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/oci-fixtures.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const HANDLER: &str = r#"
+import os
+
+def handle(req):
+    return "hello %s from uid %d (%s)" % (req, os.getuid(), os.environ.get("GRAPHENE_FUNCTION"))
+"#;
+
+/// The layers and labels of a pushed image, read back from the registry.
+fn inspect(reg: &Registry, image: &str) -> serde_json::Value {
+    let out = reg
+        .command("skopeo")
+        .args(["inspect", &format!("docker://{image}")])
+        .output()
+        .unwrap();
+    serde_json::from_str(&ok(out, "skopeo inspect")).unwrap()
+}
+
+#[test]
+fn images_build_push_by_digest_reuse_the_requirements_layer_and_run() {
+    let archive = base_archive();
+    let reg = Registry::start();
+    let base = format!("{}/base/python:bookworm", reg.host);
+    ok(
+        reg.command("skopeo")
+            .args(["copy", "--quiet"])
+            .arg(format!("oci-archive:{}:bookworm", archive.display()))
+            .arg(format!("docker://{base}"))
+            .output()
+            .unwrap(),
+        "skopeo copy of the base image",
+    );
+    let work = TempDir::new("oci");
+    let w = work.path();
+    std::fs::create_dir_all(w.join("hello")).unwrap();
+    std::fs::create_dir_all(w.join("shout")).unwrap();
+    std::fs::write(w.join("hello/handler.py"), HANDLER).unwrap();
+    std::fs::write(w.join("hello/requirements.txt"), "# nothing to install\n").unwrap();
+    std::fs::write(w.join("shout/README"), "an exec function\n").unwrap();
+    let tag = |n: &str| format!("{}/team/{n}:1.0", reg.host);
+    std::fs::write(
+        w.join("stack.yml"),
+        format!(
+            "version: 1.0\nbuild:\n  oci: true\n  base:\n    python3: {base}\n    exec: {base}\nfunctions:\n  hello:\n    lang: python3\n    handler: ./hello\n    image: {}\n  shout:\n    lang: exec\n    handler: ./shout\n    image: {}\n    fprocess: tr a-z A-Z\n",
+            tag("hello"),
+            tag("shout")
+        ),
+    )
+    .unwrap();
+    let build = |what: &str| -> (String, String) {
+        let out = reg
+            .command(BIN)
+            .args(["build", "--push", "--builder", "buildah"])
+            .current_dir(w)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (ok(out, what), stderr)
+    };
+    let (stdout, progress) = build("the first build");
+    // The builder's progress is shown as it runs, behind the function's name.
+    assert!(progress.contains("[hello] STEP"), "{progress}");
+    let pushed = |stdout: &str, name: &str| -> String {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: pushed ")))
+            .unwrap_or_else(|| panic!("no pushed digest for {name} in {stdout}"))
+            .to_string()
+    };
+    let hello_v1 = pushed(&stdout, "hello");
+    assert!(hello_v1.starts_with(&format!("{}@sha256:", tag("hello"))), "{hello_v1}");
+    let first = inspect(&reg, &tag("hello"));
+    // The printed digest is the registry's.
+    assert_eq!(
+        first["Digest"].as_str().unwrap(),
+        hello_v1.split('@').nth(1).unwrap()
+    );
+    let labels = &first["Labels"];
+    assert_eq!(labels["com.graphene.template"], "python3");
+    assert!(labels["org.opencontainers.image.revision"]
+        .as_str()
+        .is_some_and(|r| r.len() == 64));
+    assert!(labels["org.opencontainers.image.source"]
+        .as_str()
+        .is_some_and(|s| s.ends_with("/hello")));
+
+    // A handler-only change rebuilds only the last layer.
+    std::fs::write(w.join("hello/handler.py"), HANDLER.replace("hello %s", "hi %s")).unwrap();
+    let (stdout, _) = build("the second build");
+    let hello_v2 = pushed(&stdout, "hello");
+    assert_ne!(hello_v1, hello_v2, "a new push of the tag has a new digest");
+    let second = inspect(&reg, &tag("hello"));
+    let layers = |v: &serde_json::Value| -> Vec<String> {
+        v["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect()
+    };
+    let (l1, l2) = (layers(&first), layers(&second));
+    assert_eq!(l1.len(), l2.len());
+    let last = l1.len() - 1;
+    assert_eq!(l1[..last], l2[..last], "every layer but the handler's is reused");
+    assert_ne!(l1[last], l2[last]);
+
+    // The first revision still runs by its digest, whatever the tag says now.
+    let hello = Container::run(&reg, &hello_v1, &[]);
+    hello.wait_ready();
+    let r = http("POST", &hello.url("/"), b"bob", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "hello bob from uid 10001 (hello)");
+    let shout = Container::run(&reg, &pushed(&stdout, "shout"), &[]);
+    shout.wait_ready();
+    let r = http("POST", &shout.url("/"), b"quiet", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "QUIET"));
+    // SIGTERM (podman stop) drains and exits 0.
+    assert_eq!(hello.stop(), 0);
+    assert!(hello.logs().contains("SIGTERM"), "{}", hello.logs());
+}
+
+/// A container run with podman on the host network (the watchdog on ports
+/// of its own).
+struct Container<'a> {
+    reg: &'a Registry,
+    name: String,
+    port: u16,
+}
+
+impl<'a> Container<'a> {
+    fn run(reg: &'a Registry, image: &str, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let name = format!("graphene-test-{}-{port}", std::process::id());
+        let mut cmd = reg.command("podman");
+        cmd.args(["run", "-d", "--network", "host", "--name", &name])
+            .args(["-e", &format!("port={port}")])
+            .args(["-e", &format!("metrics_port={}", free_port())])
+            .args(["-e", "healthcheck_interval=1s"]);
+        for (k, v) in env {
+            cmd.args(["-e", &format!("{k}={v}")]);
+        }
+        ok(cmd.arg(image).output().unwrap(), "podman run");
+        Self { reg, name, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn wait_ready(&self) {
+        eventually("the container to be ready", Duration::from_secs(60), || {
+            try_http("GET", &self.url("/_/ready"), b"", &[])
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+    }
+
+    /// `podman stop` (SIGTERM, then SIGKILL after 20 s); the exit code.
+    fn stop(&self) -> i64 {
+        ok(
+            self.reg
+                .command("podman")
+                .args(["stop", "-t", "20", &self.name])
+                .output()
+                .unwrap(),
+            "podman stop",
+        );
+        let out = self
+            .reg
+            .command("podman")
+            .args(["inspect", "--format", "{{.State.ExitCode}}", &self.name])
+            .output()
+            .unwrap();
+        ok(out, "podman inspect").trim().parse().unwrap()
+    }
+
+    fn logs(&self) -> String {
+        let out = self
+            .reg
+            .command("podman")
+            .args(["logs", &self.name])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .reg
+            .command("podman")
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
