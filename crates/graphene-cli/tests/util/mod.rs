@@ -2,6 +2,8 @@
 //! state directory, the real CLI against it, and a small HTTP helper.
 #![allow(dead_code)]
 
+pub mod watchdog;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
