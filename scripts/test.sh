@@ -32,6 +32,10 @@ if [ ! -d tests/oidc/node_modules/oidc-provider ] || [ tests/oidc/package-lock.j
   (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# OCI images: buildah, podman, a loopback registry, and a Python base image
+# made locally once (cached outside the repository).
+./scripts/oci-fixtures.sh > /dev/null
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then

@@ -67,6 +67,8 @@ enum Command {
     Audit(commands::grant::Audit),
     /// Follow, list and cancel asynchronous calls.
     Job(commands::job::Job),
+    /// Store a credential for an OCI registry (for `build --oci --push`).
+    Registry(commands::registry::Registry),
     /// Serve one function in a container (its entrypoint), speaking
     /// OpenFaaS's watchdog contract; configured by environment variables.
     Watchdog(commands::watchdog::Watchdog),
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
             Command::Grant(c) => c.run().await,
             Command::Audit(c) => c.run().await,
             Command::Job(c) => c.run().await,
+            Command::Registry(c) => c.run().await,
             Command::Watchdog(c) => c.run().await,
         }
     });

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use util::{eventually, free_port, http, try_http, TempDir, BIN};
+use util::{eventually, free_port, http, try_http, Server, TempDir, BIN};
 
-/// A registry on loopback, and a HOME whose containers configuration
-/// trusts it over plain HTTP (as an operator's registries.conf would).
+/// A registry on loopback that wants a login (alice / s3cret), and a HOME
+/// whose containers configuration trusts it over plain HTTP (as an
+/// operator's registries.conf would).
 struct Registry {
     host: String,
     child: Child,
@@ -24,11 +25,23 @@ impl Registry {
         let home = TempDir::new("ocihome");
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
+        let htpasswd = home.path().join("htpasswd");
+        let hash = Command::new("python3")
+            .args([
+                "-W",
+                "ignore",
+                "-c",
+                "import crypt; print('alice:' + crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+            ])
+            .output()
+            .unwrap();
+        std::fs::write(&htpasswd, ok(hash, "making a bcrypt password")).unwrap();
         std::fs::write(
             home.path().join("registry.yml"),
             format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
-                home.path().join("blobs").display()
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nauth:\n  htpasswd:\n    realm: test\n    path: {}\nhttp:\n  addr: {host}\n",
+                home.path().join("blobs").display(),
+                htpasswd.display()
             ),
         )
         .unwrap();
@@ -49,9 +62,36 @@ impl Registry {
         eventually("the registry to answer", Duration::from_secs(20), || {
             try_http("GET", &format!("http://{host}/v2/"), b"", &[])
                 .ok()
-                .filter(|r| r.status == 200)
+                .filter(|r| r.status == 401)
         });
         Self { host, child, home }
+    }
+
+    /// `graphene registry login` with a password.
+    fn login(&self, password: &str) -> Output {
+        let mut child = self
+            .command(BIN)
+            .args([
+                "registry",
+                "login",
+                &self.host,
+                "-u",
+                "alice",
+                "--password-stdin",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{password}\n").as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
     }
 
     /// A command with this registry's HOME.
@@ -109,10 +149,20 @@ fn inspect(reg: &Registry, image: &str) -> serde_json::Value {
     serde_json::from_str(&ok(out, "skopeo inspect")).unwrap()
 }
 
-#[test]
-fn images_build_push_by_digest_reuse_the_requirements_layer_and_run() {
+/// A registry with the Python base image in it, logged in to (and the
+/// login's refusals checked).
+fn registry_with_base() -> (Registry, String) {
     let archive = base_archive();
     let reg = Registry::start();
+    // A wrong password is refused by the registry, and nothing is stored.
+    let refused = reg.login("wrong");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("refused the credential of alice"), "{err}");
+    assert!(!err.contains("wrong"), "the password is never shown: {err}");
+    assert!(!reg.home.path().join(".docker/config.json").exists());
+    // The right one is stored where buildah, podman and skopeo read it.
+    ok(reg.login("s3cret"), "graphene registry login");
     let base = format!("{}/base/python:bookworm", reg.host);
     ok(
         reg.command("skopeo")
@@ -123,6 +173,12 @@ fn images_build_push_by_digest_reuse_the_requirements_layer_and_run() {
             .unwrap(),
         "skopeo copy of the base image",
     );
+    (reg, base)
+}
+
+#[test]
+fn images_build_push_by_digest_reuse_the_requirements_layer_and_run() {
+    let (reg, base) = registry_with_base();
     let work = TempDir::new("oci");
     let w = work.path();
     std::fs::create_dir_all(w.join("hello")).unwrap();
@@ -161,7 +217,10 @@ fn images_build_push_by_digest_reuse_the_requirements_layer_and_run() {
             .to_string()
     };
     let hello_v1 = pushed(&stdout, "hello");
-    assert!(hello_v1.starts_with(&format!("{}@sha256:", tag("hello"))), "{hello_v1}");
+    assert!(
+        hello_v1.starts_with(&format!("{}@sha256:", tag("hello"))),
+        "{hello_v1}"
+    );
     let first = inspect(&reg, &tag("hello"));
     // The printed digest is the registry's.
     assert_eq!(
@@ -178,7 +237,11 @@ fn images_build_push_by_digest_reuse_the_requirements_layer_and_run() {
         .is_some_and(|s| s.ends_with("/hello")));
 
     // A handler-only change rebuilds only the last layer.
-    std::fs::write(w.join("hello/handler.py"), HANDLER.replace("hello %s", "hi %s")).unwrap();
+    std::fs::write(
+        w.join("hello/handler.py"),
+        HANDLER.replace("hello %s", "hi %s"),
+    )
+    .unwrap();
     let (stdout, _) = build("the second build");
     let hello_v2 = pushed(&stdout, "hello");
     assert_ne!(hello_v1, hello_v2, "a new push of the tag has a new digest");
@@ -194,7 +257,11 @@ fn images_build_push_by_digest_reuse_the_requirements_layer_and_run() {
     let (l1, l2) = (layers(&first), layers(&second));
     assert_eq!(l1.len(), l2.len());
     let last = l1.len() - 1;
-    assert_eq!(l1[..last], l2[..last], "every layer but the handler's is reused");
+    assert_eq!(
+        l1[..last],
+        l2[..last],
+        "every layer but the handler's is reused"
+    );
     assert_ne!(l1[last], l2[last]);
 
     // The first revision still runs by its digest, whatever the tag says now.
@@ -210,6 +277,65 @@ fn images_build_push_by_digest_reuse_the_requirements_layer_and_run() {
     // SIGTERM (podman stop) drains and exits 0.
     assert_eq!(hello.stop(), 0);
     assert!(hello.logs().contains("SIGTERM"), "{}", hello.logs());
+}
+
+#[test]
+fn up_oci_pushes_and_deploys_by_digest_or_deploys_nothing() {
+    let (reg, base) = registry_with_base();
+    let server = Server::start();
+    let work = TempDir::new("ociup");
+    let w = work.path();
+    std::fs::create_dir_all(w.join("hello")).unwrap();
+    std::fs::write(w.join("hello/handler.py"), HANDLER).unwrap();
+    let stack = |base: &str| {
+        std::fs::write(
+            w.join("stack.yml"),
+            format!(
+                "version: 1.0\nbuild:\n  base:\n    python3: {base}\nfunctions:\n  hello:\n    lang: python3\n    handler: ./hello\n    image: {}/team/up:1\n",
+                reg.host
+            ),
+        )
+        .unwrap()
+    };
+    let up = || {
+        reg.command(BIN)
+            .args(["up", "--oci", "--wait", "0"])
+            .current_dir(w)
+            .env("GRAPHENE_URL", &server.url)
+            .env("GRAPHENE_TOKEN", server.token())
+            .output()
+            .unwrap()
+    };
+    // A base image the registry doesn't have: the builder's error is shown
+    // as it said it, and nothing is deployed.
+    stack(&format!("{}/base/missing:1", reg.host));
+    let failed = up();
+    assert!(!failed.status.success());
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(err.contains("[hello] "), "the builder's own output: {err}");
+    assert!(
+        err.contains("manifest unknown") || err.contains("not found"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was deployed"), "{err}");
+    assert!(!String::from_utf8_lossy(&failed.stdout).contains("pushed"));
+    assert_eq!(server.admin("GET", "/system/functions", "").body, "[]");
+    // A good build is pushed and deployed by its digest; this gateway runs
+    // the local runtime, which says plainly that it runs its own builds.
+    stack(&base);
+    let out = up();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let pushed = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("hello: pushed "))
+        .unwrap_or_else(|| panic!("{stdout}\n{err}"));
+    assert!(pushed.contains("@sha256:"));
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("image \"{pushed}\" is an image from a registry")),
+        "{err}"
+    );
 }
 
 /// A container run with podman on the host network (the watchdog on ports

@@ -50,16 +50,20 @@ fn the_openfaas_gateway_serves_calls_through_graphene_watchdog() {
         .expect("start the OpenFaaS gateway");
     let _gw = KillOnDrop(gw);
     // (Its /healthz is forwarded to the provider: here, the function.)
-    let r = eventually("the gateway to forward a call", Duration::from_secs(30), || {
-        try_http(
-            "POST",
-            "http://127.0.0.1:8080/function/echo/predict?k=3",
-            b"features",
-            &[("Content-Type", "text/plain")],
-        )
-        .ok()
-        .filter(|r| r.status != 502 && r.status != 503)
-    });
+    let r = eventually(
+        "the gateway to forward a call",
+        Duration::from_secs(30),
+        || {
+            try_http(
+                "POST",
+                "http://127.0.0.1:8080/function/echo/predict?k=3",
+                b"features",
+                &[("Content-Type", "text/plain")],
+            )
+            .ok()
+            .filter(|r| r.status != 502 && r.status != 503)
+        },
+    );
     assert_eq!(r.status, 202, "{r:?}");
     assert_eq!(r.header("x-model"), Some("v1"));
     assert_eq!(r.header("content-type"), Some("application/json"));

@@ -11,6 +11,7 @@ pub mod list;
 pub mod login;
 pub mod logs;
 pub mod new;
+pub mod registry;
 pub mod rm;
 pub mod rollback;
 pub mod scale;

@@ -146,4 +146,3 @@ pub fn built(work: &Path, lang: &str, handler: &str) -> PathBuf {
     assert!(venv.success());
     image
 }
-
