@@ -417,3 +417,28 @@ impl Drop for Container<'_> {
             .output();
     }
 }
+
+#[test]
+fn pushing_needs_a_registry_in_the_image_name_and_nothing_is_built_without() {
+    let work = TempDir::new("ocinoreg");
+    let w = work.path();
+    std::fs::create_dir_all(w.join("hello")).unwrap();
+    std::fs::write(w.join("hello/handler.py"), HANDLER).unwrap();
+    std::fs::write(
+        w.join("stack.yml"),
+        "version: 1.0\nfunctions:\n  hello:\n    lang: python3\n    handler: ./hello\n    image: hello:latest\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["build", "--oci", "--push", "--builder", "buildah"])
+        .current_dir(w)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("functions.hello.image: \"hello:latest\" names no registry"),
+        "{err}"
+    );
+    assert!(!err.contains("STEP"), "nothing was built: {err}");
+}

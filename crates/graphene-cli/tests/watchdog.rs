@@ -238,3 +238,28 @@ fn bad_settings_fail_at_start_naming_the_variable() {
         .unwrap();
     assert!(!check.status.success());
 }
+
+#[test]
+fn a_body_slower_than_read_timeout_gets_408() {
+    use std::io::{Read, Write};
+    let work = TempDir::new("wd");
+    let wd = Watchdog::start(
+        None,
+        work.path(),
+        &[("fprocess", "cat"), ("read_timeout", "500ms")],
+    );
+    wd.wait_ready();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", wd.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Ten bytes promised, two sent.
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A body sent in time is the call.
+    assert_eq!(wd.post("/", "whole").body, "whole");
+}

@@ -105,6 +105,13 @@ pub async fn build_oci(
                 .or_else(|| settings.base.get(lang.as_str()).cloned())
                 .unwrap_or_else(|| oci::DEFAULT_BASE.to_string()),
         };
+        if push && !function.image.contains('/') {
+            bail!(
+                "functions.{name}.image: {:?} names no registry to push to \
+                 (write e.g. registry.example.com/team/{name}:1.0)",
+                function.image
+            );
+        }
         let prefix = format!("[{name}] ");
         let Some(builder) = builder else {
             let out = opts

@@ -44,15 +44,17 @@ impl Watchdog {
         let log = Arc::new(Mutex::new(Vec::new()));
         super::collect_lines(child.stdout.take().unwrap(), "watchdog", log.clone());
         super::collect_lines(child.stderr.take().unwrap(), "watchdog", log.clone());
-        let w = Self {
+        let mut w = Self {
             child,
             port,
             metrics_port,
             log,
             tmp,
         };
+        // Listening, or already gone (a handler that fails to import).
         eventually("the watchdog to listen", Duration::from_secs(20), || {
-            try_http("GET", &w.url("/_/health"), b"", &[]).ok()
+            let gone = w.child.try_wait().unwrap().is_some();
+            (gone || try_http("GET", &w.url("/_/health"), b"", &[]).is_ok()).then_some(())
         });
         w
     }
