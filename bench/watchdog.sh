@@ -20,7 +20,7 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
 : "${OF_WATCHDOG:?set OF_WATCHDOG to an of-watchdog binary}"
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+. ./lib.sh
 command -v wrk >/dev/null || as_root apt-get install -y -qq wrk
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -c 'import flask, waitress' 2>/dev/null || .venv/bin/pip install -q flask waitress
@@ -29,25 +29,10 @@ cargo build --release --quiet --manifest-path ../Cargo.toml
 BIN=$(cd .. && pwd)/target/release/graphene
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+# Each watchdog, and the Python processes it started.
+cleanup() { for p in "${PIDS[@]}"; do pkill -P "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 200); do curl -fs -o /dev/null -X POST -d x "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
-load() {
-  cat > "$WORK/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = "hello"
-LUA
-  wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$1" > "$WORK/wrk.txt"
-  local rps p50 p99 errors
-  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")
-  p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.txt")
-  p99=$(awk '$1=="99%" {print $2}' "$WORK/wrk.txt")
-  errors=$(awk '/Non-2xx|Socket errors/ {print}' "$WORK/wrk.txt" | tr '\n' ' ')
-  echo "$rps $p50 $p99 $errors"
-}
-ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
 rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
 # A process and all its descendants, summed.
 tree_rss() {
@@ -62,11 +47,11 @@ tree_rss() {
 (cd "$WORK" && cp -r "$OLDPWD/echo-http" . && cp "$OLDPWD/stack.yml" . && "$BIN" build --shrinkwrap ctx >/dev/null 2>&1)
 python3 -m venv --without-pip "$WORK/ctx/echo-http/venv"
 G_PORT=$(free_port)
-(cd "$WORK" && env GRAPHENE_IMAGE_DIR="$WORK/ctx/echo-http" port=$G_PORT metrics_port=$(free_port) \
+(cd "$WORK" && exec env GRAPHENE_IMAGE_DIR="$WORK/ctx/echo-http" port=$G_PORT metrics_port=$(free_port) \
   GRAPHENE_WORKERS=2 TMPDIR="$WORK" "$BIN" watchdog > "$WORK/graphene.log" 2>&1) &
-PIDS+=($!)
+G_PID=$!
+PIDS+=($G_PID)
 wait_http "http://127.0.0.1:$G_PORT/"
-G_PID=$(pgrep -f "^$BIN watchdog" | head -1)
 
 # of-watchdog in front of the python3-http template, the same handler.
 O_PORT=$(free_port)
@@ -80,11 +65,11 @@ else
   UPSTREAM=$(free_port)
   FPROCESS="$(pwd)/.venv/bin/python $(pwd)/flask_app.py $UPSTREAM"
 fi
-(cd "$WORK/of" && env mode=http fprocess="$FPROCESS" upstream_url="http://127.0.0.1:$UPSTREAM" \
+(cd "$WORK/of" && exec env mode=http fprocess="$FPROCESS" upstream_url="http://127.0.0.1:$UPSTREAM" \
   port=$O_PORT TMPDIR="$WORK/of" "$OF_WATCHDOG" > "$WORK/of.log" 2>&1) &
-PIDS+=($!)
+O_PID=$!
+PIDS+=($O_PID)
 wait_http "http://127.0.0.1:$O_PORT/"
-O_PID=$(pgrep -f "^$OF_WATCHDOG" | head -1)
 
 echo "wrk: 2 threads, $CONNS connections, $DURATION each, POST 5 bytes; $(nproc) cores shared with the load generator"
 printf '%-52s %10s %9s %9s\n' "target" "req/s" "p50" "p99"

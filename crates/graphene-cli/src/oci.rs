@@ -13,7 +13,6 @@ use std::process::Stdio;
 use anyhow::{bail, Context as _};
 use graphene_core::stack::{Lang, StackFunction};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::files;
 
@@ -342,41 +341,13 @@ fn find_program(name: &str) -> Option<PathBuf> {
 /// stderr, verbatim) behind `prefix`; returns the lines.
 async fn run(mut cmd: tokio::process::Command, prefix: &str) -> anyhow::Result<Vec<String>> {
     let program = cmd.as_std().get_program().to_string_lossy().into_owned();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {program}"))?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let out = child
-        .stdout
-        .take()
-        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
-    let err = child
-        .stderr
-        .take()
-        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
-    for pipe in [out, err].into_iter().flatten() {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(pipe).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    drop(tx);
     let mut seen = Vec::new();
-    while let Some(line) = rx.recv().await {
+    graphene_local::run_streaming(&mut cmd, &mut |line| {
         eprintln!("{prefix}{line}");
-        seen.push(line);
-    }
-    let status = child.wait().await?;
-    if !status.success() {
-        bail!("{program} exited with {status}");
-    }
+        seen.push(line.to_string());
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{program}: {e}"))?;
     Ok(seen)
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use graphene_core::stack::{self, Stack, StackFunction};
+use graphene_core::stack::{self, Lang, Stack, StackFunction};
 
 pub struct StackFile {
     pub path: PathBuf,
@@ -60,6 +60,23 @@ impl StackFile {
             }
         }
         Ok(picked)
+    }
+
+    /// The selected functions that are built here: those with a `lang` and
+    /// no `skip_build`, with their language and folder.
+    pub fn buildable(
+        &self,
+        filter: Option<&str>,
+    ) -> anyhow::Result<Vec<(&String, &StackFunction, Lang, PathBuf)>> {
+        let mut out = Vec::new();
+        for (name, f) in self.select(filter)? {
+            let Some(lang) = f.lang.as_deref().filter(|_| !f.skip_build) else {
+                continue;
+            };
+            let lang = Lang::parse(lang).map_err(anyhow::Error::msg)?;
+            out.push((name, f, lang, self.handler_dir(name, f)?));
+        }
+        Ok(out)
     }
 
     pub fn handler_dir(&self, name: &str, f: &StackFunction) -> anyhow::Result<PathBuf> {

@@ -259,11 +259,11 @@ impl ImageStore {
         std::fs::write(dir.join("runner.py"), RUNNER).map_err(|e| e.to_string())?;
         progress("creating the virtual environment");
         let venv = dir.join("venv");
-        run(
+        run_streaming(
             tokio::process::Command::new(&self.python)
                 .args(["-m", "venv", "--without-pip"])
                 .arg(&venv),
-            progress,
+            progress.as_mut(),
         )
         .await
         .map_err(|e| {
@@ -282,7 +282,7 @@ impl ImageStore {
             return Ok(());
         }
         progress("installing requirements.txt with pip");
-        run(
+        run_streaming(
             tokio::process::Command::new(&self.python)
                 .args([
                     "-m",
@@ -294,15 +294,19 @@ impl ImageStore {
                 .arg(venv.join("bin/python"))
                 .args(["install", "--progress-bar", "off", "-r"])
                 .arg(&requirements),
-            progress,
+            progress.as_mut(),
         )
         .await
         .map_err(|e| format!("pip install failed ({e}); see pip's output above"))
     }
 }
 
-/// Runs a command, passing each line of its output to `progress`.
-async fn run(cmd: &mut tokio::process::Command, progress: &mut Progress) -> Result<(), String> {
+/// Runs a command, passing each line of its output (stdout and stderr, as
+/// they come) to `progress`; an error says how it ended.
+pub async fn run_streaming(
+    cmd: &mut tokio::process::Command,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), String> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -35,7 +35,7 @@ use graphene_core::provider::{
 };
 
 use function::{Call, Current, Function, Limits, Shared, SocketNames, Target};
-pub use images::RUNNER;
+pub use images::{run_streaming, RUNNER};
 use images::{Image, ImageStore};
 use runner::Launch;
 pub use sandbox::SECRETS_ENV;

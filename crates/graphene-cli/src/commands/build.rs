@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _};
 use clap::Args;
 use graphene_core::api::BuildResult;
-use graphene_core::stack::Lang;
 use hyper::Method;
 
 use super::{encode, StackArgs, Target};
@@ -85,19 +84,12 @@ pub async fn build_oci(
         )?),
     };
     let mut pushed = BTreeMap::new();
-    for (name, f) in file.select(filter)? {
-        let Some(lang) = f.lang.as_deref() else {
-            continue;
-        };
-        if f.skip_build {
-            continue;
-        }
-        let lang = Lang::parse(lang).map_err(anyhow::Error::msg)?;
+    for (name, f, lang, dir) in file.buildable(filter)? {
         let function = oci::Function {
             name,
             spec: f,
             lang,
-            dir: file.handler_dir(name, f)?,
+            dir,
             image: f.image_name(name),
             base: opts
                 .base
@@ -165,15 +157,7 @@ pub async fn build_all(
     file: &StackFile,
     filter: Option<&str>,
 ) -> anyhow::Result<()> {
-    for (name, f) in file.select(filter)? {
-        let Some(lang) = f.lang.as_deref() else {
-            continue;
-        };
-        if f.skip_build {
-            continue;
-        }
-        let lang = Lang::parse(lang).map_err(anyhow::Error::msg)?;
-        let dir = file.handler_dir(name, f)?;
+    for (name, f, lang, dir) in file.buildable(filter)? {
         let image = f.image_name(name);
         eprintln!("[{name}] building {image} from {} ({lang})", dir.display());
         let archive =
