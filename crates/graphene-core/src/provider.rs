@@ -74,7 +74,42 @@ pub enum ProviderError {
     Internal(String),
 }
 
+/// The header a runtime's HTTP front (`graphene watchdog`) names its own
+/// failures with, by [`ProviderError::class`], so that a provider that
+/// reaches it over HTTP tells them from a function's own answers.
+pub const ERROR_CLASS_HEADER: &str = "x-graphene-error";
+
 impl ProviderError {
+    /// A short name of the error's class, for [`ERROR_CLASS_HEADER`].
+    pub fn class(&self) -> &'static str {
+        match self {
+            ProviderError::Invalid(_) => "invalid",
+            ProviderError::NotFound(_) => "not-found",
+            ProviderError::Unavailable(_) => "unavailable",
+            ProviderError::Timeout(_) => "timeout",
+            ProviderError::Upstream(_) => "upstream",
+            ProviderError::Overloaded(_, _) => "overloaded",
+            ProviderError::Unsupported(_) => "unsupported",
+            ProviderError::Internal(_) => "internal",
+        }
+    }
+
+    /// The error a runtime reported with [`ERROR_CLASS_HEADER`]; `None` for
+    /// a class this version does not know.
+    pub fn from_class(class: &str, message: String, retry_after: u64) -> Option<Self> {
+        Some(match class {
+            "invalid" => ProviderError::Invalid(message),
+            "not-found" => ProviderError::NotFound(message),
+            "unavailable" => ProviderError::Unavailable(message),
+            "timeout" => ProviderError::Timeout(message),
+            "upstream" => ProviderError::Upstream(message),
+            "overloaded" => ProviderError::Overloaded(message, retry_after.max(1)),
+            "unsupported" => ProviderError::Unsupported(message),
+            "internal" => ProviderError::Internal(message),
+            _ => return None,
+        })
+    }
+
     /// The HTTP status a caller gets for it.
     pub fn status(&self) -> u16 {
         match self {

@@ -33,7 +33,9 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use graphene_core::api::FunctionDeployment;
 use graphene_core::names::FunctionRef;
-use graphene_core::provider::{is_hop_by_hop, Deployment, Invocation, Provider, ProviderError};
+use graphene_core::provider::{
+    is_hop_by_hop, Deployment, Invocation, Provider, ProviderError, ERROR_CLASS_HEADER,
+};
 use graphene_core::settings::FunctionSettings;
 use graphene_local::{LocalConfig, LocalProvider};
 use http_body_util::BodyExt;
@@ -309,10 +311,10 @@ async fn handle(State(wd): State<Arc<Watchdog>>, req: Request) -> Response {
     let now = wd.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
     let _counted = InFlight(&wd.in_flight);
     let response = match wd.config.max_inflight {
-        limit if limit > 0 && now > limit => plain(
-            StatusCode::TOO_MANY_REQUESTS,
+        limit if limit > 0 && now > limit => failure(ProviderError::Overloaded(
             format!("Concurrent request limit exceeded. Max concurrent requests: {limit}"),
-        ),
+            1,
+        )),
         _ => call(&wd, req).await,
     };
     wd.metrics.observe(
@@ -442,12 +444,16 @@ async fn call(wd: &Watchdog, req: Request) -> Response {
     response
 }
 
+/// A failure of the runtime (not the function's own answer), named by its
+/// class so that a gateway in front tells the two apart.
 fn failure(e: ProviderError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = plain(status, e.to_string());
+    let h = response.headers_mut();
+    h.insert(ERROR_CLASS_HEADER, HeaderValue::from_static(e.class()));
     if let ProviderError::Overloaded(_, seconds) = e {
         if let Ok(v) = HeaderValue::from_str(&seconds.to_string()) {
-            response.headers_mut().insert("retry-after", v);
+            h.insert("retry-after", v);
         }
     }
     response

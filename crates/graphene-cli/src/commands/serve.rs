@@ -68,6 +68,21 @@ pub struct Serve {
     /// one besides); their images are kept too
     #[arg(long, env = "GRAPHENE_KEEP_REVISIONS", default_value_t = graphene_gateway::DEFAULT_KEEP_REVISIONS)]
     pub keep_revisions: usize,
+    /// Where functions run: `local` (processes on this machine) or
+    /// `kubernetes` (pods of OCI images, with the kubeconfig of
+    /// KUBECONFIG or ~/.kube/config, or the pod's service account)
+    #[arg(long, env = "GRAPHENE_PROVIDER", value_enum, default_value = "local")]
+    pub provider: ProviderKind,
+    /// With --provider kubernetes: a namespace graphene manages functions
+    /// in; repeat for several
+    #[arg(long, env = "GRAPHENE_FUNCTIONS_NAMESPACE", value_delimiter = ',', default_value = graphene_core::DEFAULT_NAMESPACE)]
+    pub functions_namespace: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProviderKind {
+    Local,
+    Kubernetes,
 }
 
 impl Serve {
@@ -102,16 +117,54 @@ impl Serve {
             Some(path) => graphene_gateway::oidc::AuthConfig::load(path)?,
             None => Default::default(),
         };
-        let (provider, builder) = LocalProvider::open(LocalConfig {
-            dir: state.join("local"),
-            python: self.python.clone(),
-            sandbox: !self.no_sandbox,
-            hidden: self.hidden_from_functions(&state),
-            logs_to_stdout: false,
-            runner_exit: None,
-        })
-        .context("opening the local runtime")?;
-        let provider = Arc::new(provider);
+        match self.provider {
+            ProviderKind::Local => {
+                let (provider, builder) = LocalProvider::open(LocalConfig {
+                    dir: state.join("local"),
+                    python: self.python.clone(),
+                    sandbox: !self.no_sandbox,
+                    hidden: self.hidden_from_functions(&state),
+                    logs_to_stdout: false,
+                    runner_exit: None,
+                })
+                .context("opening the local runtime")?;
+                tracing::info!(sandbox = provider.sandboxed(), "local runtime open");
+                self.serve_with(state, auth, Arc::new(provider), Arc::new(builder))
+                    .await
+            }
+            #[cfg(feature = "kubernetes")]
+            ProviderKind::Kubernetes => {
+                use graphene_kubernetes::{KubernetesConfig, KubernetesProvider, RegistryImages};
+                let client = KubernetesProvider::client()
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                let provider = KubernetesProvider::new(KubernetesConfig {
+                    client,
+                    namespaces: self.functions_namespace.clone(),
+                });
+                tracing::info!(
+                    namespaces = %self.functions_namespace.join(","),
+                    "Kubernetes provider open"
+                );
+                self.serve_with(state, auth, Arc::new(provider), Arc::new(RegistryImages))
+                    .await
+            }
+            #[cfg(not(feature = "kubernetes"))]
+            ProviderKind::Kubernetes => anyhow::bail!(
+                "--provider kubernetes: this graphene was built without Kubernetes support \
+                 (build it with `--features kubernetes`)"
+            ),
+        }
+    }
+
+    /// Runs the gateway on `provider` until a signal stops it.
+    async fn serve_with<P: graphene_core::provider::Provider>(
+        &self,
+        state: PathBuf,
+        auth: graphene_gateway::oidc::AuthConfig,
+        provider: Arc<P>,
+        builder: Arc<dyn graphene_core::provider::Builder>,
+    ) -> anyhow::Result<()> {
         let (gateway, created) = Gateway::open(
             GatewayConfig {
                 state_dir: state.clone(),
@@ -123,8 +176,8 @@ impl Serve {
                 queue: self.queue.clone(),
                 keep_revisions: self.keep_revisions,
             },
-            provider.clone(),
-            Arc::new(builder),
+            provider,
+            builder,
         )
         .await?;
         if let Some(path) = &created {
@@ -158,7 +211,6 @@ impl Serve {
         let restored = gateway.restore().await;
         tracing::info!(
             state_dir = %state.display(),
-            sandbox = provider.sandboxed(),
             restored,
             "graphene listening on {scheme}://{addr}"
         );
