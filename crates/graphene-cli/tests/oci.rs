@@ -5,132 +5,11 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use util::registry::{ok, Registry};
 use util::{eventually, free_port, http, try_http, Server, TempDir, BIN};
-
-/// A registry on loopback that wants a login (alice / s3cret), and a HOME
-/// whose containers configuration trusts it over plain HTTP (as an
-/// operator's registries.conf would).
-struct Registry {
-    host: String,
-    child: Child,
-    home: TempDir,
-}
-
-impl Registry {
-    fn start() -> Self {
-        let home = TempDir::new("ocihome");
-        let port = free_port();
-        let host = format!("127.0.0.1:{port}");
-        let htpasswd = home.path().join("htpasswd");
-        let hash = Command::new("python3")
-            .args([
-                "-W",
-                "ignore",
-                "-c",
-                "import crypt; print('alice:' + crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))",
-            ])
-            .output()
-            .unwrap();
-        std::fs::write(&htpasswd, ok(hash, "making a bcrypt password")).unwrap();
-        std::fs::write(
-            home.path().join("registry.yml"),
-            format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nauth:\n  htpasswd:\n    realm: test\n    path: {}\nhttp:\n  addr: {host}\n",
-                home.path().join("blobs").display(),
-                htpasswd.display()
-            ),
-        )
-        .unwrap();
-        let conf = home.path().join(".config/containers");
-        std::fs::create_dir_all(&conf).unwrap();
-        std::fs::write(
-            conf.join("registries.conf"),
-            format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(home.path().join("registry.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry (scripts/oci-fixtures.sh installs it)");
-        eventually("the registry to answer", Duration::from_secs(20), || {
-            try_http("GET", &format!("http://{host}/v2/"), b"", &[])
-                .ok()
-                .filter(|r| r.status == 401)
-        });
-        Self { host, child, home }
-    }
-
-    /// `graphene registry login` with a password.
-    fn login(&self, password: &str) -> Output {
-        let mut child = self
-            .command(BIN)
-            .args([
-                "registry",
-                "login",
-                &self.host,
-                "-u",
-                "alice",
-                "--password-stdin",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{password}\n").as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    /// A command with this registry's HOME.
-    fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env("HOME", self.home.path());
-        c
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The base image archive, built once and cached (installs what is
-/// missing).
-fn base_archive() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/oci-fixtures.sh");
-    let out = Command::new(script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "scripts/oci-fixtures.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 const HANDLER: &str = r#"
 import os
@@ -152,8 +31,7 @@ fn inspect(reg: &Registry, image: &str) -> serde_json::Value {
 /// A registry with the Python base image in it, logged in to (and the
 /// login's refusals checked).
 fn registry_with_base() -> (Registry, String) {
-    let archive = base_archive();
-    let reg = Registry::start();
+    let reg = Registry::start(true);
     // A wrong password is refused by the registry, and nothing is stored.
     let refused = reg.login("wrong");
     assert!(!refused.status.success());
@@ -163,16 +41,7 @@ fn registry_with_base() -> (Registry, String) {
     assert!(!reg.home.path().join(".docker/config.json").exists());
     // The right one is stored where buildah, podman and skopeo read it.
     ok(reg.login("s3cret"), "graphene registry login");
-    let base = format!("{}/base/python:bookworm", reg.host);
-    ok(
-        reg.command("skopeo")
-            .args(["copy", "--quiet"])
-            .arg(format!("oci-archive:{}:bookworm", archive.display()))
-            .arg(format!("docker://{base}"))
-            .output()
-            .unwrap(),
-        "skopeo copy of the base image",
-    );
+    let base = reg.push_base();
     (reg, base)
 }
 

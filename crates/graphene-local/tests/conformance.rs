@@ -3,28 +3,12 @@
 
 use std::collections::HashMap;
 
-use graphene_core::api::FunctionDeployment;
 use graphene_core::names::FunctionRef;
 use graphene_core::provider::{BuildInput, Builder, Deployment};
 use graphene_core::settings::FunctionSettings;
 use graphene_core::stack::Lang;
 use graphene_local::{LocalBuilder, LocalConfig, LocalProvider};
 use graphene_testing::conformance::{self, Harness, Image};
-
-const HANDLER: &str = r#"import os, time
-
-VERSION = "{version}"
-
-def handle(req):
-    if req == "hang":
-        time.sleep(60)
-    if req == "slow":
-        time.sleep(1.5)
-    if req == "crash":
-        os._exit(3)
-    print("called with " + req, flush=True)
-    return VERSION
-"#;
 
 struct Local {
     provider: LocalProvider,
@@ -81,24 +65,7 @@ impl Harness for Local {
             Image::Broken => "conf-broken:latest",
             Image::Missing => "missing:latest",
         };
-        let map = |kv: &[(&str, &str)]| {
-            Some(
-                kv.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
-        };
-        let spec = FunctionDeployment {
-            service: f.name.clone(),
-            image: name.into(),
-            namespace: f.namespace.clone(),
-            labels: map(&[("com.openfaas.scale.max", "2")]),
-            annotations: map(&[
-                ("com.graphene.workers", "1"),
-                ("com.graphene.timeout", "3s"),
-            ]),
-            ..Default::default()
-        };
+        let spec = conformance::spec(f, name);
         Deployment {
             function: f.clone(),
             revision,
@@ -128,15 +95,9 @@ async fn the_local_runtime_conforms() {
     .unwrap();
     let mut digests = HashMap::new();
     for (image, handler) in [
-        ("conf-a:latest", HANDLER.replace("{version}", "a")),
-        ("conf-b:latest", HANDLER.replace("{version}", "b")),
-        (
-            "conf-broken:latest",
-            format!(
-                "import not_installed_anywhere\n{}",
-                HANDLER.replace("{version}", "x")
-            ),
-        ),
+        ("conf-a:latest", conformance::handler("a")),
+        ("conf-b:latest", conformance::handler("b")),
+        ("conf-broken:latest", conformance::broken_handler()),
     ] {
         digests.insert(image, build(&builder, image, &handler).await);
     }

@@ -24,7 +24,7 @@ use graphene_core::names::FunctionRef;
 use graphene_core::provider::{Deployment, Invocation, LogQuery, Provider, ProviderError};
 
 /// The suite's images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Image {
     /// Answers `a`.
     A,
@@ -34,6 +34,56 @@ pub enum Image {
     Broken,
     /// Not built anywhere.
     Missing,
+}
+
+/// The suite's handler (the `python3` template) answering `version`:
+/// `hang` runs past the timeout, `slow` takes 1.5 s, `crash` kills the
+/// replica mid-call, anything else is logged and answered.
+pub fn handler(version: &str) -> String {
+    format!(
+        r#"import os, time
+
+VERSION = "{version}"
+
+def handle(req):
+    if req == "hang":
+        time.sleep(60)
+    if req == "slow":
+        time.sleep(1.5)
+    if req == "crash":
+        os._exit(3)
+    print("called with " + req, flush=True)
+    return VERSION
+"#
+    )
+}
+
+/// A handler whose import fails.
+pub fn broken_handler() -> String {
+    format!("import not_installed_anywhere\n{}", handler("x"))
+}
+
+/// The spec the suite deploys `image` with: a 3 s timeout, one call at a
+/// time per replica, at most two replicas.
+pub fn spec(f: &FunctionRef, image: &str) -> graphene_core::api::FunctionDeployment {
+    let map = |kv: &[(&str, &str)]| {
+        Some(
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    };
+    graphene_core::api::FunctionDeployment {
+        service: f.name.clone(),
+        image: image.into(),
+        namespace: f.namespace.clone(),
+        labels: map(&[("com.openfaas.scale.max", "2")]),
+        annotations: map(&[
+            ("com.graphene.workers", "1"),
+            ("com.graphene.timeout", "3s"),
+        ]),
+        ..Default::default()
+    }
 }
 
 /// How the suite reaches a provider.

@@ -2,6 +2,7 @@
 //! state directory, the real CLI against it, and a small HTTP helper.
 #![allow(dead_code)]
 
+pub mod registry;
 pub mod watchdog;
 
 use std::io::{BufRead, BufReader};
