@@ -561,3 +561,22 @@ fn cli_verbs_round_trip() {
     s.ok(&["secret", "remove", "tok"]);
     assert!(!s.ok(&["secret", "list"]).contains("tok"));
 }
+
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    let s = Server::start();
+    // `graphene audit | head -0`: the reader is gone before anything is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(util::BIN)
+        .arg("audit")
+        .env("GRAPHENE_URL", &s.url)
+        .env("GRAPHENE_TOKEN", s.token())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

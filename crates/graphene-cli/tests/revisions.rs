@@ -86,7 +86,7 @@ fn history_and_rollback() {
     s.write("svc/handler.py", "def handle(req):\n    return 'v3'\n");
     s.ok(&["build"]);
     let out = s.ok(&["rollback", "svc"]);
-    assert!(out.contains("as revision 3"), "{out}");
+    assert!(out.contains("back to revision 1 as revision 3"), "{out}");
     assert_eq!(answer(&s, "svc"), (200, "v1".into()));
     s.ok(&["rollback", "svc", "--to", "2"]);
     assert_eq!(answer(&s, "svc"), (200, "v2".into()));

@@ -12,6 +12,8 @@ pub type Map = BTreeMap<String, String>;
 /// Response header naming the revision a deploy or rollback made (or found
 /// unchanged): what `graphene deploy --wait` waits on.
 pub const REVISION_HEADER: &str = "x-graphene-revision";
+/// On a rollback's answer: the earlier revision it runs again.
+pub const ROLLBACK_OF_HEADER: &str = "x-graphene-rollback-of";
 
 /// Body of `POST`/`PUT /system/functions`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

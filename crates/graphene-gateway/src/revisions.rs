@@ -83,7 +83,12 @@ pub async fn rollback<P: Provider>(
         )));
     };
     let revision = gw.apply(&who, &id, old.spec.clone(), Some(to)).await?;
-    Ok(accepted_revision(revision))
+    let mut answer = accepted_revision(revision);
+    answer.headers_mut().insert(
+        graphene_core::api::ROLLBACK_OF_HEADER,
+        axum::http::HeaderValue::from(to),
+    );
+    Ok(answer)
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,10 +2,11 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
-use graphene_core::api::RollbackRequest;
+use graphene_core::api::{RollbackRequest, REVISION_HEADER, ROLLBACK_OF_HEADER};
+use http_body_util::BodyExt;
 use hyper::Method;
 
-use super::deploy::{send_for_revision, wait_for_rollout, Deployed};
+use super::deploy::{wait_for_rollout, Deployed};
 use super::{encode, Target};
 use crate::client;
 
@@ -30,11 +31,21 @@ impl Rollback {
             namespace: self.target.namespace.clone().unwrap_or_default(),
         })?;
         let path = format!("/system/rollback/{}", encode(&self.name));
-        let (status, revision, answer) =
-            send_for_revision(&client, Method::POST, &path, body).await?;
+        let json = [("content-type".to_string(), "application/json".to_string())];
+        let resp = client.send(Method::POST, &path, body, &json).await?;
+        let header = |name: &str| -> Option<u64> {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        let revision = header(REVISION_HEADER);
+        let to = header(ROLLBACK_OF_HEADER).or(self.to);
+        let status = resp.status();
+        let answer = resp.into_body().collect().await?.to_bytes();
         client::check(status, &answer)?;
         let made = revision.map_or(String::new(), |r| format!(" as revision {r}"));
-        match self.to {
+        match to {
             Some(n) => println!("Rolled {} back to revision {n}{made}", self.name),
             None => println!("Rolled {} back{made}", self.name),
         }
