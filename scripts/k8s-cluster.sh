@@ -21,7 +21,9 @@
 #                                           #   (etcd data, images, certificates)
 #
 # Everything is root-only (containers, iptables, bridges). Progress goes to
-# stderr; `start` and `status` print the kubeconfig path as their last line.
+# stderr; `start` and `status` print the kubeconfig path as their last line
+# (status exits 1 when the cluster is not running). `start` is idempotent,
+# and cleans up what a crashed or killed run left before starting again.
 #
 # Layout (GRAPHENE_K8S_CACHE, default /var/cache/graphene-tests/kubernetes):
 #   src/ gopath/ go-build/   source, GOPATH link and Go build cache
@@ -32,14 +34,19 @@
 #   run/                     the cluster (GRAPHENE_K8S_RUN): logs/, pki/,
 #                            admin.kubeconfig, etcd/, containerd/, kubelet/
 #
-# Network (all on this machine; pods can reach each other, the node IP and
-# the host's answers, and nothing beyond this machine):
+# Network (all on this machine). Pods reach other pods, Services, and the
+# host at the node IP only (any port); nothing else, on or beyond this
+# machine, and they have no DNS server (nameserver 127.0.0.1):
 #   node IP       10.245.0.1   (GRAPHENE_K8S_NODE_IP) on a port-less bridge
 #                               gk8s-node; the API server listens on it:
 #                               https://10.245.0.1:6443
 #   pod CIDR      10.244.0.0/16, this node 10.244.0.0/24 (bridge gk8s-cni0)
 #   service CIDR  10.96.0.0/16 (routed to gk8s-node), kubernetes = 10.96.0.1
 #   NodePorts     on 127.0.0.1 and the node IP only
+#   ports         etcd 127.0.0.1:23790-23791 (GRAPHENE_K8S_ETCD_PORT), kubelet
+#                 node IP:10250 and 127.0.0.1:10248, kube-proxy 127.0.0.1:10249
+#                 and :10256, controller-manager :10257, scheduler :10259
+# (after changing GRAPHENE_K8S_NODE_IP, `reset`: certificates name the IP)
 # No cluster DNS (no CoreDNS): pods use ClusterIPs or *_SERVICE_HOST.
 #
 # Registries: containerd pulls over plain HTTP from loopback (127.0.0.1:ANY,
@@ -48,6 +55,7 @@
 # tag is not `latest` are used from the local store when present
 # (imagePullPolicy IfNotPresent); `import` makes such images from archives.
 set -euo pipefail
+export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 
 K8S_VERSION=1.20.2
 cache=${GRAPHENE_K8S_CACHE:-/var/cache/graphene-tests/kubernetes}
@@ -98,7 +106,7 @@ install_packages() {
               iptables:iptables conntrack:conntrack socat:socat openssl:openssl \
               curl:curl gcc:gcc /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev \
               dpkg-source:dpkg-dev umoci:umoci skopeo:skopeo flock:util-linux \
-              ip:iproute2; do
+              ip:iproute2 ss:iproute2 ps:procps findmnt:util-linux; do
     local what=${pair%%:*} pkg=${pair#*:}
     if [[ $what == /* ]]; then [ -e "$what" ] && continue
     else command -v "$what" >/dev/null && continue; fi
@@ -140,12 +148,16 @@ EOF
   # dpkg-source applies Debian's patches (one is a CVE fix).
   (cd "$cache/src" && dpkg-source --no-check -x "$dsc" "$src.tmp" >&2) || die "dpkg-source -x failed"
   mv "$src.tmp" "$src"
-  rm -f "$marks"/patch "$marks"/openapi "$marks"/bin-* "$marks"/graphene-cri
+  rm -f "$marks"/patch* "$marks"/openapi "$marks"/bin-* "$marks"/graphene-cri
   mark_step source
 }
 
+# Bump when the patches change: binaries are then rebuilt (quickly, from the
+# Go cache) on the next build.
+patch_version=2
+
 patch_source() {
-  done_step patch && return 0
+  done_step "patch-$patch_version" && return 0
   log "patching the source"
   # reflect2 1.0.1 (vendored) crashes with Go >= 1.18; Debian's 1.0.2 works.
   rm -rf "$src/vendor/github.com/modern-go/reflect2"
@@ -158,13 +170,23 @@ patch_source() {
   if grep -qE 'utilsysctl\.(KernelPanic|KernelPanicOnOops|VMOvercommitMemory):' "$f"; then
     die "could not patch the kubelet's sysctl settings in $f"
   fi
-  mark_step patch
+  # The kubelet links the AWS, Azure and GCP registry credential providers
+  # even with -tags providerless; they look for cloud metadata services.
+  # Nothing here pulls from a cloud registry: drop them.
+  sed -i -E '/^\s*_ "k8s\.io\/kubernetes\/pkg\/credentialprovider\/(aws|azure|gcp)"$/d' \
+    "$src/cmd/kubelet/app/plugins.go" "$src/cmd/kubelet/app/options/globalflags.go"
+  if grep -qE 'pkg/credentialprovider/(aws|azure|gcp)"' \
+       "$src/cmd/kubelet/app/plugins.go" "$src/cmd/kubelet/app/options/globalflags.go"; then
+    die "could not remove the cloud credential providers from the kubelet"
+  fi
+  rm -f "$marks"/patch* "$marks"/bin-*
+  mark_step "patch-$patch_version"
 }
 
 go_env() {
   mkdir -p "$gopath/src/k8s.io"
   ln -sfn "$src" "$gopath/src/k8s.io/kubernetes"
-  export GOROOT=$goroot GOPATH=$gopath GO111MODULE=off CGO_ENABLED=0 GOENV=off GOFLAGS= \
+  export GOROOT=$goroot GOPATH=$gopath GO111MODULE=off CGO_ENABLED=0 GOENV=off GOFLAGS='' \
          GOCACHE=$cache/go-build GOPROXY=off PATH=$goroot/bin:$PATH
   unset GOTOOLCHAIN
 }
@@ -196,7 +218,7 @@ gen_openapi() {
 build_binary() {
   local name=$1 pkg=$2
   done_step "bin-$name" && [ -x "$bin/$name" ] && return 0
-  log "building $name (minutes on an empty Go cache)"
+  log "building $name"
   local v=k8s.io/kubernetes/vendor/k8s.io ldflags="-s -w" key val
   for kv in gitVersion=v$K8S_VERSION gitMajor=1 gitMinor=20 gitTreeState=clean \
             gitCommit=debian-bookworm buildDate=$(date -u +%FT%TZ); do
@@ -331,7 +353,7 @@ cmd_build() {
 
 built() {
   local s
-  for s in source patch openapi bin-kube-proxy bin-kube-scheduler bin-kube-controller-manager \
+  for s in source "patch-$patch_version" openapi bin-kube-proxy bin-kube-scheduler bin-kube-controller-manager \
            bin-kubelet bin-kube-apiserver graphene-cri pause-image; do
     done_step "$s" || return 1
   done
@@ -364,18 +386,27 @@ launch() {
       AWS_EC2_METADATA_DISABLED=true NO_PROXY='*' \
     setsid bash -c 'echo $$ > "$0"; exec "$@"' "$(pidfile "$name")" "$@" \
     >> "$run/logs/$name.log" 2>&1 < /dev/null 9>&- &
-  local i
-  for i in $(seq 50); do [ -s "$(pidfile "$name")" ] && break; sleep 0.1; done
+  for _ in $(seq 50); do [ -s "$(pidfile "$name")" ] && break; sleep 0.1; done
 }
 
+# terminate NAME...: SIGTERM, then SIGKILL after 10 s, all of them at once.
 terminate() {
-  local name=$1 pid i
-  pid=$(running_pid "$name") || { rm -f "$(pidfile "$name")"; return 0; }
-  log "stopping $name ($pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 100); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
-  if [ -d "/proc/$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
-  rm -f "$(pidfile "$name")"
+  local name pid pids=() alive
+  for name in "$@"; do
+    if pid=$(running_pid "$name"); then
+      log "stopping $name ($pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+  done
+  for _ in $(seq 100); do
+    alive=
+    for pid in "${pids[@]}"; do [ -d "/proc/$pid" ] && alive=1; done
+    [ -z "$alive" ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for name in "$@"; do rm -f "$(pidfile "$name")"; done
 }
 
 # wait_for WHAT SECONDS COMPONENT COMMAND...: poll COMMAND until it succeeds;
@@ -607,11 +638,19 @@ EOF
 }
 
 api_get() { # path: GET as admin, body on stdout
-  curl -fsS --max-time 5 --cacert "$run/pki/ca.crt" -H "Authorization: Bearer $(token_of admin)" \
+  # (a curl user agent gets pretty-printed JSON)
+  curl -fsS --max-time 5 -A k8s-cluster.sh --cacert "$run/pki/ca.crt" -H "Authorization: Bearer $(token_of admin)" \
     "https://$node_ip:$api_port$1"
 }
 # (grep without -q: an early exit would fail the pipeline under pipefail)
-node_ready() { api_get "/api/v1/nodes/$node_name" | grep '"type":"Ready","status":"True"' >/dev/null; }
+# Ready, with a heartbeat from this start (a stopped node stays Ready for
+# ~40 s), and without the node lifecycle's taints (not-ready, unreachable).
+node_ready() {
+  local node beat
+  node=$(api_get "/api/v1/nodes/$node_name") || return 1
+  beat=$(grep -o '"type":"Ready","status":"True","lastHeartbeatTime":"[^"]*"' <<< "$node" | cut -d'"' -f12)
+  [ -n "$beat" ] && [[ ! $beat < $started_at ]] && ! grep '"key":"node.kubernetes.io/' <<< "$node" >/dev/null
+}
 default_sa_ready() { api_get /api/v1/namespaces/default/serviceaccounts/default | grep '"secrets"' >/dev/null; }
 service_ip_answers() {
   curl -fsS --max-time 3 --cacert "$run/pki/ca.crt" -H "Authorization: Bearer $(token_of admin)" \
@@ -634,12 +673,14 @@ cmd_start() {
   for c in "${components[@]}"; do
     if running_pid "$c" >/dev/null; then
       log "a previous start is partly running; stopping it first"
-      do_stop
       break
     fi
   done
+  # (also clears what a crashed or killed run left: shims, mounts, rules)
+  do_stop
   built || cmd_build
   local start=$SECONDS
+  started_at=$(date -u +%FT%TZ)
   for c in "$node_ip:$api_port" "127.0.0.1:$etcd_port" "127.0.0.1:$etcd_peer_port" "$node_ip:10250" \
            "127.0.0.1:10248" "127.0.0.1:10249" "127.0.0.1:10256" "127.0.0.1:10257" "127.0.0.1:10259"; do
     port_free "${c%:*}" "${c##*:}" || die "port ${c##*:} is already in use (needed for $c)"
@@ -701,7 +742,7 @@ cmd_start() {
     --volume-plugin-dir "$run/kubelet-plugins" --oom-score-adj 0 --resolv-conf=
   launch kube-proxy "$bin/kube-proxy" --kubeconfig "$run/kube-proxy.kubeconfig" \
     --hostname-override "$node_name" --bind-address "$node_ip" --cluster-cidr "$pod_cidr" \
-    --proxy-mode iptables --nodeport-addresses "127.0.0.0/8,$node_ip/32" \
+    --proxy-mode iptables --iptables-min-sync-period 100ms --nodeport-addresses "127.0.0.0/8,$node_ip/32" \
     --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 \
     --conntrack-tcp-timeout-close-wait 0 --oom-score-adj 0 \
     --metrics-bind-address 127.0.0.1:10249 --healthz-bind-address 127.0.0.1:10256
@@ -722,13 +763,16 @@ cluster_healthy() {
   api_get /readyz >/dev/null 2>&1
 }
 
-# Delete jumps to KUBE-* chains from the built-in chains, then the chains.
+# Delete jumps to KUBE-* chains from the built-in chains, then the chains
+# (the kubelet's and kube-proxy's).
 remove_kube_iptables() {
   local t table rule chain
   for t in iptables ip6tables; do
     for table in filter nat mangle; do
-      $t -t $table -S 2>/dev/null | grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j KUBE-' \
-        | while read -r rule; do eval "$t -t $table -D ${rule#-A }" 2>/dev/null || true; done
+      while read -r rule; do
+        eval "$t -t $table -D ${rule#-A }" 2>/dev/null || true
+      done < <($t -t $table -S 2>/dev/null \
+               | grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j KUBE-' || true)
       for chain in $($t -t $table -S 2>/dev/null | awk '/^-N KUBE-/ { print $2 }'); do
         $t -t $table -F "$chain" 2>/dev/null || true
       done
@@ -762,10 +806,7 @@ remove_network() {
 }
 
 do_stop() {
-  terminate kube-proxy
-  terminate kubelet
-  terminate kube-scheduler
-  terminate kube-controller-manager
+  terminate kubelet kube-proxy kube-scheduler kube-controller-manager
   if running_pid containerd >/dev/null; then
     if [ -x "$bin/graphene-cri" ]; then
       log "stopping and removing pods' containers"
@@ -777,20 +818,26 @@ do_stop() {
   local p
   for p in /proc/[0-9]*; do
     if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep "containerd-shim.* -address $sock " >/dev/null; then
-      log "ending a leftover shim (${p#/proc/}) and its container"
-      kill -KILL "${p#/proc/}" 2>/dev/null || true
+      log "ending a leftover shim (${p#/proc/}) and its containers"
+      # a container's first process takes its pid namespace down with it
+      # shellcheck disable=SC2046 # pids, one a word
+      kill -KILL $(ps -o pid= --ppid "${p#/proc/}") "${p#/proc/}" 2>/dev/null || true
     fi
   done
-  terminate kube-apiserver
-  terminate etcd
+  terminate kube-apiserver etcd
   # Mounts left by the kubelet (secret volumes) and containerd (rootfs, shm).
   local m
-  for m in $(findmnt -rn -o TARGET | grep -E "^($run|$state)/" | sort -r); do
+  for m in $(findmnt -rn -o TARGET | grep -E "^($run|$state)/" | sort -r || true); do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
   done
-  for m in $(ls /run/netns 2>/dev/null | grep '^cni-' || true); do
+  for m in /run/netns/cni-*; do
     # namespaces of sandboxes containerd did not get to remove
-    [ -n "$(ip netns pids "$m" 2>/dev/null)" ] || ip netns delete "$m" 2>/dev/null || true
+    [ -e "$m" ] || continue
+    [ -n "$(ip netns pids "${m##*/}" 2>/dev/null)" ] || ip netns delete "${m##*/}" 2>/dev/null || true
+  done
+  # the kubelet's pod cgroups (cgroup v1 hierarchies or v2), once empty
+  for m in $(find /sys/fs/cgroup -maxdepth 2 -type d -name kubepods 2>/dev/null || true); do
+    find "$m" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
   rm -rf "$state"
   [ -d "$run" ] && remove_network
