@@ -35,6 +35,10 @@ fi
 # OCI images: buildah, podman, a loopback registry, and a Python base image
 # made locally once (cached outside the repository).
 ./scripts/oci-fixtures.sh > /dev/null
+# A real single-node Kubernetes for the Kubernetes provider's tests, built
+# from Debian's source package once (about 4 minutes on 2 cores) and cached
+# outside the repository; the tests start it.
+./scripts/k8s-cluster.sh build
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings

@@ -116,7 +116,6 @@ impl Harness for Kube {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet run through on the test cluster"]
 async fn the_kubernetes_provider_conforms() {
     let kubeconfig = cluster();
     // The suite's namespace, empty.

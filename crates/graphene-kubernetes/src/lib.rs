@@ -280,7 +280,9 @@ impl Provider for KubernetesProvider {
             .max(0) as u64;
         let pods = self.pods.of(f);
         let live: Vec<&PodState> = pods.iter().filter(|p| !p.terminating).collect();
-        let ready = live.iter().filter(|p| p.ready).count() as u64;
+        // The pods calls go to: those of the newest revision that has ready
+        // ones (the others are being replaced).
+        let ready = self.pods.ready_count(f) as u64;
         let mine: Vec<&&PodState> = live.iter().filter(|p| p.revision == revision).collect();
         let stuck = mine.iter().find_map(|p| {
             p.waiting

@@ -37,6 +37,7 @@ pub struct PodState {
 
 /// A pod that can take calls: its pooled connections and calls in flight.
 pub struct Backend {
+    pub revision: u64,
     pub upstream: Upstream,
     pub in_flight: AtomicUsize,
 }
@@ -146,23 +147,33 @@ impl Pods {
         self.changed.notify_waiters();
     }
 
-    /// The backend with the fewest calls in flight, counted as busy.
+    /// The backend with the fewest calls in flight, counted as busy. Once
+    /// a revision has ready pods, calls go to the newest such revision only
+    /// (the pods of earlier ones are being replaced).
     pub fn pick(&self, f: &FunctionRef) -> Option<Busy> {
         let all = self.functions.read().expect("pods lock");
-        let best = all
-            .get(f)?
-            .backends
+        let backends = &all.get(f)?.backends;
+        let newest = backends.values().map(|b| b.revision).max()?;
+        let best = backends
             .values()
+            .filter(|b| b.revision == newest)
             .min_by_key(|b| b.in_flight.load(Ordering::Acquire))?
             .clone();
         best.in_flight.fetch_add(1, Ordering::AcqRel);
         Some(Busy(best))
     }
 
-    /// How many pods take calls.
+    /// How many pods of the revision calls go to take calls.
     pub fn ready_count(&self, f: &FunctionRef) -> usize {
         let all = self.functions.read().expect("pods lock");
-        all.get(f).map_or(0, |e| e.backends.len())
+        let Some(backends) = all.get(f).map(|e| &e.backends) else {
+            return 0;
+        };
+        let newest = backends.values().map(|b| b.revision).max();
+        backends
+            .values()
+            .filter(|b| Some(b.revision) == newest)
+            .count()
     }
 
     /// What is known of a function's pods (a snapshot).
@@ -190,6 +201,7 @@ fn update_backend(entry: &mut Function, s: &PodState) {
                 entry.backends.insert(
                     s.name.clone(),
                     Arc::new(Backend {
+                        revision: s.revision,
                         upstream: Upstream::new(&format!("http://{ip}:{WATCHDOG_PORT}")),
                         in_flight: AtomicUsize::new(0),
                     }),
