@@ -144,3 +144,165 @@ async fn the_kubernetes_provider_conforms() {
         &["delete", "namespace", "conformance", "--wait=false"],
     );
 }
+
+const HELLO: &str = r#"
+import os
+
+def handle(req):
+    with open("/var/openfaas/secrets/api-key") as f:
+        key = f.read()
+    print("hello called with " + req, flush=True)
+    return "%s %s %s uid=%d" % (req, key, os.environ.get("GREETING"), os.getuid())
+"#;
+
+/// The whole path through the real gateway: `graphene serve --provider
+/// kubernetes` outside the cluster with a kubeconfig, `graphene up --oci`,
+/// calls, scaling, logs, describe, removal.
+#[test]
+fn the_gateway_runs_functions_as_pods() {
+    let kubeconfig = cluster();
+    let ns = graphene_core::DEFAULT_NAMESPACE;
+    let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=true"]);
+    ok(
+        kubectl(&kubeconfig, &["create", "namespace", ns]),
+        "kubectl create namespace",
+    );
+    let reg = Registry::start(false);
+    let base = reg.push_base();
+    std::env::set_var("KUBECONFIG", &kubeconfig);
+    let server = util::Server::start_with(&["--provider", "kubernetes"]);
+    server.ok(&["secret", "create", "api-key", "--from-literal", "s3cret"]);
+    let work = TempDir::new("k8se2e");
+    let w = work.path();
+    std::fs::create_dir_all(w.join("hello")).unwrap();
+    std::fs::write(w.join("hello/handler.py"), HELLO).unwrap();
+    std::fs::write(
+        w.join("stack.yml"),
+        format!(
+            "version: 1.0\nbuild:\n  base:\n    python3: {base}\nfunctions:\n  hello:\n    lang: python3\n    handler: ./hello\n    image: {}/e2e/hello:1\n    secrets: [api-key]\n    environment:\n      GREETING: hi\n    labels:\n      com.openfaas.scale.max: \"3\"\n",
+            reg.host
+        ),
+    )
+    .unwrap();
+    let up = |args: &[&str]| {
+        reg.command(BIN)
+            .args(args)
+            .current_dir(w)
+            .env("GRAPHENE_URL", &server.url)
+            .env("GRAPHENE_TOKEN", server.token())
+            .output()
+            .unwrap()
+    };
+    // Built here, pushed, deployed by digest; the CLI waits for the pod.
+    let out = ok(up(&["up", "--oci", "--wait", "120"]), "graphene up --oci");
+    assert!(out.contains("hello: pushed "), "{out}");
+    let r = server.admin("POST", "/function/hello", "bob");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "bob s3cret hi uid=10001");
+    assert!(r.header("x-call-id").is_some());
+    // The Deployment runs the image by digest, locked down.
+    let image = ok(
+        kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "deployment",
+                "hello",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}",
+            ],
+        ),
+        "kubectl get deployment",
+    );
+    assert!(image.contains("@sha256:"), "{image}");
+    // Scaled by hand: two pods serve.
+    server.ok(&["scale", "hello", "--replicas", "2"]);
+    util::eventually("two ready pods", std::time::Duration::from_secs(90), || {
+        let d = server.describe("hello");
+        (d["availableReplicas"].as_u64() == Some(2)
+            || d["graphene"]["readyReplicas"].as_u64() == Some(2))
+        .then_some(())
+    });
+    let d = server.describe("hello");
+    let instances = d["graphene"]["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(instances.len(), 2, "{d}");
+    assert!(
+        instances
+            .iter()
+            .all(|i| i["ip"].as_str().is_some_and(|ip| ip.starts_with("10.244."))),
+        "{d}"
+    );
+    for _ in 0..6 {
+        assert_eq!(server.admin("POST", "/function/hello", "x").status, 200);
+    }
+    // The pods' logs, merged.
+    let logs = server.ok(&["logs", "hello"]);
+    assert!(logs.contains("hello called with bob"), "{logs}");
+    // At zero, a call wakes it and is held until a pod is ready.
+    server.ok(&["scale", "hello", "--replicas", "0"]);
+    util::eventually("no pods", std::time::Duration::from_secs(90), || {
+        let out = kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "pods",
+                "-n",
+                ns,
+                "-l",
+                "faas_function=hello",
+                "-o",
+                "name",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+    let woken = server.admin("POST", "/function/hello", "again");
+    assert_eq!(
+        (woken.status, woken.body.as_str()),
+        (200, "again s3cret hi uid=10001"),
+        "{woken:?}"
+    );
+    // A new version, then a rollback to the first: each a new revision.
+    std::fs::write(
+        w.join("hello/handler.py"),
+        HELLO.replace("%s %s %s uid", "v2 %s %s %s uid"),
+    )
+    .unwrap();
+    ok(
+        up(&["up", "--oci", "--wait", "120"]),
+        "graphene up --oci of v2",
+    );
+    assert!(server
+        .admin("POST", "/function/hello", "y")
+        .body
+        .starts_with("v2 y"));
+    let back = server.ok(&["rollback", "hello"]);
+    assert!(back.contains("back to revision 1"), "{back}");
+    util::eventually(
+        "the first version to answer again",
+        std::time::Duration::from_secs(90),
+        || {
+            let r = server.admin("POST", "/function/hello", "z");
+            (r.status == 200 && r.body.starts_with("z ")).then_some(())
+        },
+    );
+    // Removed: the Deployment goes.
+    server.ok(&["rm", "hello"]);
+    util::eventually(
+        "the Deployment to go",
+        std::time::Duration::from_secs(60),
+        || {
+            let out = kubectl(&kubeconfig, &["get", "deployment", "hello", "-n", ns]);
+            (!out.status.success()).then_some(())
+        },
+    );
+    assert_eq!(server.admin("POST", "/function/hello", "x").status, 404);
+}

@@ -323,6 +323,8 @@ pub fn deployment(d: &Deployment, fork: bool) -> Result<apps::Deployment, Provid
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS),
                         run_as_group: Some(RUN_AS),
+                        // Secret files belong to this group (mode 0440).
+                        fs_group: Some(RUN_AS),
                         ..Default::default()
                     }),
                     termination_grace_period_seconds: Some(timeout as i64 + 10),
