@@ -135,6 +135,7 @@ async fn the_kubernetes_provider_conforms() {
         provider: KubernetesProvider::new(KubernetesConfig {
             client,
             namespaces: vec!["conformance".into()],
+            image_pull_secrets: Vec::new(),
         }),
         images,
     };

@@ -45,6 +45,8 @@ pub struct KubernetesConfig {
     pub client: kube::Client,
     /// The namespaces graphene may manage functions in.
     pub namespaces: Vec<String>,
+    /// Secrets (in each function namespace) the kubelet pulls images with.
+    pub image_pull_secrets: Vec<String>,
 }
 
 /// What the provider keeps of a function it was given.
@@ -63,6 +65,7 @@ pub struct KubernetesProvider {
     namespaces: BTreeSet<String>,
     pods: Arc<Pods>,
     functions: RwLock<HashMap<FunctionRef, Known>>,
+    image_pull_secrets: Vec<String>,
 }
 
 impl KubernetesProvider {
@@ -77,6 +80,7 @@ impl KubernetesProvider {
             namespaces: config.namespaces.into_iter().collect(),
             pods,
             functions: RwLock::new(HashMap::new()),
+            image_pull_secrets: config.image_pull_secrets,
         }
     }
 
@@ -178,7 +182,7 @@ impl Provider for KubernetesProvider {
     fn check(&self, d: &Deployment) -> Result<(), ProviderError> {
         self.managed(&d.function)?;
         manifest::image_reference(&d.spec.image)?;
-        manifest::deployment(d, fork_of(d)).map(drop)
+        manifest::deployment(d, fork_of(d), &self.image_pull_secrets).map(drop)
     }
 
     async fn apply(&self, d: Deployment) -> Result<(), ProviderError> {
@@ -204,7 +208,7 @@ impl Provider for KubernetesProvider {
                 .await
                 .map_err(kube_error)?;
         }
-        let deployment = manifest::deployment(&d, fork_of(&d))?;
+        let deployment = manifest::deployment(&d, fork_of(&d), &self.image_pull_secrets)?;
         self.deployments(&f)
             .patch(&f.name, &ssa, &Patch::Apply(deployment))
             .await

@@ -165,7 +165,11 @@ fn quantities(memory: Option<&str>, cpu: Option<&str>) -> Option<BTreeMap<String
 /// The function's Deployment: one container of its image, non-root with
 /// every capability dropped and no service-account token, rolled out one
 /// new pod at a time and never below the replicas that serve.
-pub fn deployment(d: &Deployment, fork: bool) -> Result<apps::Deployment, ProviderError> {
+pub fn deployment(
+    d: &Deployment,
+    fork: bool,
+    pull_secrets: &[String],
+) -> Result<apps::Deployment, ProviderError> {
     let f = &d.function;
     let spec = &d.spec;
     if spec.image.trim().is_empty() {
@@ -316,6 +320,13 @@ pub fn deployment(d: &Deployment, fork: bool) -> Result<apps::Deployment, Provid
                     containers: vec![container],
                     volumes: Some(volumes),
                     automount_service_account_token: Some(false),
+                    image_pull_secrets: Some(
+                        pull_secrets
+                            .iter()
+                            .map(|name| core::LocalObjectReference { name: name.clone() })
+                            .collect(),
+                    )
+                    .filter(|v: &Vec<_>| !v.is_empty()),
                     enable_service_links: Some(false),
                     node_selector: Some(node_selector(&spec.constraints)?)
                         .filter(|s| !s.is_empty()),
@@ -424,6 +435,7 @@ mod tests {
         let d = deployment(
             &deployment_of(spec, vec![("key".into(), b"v".to_vec())]),
             true,
+            &["registry-login".to_string()],
         )
         .unwrap();
         let json = serde_json::to_value(&d).unwrap();
@@ -450,6 +462,8 @@ mod tests {
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
         assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["imagePullSecrets"][0]["name"], "registry-login");
+        assert_eq!(pod["securityContext"]["fsGroup"], 10001);
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
         assert_eq!(pod["nodeSelector"]["kubernetes.io/arch"], "amd64");
         let env: Vec<(String, String)> = c["env"]

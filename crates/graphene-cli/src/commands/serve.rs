@@ -77,6 +77,11 @@ pub struct Serve {
     /// in; repeat for several
     #[arg(long, env = "GRAPHENE_FUNCTIONS_NAMESPACE", value_delimiter = ',', default_value = graphene_core::DEFAULT_NAMESPACE)]
     pub functions_namespace: Vec<String>,
+    /// With --provider kubernetes: a Secret (of type
+    /// kubernetes.io/dockerconfigjson, in each function namespace) that
+    /// pods pull their images with; repeat for several
+    #[arg(long, env = "GRAPHENE_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    pub image_pull_secret: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -141,6 +146,7 @@ impl Serve {
                 let provider = KubernetesProvider::new(KubernetesConfig {
                     client,
                     namespaces: self.functions_namespace.clone(),
+                    image_pull_secrets: self.image_pull_secret.clone(),
                 });
                 tracing::info!(
                     namespaces = %self.functions_namespace.join(","),
