@@ -218,6 +218,18 @@ fn the_gateway_runs_functions_as_pods() {
         "kubectl get deployment",
     );
     assert!(image.contains("@sha256:"), "{image}");
+    // Following the logs from now on, while a second pod starts.
+    let mut follow = reg
+        .command(BIN)
+        .args(["logs", "hello", "--follow"])
+        .env("GRAPHENE_URL", &server.url)
+        .env("GRAPHENE_TOKEN", server.token())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let followed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    util::collect_lines(follow.stdout.take().unwrap(), "logs -f", followed.clone());
     // Scaled by hand: two pods serve.
     server.ok(&["scale", "hello", "--replicas", "2"]);
     util::eventually("two ready pods", std::time::Duration::from_secs(90), || {
@@ -238,9 +250,39 @@ fn the_gateway_runs_functions_as_pods() {
             .all(|i| i["ip"].as_str().is_some_and(|ip| ip.starts_with("10.244."))),
         "{d}"
     );
-    for _ in 0..6 {
-        assert_eq!(server.admin("POST", "/function/hello", "x").status, 200);
+    // Calls are spread over both, and the follower reads the new pod too.
+    for i in 0..6 {
+        assert_eq!(
+            server
+                .admin("POST", "/function/hello", &format!("x{i}"))
+                .status,
+            200
+        );
     }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let lines = followed.lock().unwrap().clone();
+        let pods: std::collections::HashSet<String> = lines
+            .iter()
+            .filter(|l| l.contains("hello called with x"))
+            .filter_map(|l| {
+                l.split(" (")
+                    .nth(1)
+                    .and_then(|r| r.split(')').next())
+                    .map(str::to_string)
+            })
+            .collect();
+        if pods.len() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lines of both pods while following: {lines:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
     // The pods' logs, merged.
     let logs = server.ok(&["logs", "hello"]);
     assert!(logs.contains("hello called with bob"), "{logs}");

@@ -414,42 +414,119 @@ impl Provider for KubernetesProvider {
 
     async fn logs(&self, f: &FunctionRef, query: LogQuery) -> Result<LogStream, ProviderError> {
         self.known(f)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<LogMessage>(1024);
         let api: Api<core::Pod> = Api::namespaced(self.client.clone(), &f.namespace);
-        let params = LogParams {
-            follow: query.follow,
-            tail_lines: query.tail.map(|t| t as i64),
-            timestamps: true,
-            ..Default::default()
-        };
-        let mut streams = Vec::new();
-        for pod in self.pods.of(f) {
-            let Ok(reader) = api.log_stream(&pod.name, &params).await else {
-                continue;
-            };
-            let (name, namespace, instance) = (f.name.clone(), f.namespace.clone(), pod.name);
-            streams.push(
-                reader
-                    .lines()
-                    .filter_map(move |line| {
-                        let m = line.ok().map(|l| {
-                            let (timestamp, text) = l.split_once(' ').unwrap_or(("", &l));
-                            LogMessage {
-                                name: name.clone(),
-                                namespace: namespace.clone(),
-                                instance: instance.clone(),
-                                timestamp: timestamp.to_string(),
-                                text: text.to_string(),
-                            }
-                        });
-                        async move { m }
-                    })
-                    .boxed(),
-            );
-        }
-        Ok(futures_util::stream::select_all(streams).boxed())
+        let pods = self.pods.clone();
+        let f = f.clone();
+        // One reader per pod, merged; when following, pods that start later
+        // are read too, until the caller goes away.
+        tokio::spawn(async move {
+            let mut reading = std::collections::HashSet::new();
+            let mut first = true;
+            loop {
+                let changed = pods.changed.notified();
+                for pod in pods.of(&f) {
+                    if !reading.insert(pod.name.clone()) {
+                        continue;
+                    }
+                    let params = LogParams {
+                        follow: query.follow,
+                        // A pod that started after the call sends all it has.
+                        tail_lines: query.tail.filter(|_| first).map(|t| t as i64),
+                        timestamps: true,
+                        ..Default::default()
+                    };
+                    let reader = PodLog {
+                        api: api.clone(),
+                        pods: pods.clone(),
+                        f: f.clone(),
+                        pod: pod.name,
+                        params,
+                        tx: tx.clone(),
+                    };
+                    match query.follow {
+                        true => drop(tokio::spawn(reader.run())),
+                        // Read in turn: the stream ends once each is read.
+                        false => reader.run().await,
+                    }
+                }
+                first = false;
+                if !query.follow {
+                    break;
+                }
+                tokio::select! {
+                    _ = changed => {}
+                    _ = tx.closed() => break,
+                }
+            }
+        });
+        Ok(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+        )
+        .boxed())
     }
 
     async fn shutdown(&self) {}
+}
+
+/// One pod's log, read into a merged stream.
+struct PodLog {
+    api: Api<core::Pod>,
+    pods: Arc<Pods>,
+    f: FunctionRef,
+    pod: String,
+    params: LogParams,
+    tx: tokio::sync::mpsc::Sender<LogMessage>,
+}
+
+impl PodLog {
+    /// Sends the pod's lines (`<timestamp> <text>`) until the reader goes
+    /// away, or (when not following) the log ends. When following, a log
+    /// that ends while its pod lives (a container not started yet, or
+    /// restarted) is opened again, skipping the lines already sent.
+    async fn run(mut self) {
+        let mut last = String::new();
+        let mut last_at = Instant::now();
+        loop {
+            if let Ok(reader) = self.api.log_stream(&self.pod, &self.params).await {
+                let mut lines = reader.lines();
+                while let Some(Ok(line)) = lines.next().await {
+                    let (timestamp, text) = line.split_once(' ').unwrap_or(("", &line));
+                    // RFC 3339 with nanoseconds: ordered as text.
+                    if !last.is_empty() && timestamp <= last.as_str() {
+                        continue;
+                    }
+                    last = timestamp.to_string();
+                    last_at = Instant::now();
+                    let m = LogMessage {
+                        name: self.f.name.clone(),
+                        namespace: self.f.namespace.clone(),
+                        instance: self.pod.clone(),
+                        timestamp: timestamp.to_string(),
+                        text: text.to_string(),
+                    };
+                    if self.tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let gone = !self
+                .pods
+                .of(&self.f)
+                .iter()
+                .any(|p| p.name == self.pod && !p.terminating);
+            if !self.params.follow || self.tx.is_closed() || gone {
+                return;
+            }
+            // Lines since the last one sent (the API counts whole seconds;
+            // what comes again is skipped above).
+            self.params.tail_lines = None;
+            self.params.since_seconds =
+                (!last.is_empty()).then(|| last_at.elapsed().as_secs() as i64 + 2);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
 }
 
 /// A failure the pod's watchdog reported (not the function's own answer),

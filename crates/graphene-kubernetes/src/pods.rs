@@ -62,6 +62,8 @@ struct Function {
 #[derive(Default)]
 pub struct Pods {
     functions: RwLock<HashMap<FunctionRef, Function>>,
+    /// Turns among equally idle pods.
+    turn: AtomicUsize,
     /// Woken whenever a pod changes.
     pub changed: Notify,
 }
@@ -154,11 +156,17 @@ impl Pods {
         let all = self.functions.read().expect("pods lock");
         let backends = &all.get(f)?.backends;
         let newest = backends.values().map(|b| b.revision).max()?;
-        let best = backends
-            .values()
-            .filter(|b| b.revision == newest)
-            .min_by_key(|b| b.in_flight.load(Ordering::Acquire))?
-            .clone();
+        let current: Vec<&Arc<Backend>> =
+            backends.values().filter(|b| b.revision == newest).collect();
+        let least = current
+            .iter()
+            .map(|b| b.in_flight.load(Ordering::Acquire))
+            .min()?;
+        let idlest: Vec<&&Arc<Backend>> = current
+            .iter()
+            .filter(|b| b.in_flight.load(Ordering::Acquire) == least)
+            .collect();
+        let best = (*idlest[self.turn.fetch_add(1, Ordering::Relaxed) % idlest.len()]).clone();
         best.in_flight.fetch_add(1, Ordering::AcqRel);
         Some(Busy(best))
     }

@@ -63,6 +63,9 @@ struct Watchdog {
     /// An exec function: answers get `content_type` whatever they say.
     exec: bool,
     in_flight: AtomicUsize,
+    /// The handler imported: ready for good (a warm parent that dies ends
+    /// the process). Kept here so that probes never wait on the runtime.
+    imported: AtomicBool,
     stopping: AtomicBool,
     next_call: AtomicU64,
     metrics: metrics::Metrics,
@@ -96,6 +99,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         function,
         exec,
         in_flight: AtomicUsize::new(0),
+        imported: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         next_call: AtomicU64::new(1),
         metrics: metrics::Metrics::default(),
@@ -127,7 +131,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .route("/metrics", axum::routing::get(render_metrics))
         .with_state(wd.clone());
     tokio::spawn(async move { axum::serve(metrics, scrape).await });
-    tokio::spawn(write_lock_when_ready(wd.clone()));
+    tokio::spawn(mark_ready(wd.clone()));
 
     let signal = stop_signal();
     tokio::select! {
@@ -262,32 +266,29 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-/// `/tmp/.lock` once the function is ready: OpenFaaS images' exec health
-/// check (`[ -e /tmp/.lock ]`, or `graphene watchdog --run-healthcheck`).
-async fn write_lock_when_ready(wd: Arc<Watchdog>) {
-    if wd.config.suppress_lock {
-        return;
-    }
+/// Marks the function ready once its handler imported, and writes
+/// `/tmp/.lock` then: OpenFaaS images' exec health check (`[ -e /tmp/.lock ]`,
+/// or `graphene watchdog --run-healthcheck`).
+async fn mark_ready(wd: Arc<Watchdog>) {
     while !wd.stopping.load(Ordering::Acquire) {
-        if wd.ready().await {
-            if let Err(e) = std::fs::write(lock_file(), b"") {
-                eprintln!(
-                    "graphene watchdog: could not write {} ({e}); set suppress_lock=true to do without",
-                    lock_file().display()
-                );
+        let ready = wd
+            .provider
+            .status(&wd.function)
+            .await
+            .is_ok_and(|s| s.ready_replicas > 0);
+        if ready {
+            wd.imported.store(true, Ordering::Release);
+            if !wd.config.suppress_lock {
+                if let Err(e) = std::fs::write(lock_file(), b"") {
+                    eprintln!(
+                        "graphene watchdog: could not write {} ({e}); set suppress_lock=true to do without",
+                        lock_file().display()
+                    );
+                }
             }
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-impl Watchdog {
-    async fn ready(&self) -> bool {
-        self.provider
-            .status(&self.function)
-            .await
-            .is_ok_and(|s| s.ready_replicas > 0)
     }
 }
 
@@ -303,7 +304,7 @@ impl Drop for InFlight<'_> {
 async fn handle(State(wd): State<Arc<Watchdog>>, req: Request) -> Response {
     match req.uri().path() {
         "/_/health" => return health(&wd, req.method()),
-        "/_/ready" => return ready(&wd, req.method()).await,
+        "/_/ready" => return ready(&wd, req.method()),
         _ => {}
     }
     let started = Instant::now();
@@ -335,14 +336,14 @@ fn health(wd: &Watchdog, method: &Method) -> Response {
     }
 }
 
-async fn ready(wd: &Watchdog, method: &Method) -> Response {
+fn ready(wd: &Watchdog, method: &Method) -> Response {
     if method != Method::GET {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
     let limit = wd.config.max_inflight;
     if wd.stopping.load(Ordering::Acquire) {
         plain(StatusCode::SERVICE_UNAVAILABLE, "stopping".into())
-    } else if !wd.ready().await {
+    } else if !wd.imported.load(Ordering::Acquire) {
         plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the function is starting".into(),
