@@ -349,3 +349,127 @@ fn the_gateway_runs_functions_as_pods() {
     );
     assert_eq!(server.admin("POST", "/function/hello", "x").status, 404);
 }
+
+const SLEEPY: &str = r#"
+import time
+
+def handle(req):
+    time.sleep(float(req.split()[1]))
+    return "slept"
+"#;
+
+/// Under load the autoscaler adds pods through the scale subresource; a pod
+/// deleted mid-load is replaced, and only a call it was serving may fail.
+#[test]
+fn scales_up_under_load_and_a_killed_pod_is_replaced() {
+    use std::time::{Duration, Instant};
+    let kubeconfig = cluster();
+    let ns = "graphene-load";
+    let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=true"]);
+    ok(
+        kubectl(&kubeconfig, &["create", "namespace", ns]),
+        "kubectl create namespace",
+    );
+    let reg = Registry::start(false);
+    let base = reg.push_base();
+    std::env::set_var("KUBECONFIG", &kubeconfig);
+    let server =
+        util::Server::start_with(&["--provider", "kubernetes", "--functions-namespace", ns]);
+    let work = TempDir::new("k8sload");
+    let w = work.path();
+    std::fs::create_dir_all(w.join("busy")).unwrap();
+    std::fs::write(w.join("busy/handler.py"), SLEEPY).unwrap();
+    std::fs::write(
+        w.join("stack.yml"),
+        format!(
+            "version: 1.0\nbuild:\n  base:\n    python3: {base}\nfunctions:\n  busy:\n    lang: python3\n    handler: ./busy\n    image: {}/load/busy:1\n    namespace: {ns}\n    labels:\n      com.openfaas.scale.max: \"4\"\n      com.openfaas.scale.target: \"1\"\n      com.openfaas.scale.target-proportion: \"1\"\n      com.graphene.scale.window: 2s\n    annotations:\n      com.graphene.workers: \"1\"\n",
+            reg.host
+        ),
+    )
+    .unwrap();
+    ok(
+        reg.command(BIN)
+            .args(["up", "--oci", "--wait", "120"])
+            .current_dir(w)
+            .env("GRAPHENE_URL", &server.url)
+            .env("GRAPHENE_TOKEN", server.token())
+            .output()
+            .unwrap(),
+        "graphene up --oci",
+    );
+    let path = format!("/function/busy.{ns}");
+    let ready = || -> u64 {
+        let d: serde_json::Value = serde_json::from_str(
+            &server
+                .admin("GET", &format!("/system/function/busy?namespace={ns}"), "")
+                .body,
+        )
+        .unwrap();
+        d["graphene"]["readyReplicas"].as_u64().unwrap_or(0)
+    };
+    let stop = Instant::now() + Duration::from_secs(20);
+    let mut peak = 0;
+    let mut killed = None;
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..6)
+            .map(|_| {
+                let (server, path) = (&server, &path);
+                scope.spawn(move || {
+                    let mut bad = Vec::new();
+                    while Instant::now() < stop {
+                        let r = server.admin("POST", path, "sleep 0.2");
+                        if r.status != 200 {
+                            bad.push(format!("{} {}", r.status, r.body));
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        while Instant::now() < stop {
+            peak = peak.max(ready());
+            // Once it has scaled up, one pod is deleted mid-load.
+            if peak >= 3 && killed.is_none() {
+                let out = kubectl(&kubeconfig, &["get", "pods", "-n", ns, "-o", "name"]);
+                let pod = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .next()
+                    .map(str::to_string);
+                if let Some(pod) = pod {
+                    ok(
+                        kubectl(&kubeconfig, &["delete", "-n", ns, &pod, "--wait=false"]),
+                        "kubectl delete pod",
+                    );
+                    killed = Some(pod);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert!(peak >= 3, "scaled up under 6 concurrent calls: peak {peak}");
+    assert!(peak <= 4, "bounded by max: peak {peak}");
+    assert!(killed.is_some(), "a pod was deleted mid-load");
+    // Only a call the deleted pod was serving may fail (one at a time).
+    assert!(failures.len() <= 1, "calls failed: {failures:?}");
+    let replicas = ok(
+        kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "deployment",
+                "busy",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ],
+        ),
+        "kubectl get deployment",
+    );
+    assert!(replicas.trim().parse::<u64>().unwrap() >= 1, "{replicas}");
+    let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=false"]);
+}

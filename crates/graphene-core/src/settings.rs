@@ -55,6 +55,14 @@ pub const DEFAULT_PROPORTION: f64 = 0.9;
 pub const DEFAULT_ZERO_DURATION: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
+/// How long a call may wait for a worker when the function already runs
+/// all the replicas it may have: a tenth of its timeout, within [0.1 s, 5 s].
+pub fn overflow_wait(timeout: Duration) -> Duration {
+    (timeout / 10)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5))
+        .min(timeout)
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{field}: {reason}")]
 pub struct InvalidField {

@@ -370,24 +370,42 @@ impl Provider for KubernetesProvider {
                 self.ready_pod(f, wait).await?
             }
         };
-        // Every pod is busy with all the calls it takes, and there can be
-        // no more pods: turned away, as the local runtime does.
-        let in_flight = busy.0.in_flight.load(std::sync::atomic::Ordering::Acquire) as u64;
-        if in_flight > known.workers && self.pods.ready_count(f) as u64 >= known.max_replicas {
-            return Err(ProviderError::Overloaded(
-                format!(
-                    "function {} is at its maximum of {} replicas, each busy",
-                    f.name, known.max_replicas
-                ),
-                1,
-            ));
+        // Every pod is busy with all the calls it takes and there can be no
+        // more pods: the call waits briefly for one to free up, then is
+        // turned away, as on the local runtime.
+        let brief =
+            tokio::time::Instant::now() + graphene_core::settings::overflow_wait(known.timeout);
+        let mut busy = busy;
+        while busy.load() as u64 > known.workers
+            && self.pods.ready_count(f) as u64 >= known.max_replicas
+        {
+            let freed = self.pods.freed.notified();
+            busy.withdraw();
+            if tokio::time::timeout_at(brief, freed).await.is_err() {
+                return Err(ProviderError::Overloaded(
+                    format!(
+                        "all {} pods of {} are busy and it is at its maximum of {} replicas; retry later",
+                        self.pods.ready_count(f),
+                        f.name,
+                        known.max_replicas
+                    ),
+                    graphene_core::settings::overflow_wait(known.timeout)
+                        .as_secs_f64()
+                        .ceil()
+                        .max(1.0) as u64,
+                ));
+            }
+            busy = match self.pods.pick(f) {
+                Some(b) => b,
+                None => self.ready_pod(f, Duration::from_secs(10)).await?,
+            };
         }
         let waited = started.elapsed();
         // The watchdog cuts the call at the timeout itself (and says so);
         // this deadline only covers a pod that stopped answering.
         let deadline = tokio::time::Instant::now() + known.timeout + Duration::from_secs(2);
         let mut result = busy
-            .0
+            .backend
             .upstream
             .call(
                 &f.name,

@@ -40,14 +40,36 @@ pub struct Backend {
     pub revision: u64,
     pub upstream: Upstream,
     pub in_flight: AtomicUsize,
+    /// Told when a call on any backend ends.
+    freed: Arc<Notify>,
 }
 
 /// Counts a call on a backend while it lives.
-pub struct Busy(pub Arc<Backend>);
+pub struct Busy {
+    pub backend: Arc<Backend>,
+    /// Whether its end frees capacity others may wait for (not when the
+    /// call only gives its place back to wait itself).
+    tell: bool,
+}
+
+impl Busy {
+    /// Calls on this backend now, this one included.
+    pub fn load(&self) -> usize {
+        self.backend.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Gives the place back without waking the calls that wait for one.
+    pub fn withdraw(mut self) {
+        self.tell = false;
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.backend.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.tell {
+            self.backend.freed.notify_waiters();
+        }
     }
 }
 
@@ -66,6 +88,8 @@ pub struct Pods {
     turn: AtomicUsize,
     /// Woken whenever a pod changes.
     pub changed: Notify,
+    /// Woken whenever a call ends.
+    pub freed: Arc<Notify>,
 }
 
 impl Pods {
@@ -101,7 +125,7 @@ impl Pods {
         };
         let mut all = self.functions.write().expect("pods lock");
         let entry = all.entry(f).or_default();
-        update_backend(entry, &state);
+        update_backend(entry, &state, &self.freed);
         entry.pods.insert(state.name.clone(), state);
         drop(all);
         self.changed.notify_waiters();
@@ -141,7 +165,7 @@ impl Pods {
                     .backends
                     .retain(|name, _| states.iter().any(|s| &s.name == name));
                 for s in &states {
-                    update_backend(entry, s);
+                    update_backend(entry, s, &self.freed);
                 }
             }
         }
@@ -156,19 +180,24 @@ impl Pods {
         let all = self.functions.read().expect("pods lock");
         let backends = &all.get(f)?.backends;
         let newest = backends.values().map(|b| b.revision).max()?;
-        let current: Vec<&Arc<Backend>> =
-            backends.values().filter(|b| b.revision == newest).collect();
-        let least = current
-            .iter()
-            .map(|b| b.in_flight.load(Ordering::Acquire))
-            .min()?;
-        let idlest: Vec<&&Arc<Backend>> = current
-            .iter()
-            .filter(|b| b.in_flight.load(Ordering::Acquire) == least)
+        // One reading of the counts (other calls change them meanwhile).
+        let current: Vec<(&Arc<Backend>, usize)> = backends
+            .values()
+            .filter(|b| b.revision == newest)
+            .map(|b| (b, b.in_flight.load(Ordering::Acquire)))
             .collect();
-        let best = (*idlest[self.turn.fetch_add(1, Ordering::Relaxed) % idlest.len()]).clone();
+        let least = current.iter().map(|(_, load)| *load).min()?;
+        let idlest: Vec<&Arc<Backend>> = current
+            .iter()
+            .filter(|(_, load)| *load == least)
+            .map(|(b, _)| *b)
+            .collect();
+        let best = idlest[self.turn.fetch_add(1, Ordering::Relaxed) % idlest.len()].clone();
         best.in_flight.fetch_add(1, Ordering::AcqRel);
-        Some(Busy(best))
+        Some(Busy {
+            backend: best,
+            tell: true,
+        })
     }
 
     /// How many pods of the revision calls go to take calls.
@@ -201,7 +230,7 @@ impl Pods {
 }
 
 /// A ready, live pod with an address takes calls; any other does not.
-fn update_backend(entry: &mut Function, s: &PodState) {
+fn update_backend(entry: &mut Function, s: &PodState, freed: &Arc<Notify>) {
     match (&s.ip, s.ready && !s.terminating) {
         (Some(ip), true) => {
             let keep = entry.backends.contains_key(&s.name);
@@ -212,6 +241,7 @@ fn update_backend(entry: &mut Function, s: &PodState) {
                         revision: s.revision,
                         upstream: Upstream::new(&format!("http://{ip}:{WATCHDOG_PORT}")),
                         in_flight: AtomicUsize::new(0),
+                        freed: freed.clone(),
                     }),
                 );
             }

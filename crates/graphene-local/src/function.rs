@@ -568,7 +568,7 @@ impl Function {
     ) -> Result<(WorkerConn, Option<Duration>), ProviderError> {
         let s = &self.shared;
         let limits = self.limits();
-        let brief = overflow_wait(current.timeout);
+        let brief = graphene_core::settings::overflow_wait(current.timeout);
         let overloaded = |ready: u64| {
             let bound = if limits.autoscaled {
                 format!("it is at its maximum of {} replicas", limits.max_replicas)
@@ -932,14 +932,6 @@ impl Drop for InFlight {
         }
         self.replica.call_ended();
     }
-}
-
-/// How long a call may wait for a worker when the function already runs
-/// all the replicas it may have: a tenth of its timeout, within [0.1 s, 5 s].
-pub fn overflow_wait(timeout: Duration) -> Duration {
-    (timeout / 10)
-        .clamp(Duration::from_millis(100), Duration::from_secs(5))
-        .min(timeout)
 }
 
 /// `content-type` → `Content_Type`, as Go's canonical header form.
