@@ -138,13 +138,7 @@ impl KubernetesProvider {
                 return Ok(b);
             }
             // A pod that will not start by itself: no use waiting.
-            let stuck = self.pods.of(f).iter().find_map(|p| {
-                p.waiting
-                    .as_ref()
-                    .filter(|(reason, _)| STUCK.contains(&reason.as_str()))
-                    .map(|(reason, message)| format!("{reason}: {message}"))
-            });
-            if let Some(why) = stuck {
+            if let Some(why) = self.pods.of(f).iter().find_map(stuck) {
                 return Err(ProviderError::Unavailable(format!(
                     "function {} has no ready pod: {why}",
                     f.name
@@ -158,6 +152,17 @@ impl KubernetesProvider {
             }
         }
     }
+}
+
+/// Why a pod's container will not start by itself (waiting in
+/// `CrashLoopBackOff`, `ImagePullBackOff`, ...), with how it last ended.
+fn stuck(p: &PodState) -> Option<String> {
+    let (reason, message) = p
+        .waiting
+        .as_ref()
+        .filter(|(reason, _)| STUCK.contains(&reason.as_str()))?;
+    let last = p.last_termination.as_deref().unwrap_or("");
+    Some(format!("{reason}: {message} {last}").trim().to_string())
 }
 
 fn kube_error(e: kube::Error) -> ProviderError {
@@ -288,18 +293,9 @@ impl Provider for KubernetesProvider {
         // ones (the others are being replaced).
         let ready = self.pods.ready_count(f) as u64;
         let mine: Vec<&&PodState> = live.iter().filter(|p| p.revision == revision).collect();
-        let stuck = mine.iter().find_map(|p| {
-            p.waiting
-                .as_ref()
-                .filter(|(reason, _)| STUCK.contains(&reason.as_str()))
-                .map(|(reason, message)| {
-                    let last = p.last_termination.as_deref().unwrap_or("");
-                    format!("{reason}: {message} {last}").trim().to_string()
-                })
-        });
         let state = if mine.iter().any(|p| p.ready) || desired == 0 {
             (RolloutState::Ready, String::new())
-        } else if let Some(reason) = stuck {
+        } else if let Some(reason) = mine.iter().find_map(|p| stuck(p)) {
             (RolloutState::Failed, reason)
         } else {
             (RolloutState::Progressing, String::new())
