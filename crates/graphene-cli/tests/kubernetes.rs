@@ -19,6 +19,15 @@ use graphene_testing::conformance::{self, Harness, Image};
 use util::registry::{ok, Registry};
 use util::{TempDir, BIN};
 
+/// One test on the cluster at a time: the suite's timings (a call 300 ms
+/// after two others) must not compete with another test's pods for the
+/// two cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Starts the test cluster (building it the first time); its admin
 /// kubeconfig.
 fn cluster() -> PathBuf {
@@ -116,7 +125,11 @@ impl Harness for Kube {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The lock keeps the other tests (on threads of their own) off the cluster
+// for the whole suite: held across its awaits on purpose.
+#[allow(clippy::await_holding_lock)]
 async fn the_kubernetes_provider_conforms() {
+    let _one = one_at_a_time();
     let kubeconfig = cluster();
     // The suite's namespace, empty.
     let _ = kubectl(
@@ -161,6 +174,7 @@ def handle(req):
 /// calls, scaling, logs, describe, removal.
 #[test]
 fn the_gateway_runs_functions_as_pods() {
+    let _one = one_at_a_time();
     let kubeconfig = cluster();
     let ns = graphene_core::DEFAULT_NAMESPACE;
     let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=true"]);
@@ -363,6 +377,7 @@ def handle(req):
 #[test]
 fn scales_up_under_load_and_a_killed_pod_is_replaced() {
     use std::time::{Duration, Instant};
+    let _one = one_at_a_time();
     let kubeconfig = cluster();
     let ns = "graphene-load";
     let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=true"]);
