@@ -13,7 +13,6 @@ use std::process::Command;
 
 use graphene_core::names::FunctionRef;
 use graphene_core::provider::Deployment;
-use graphene_core::settings::FunctionSettings;
 use graphene_kubernetes::{KubernetesConfig, KubernetesProvider};
 use graphene_testing::conformance::{self, Harness, Image};
 use util::registry::{ok, Registry};
@@ -37,6 +36,15 @@ fn cluster() -> PathBuf {
         "scripts/k8s-cluster.sh start",
     );
     PathBuf::from(out.lines().last().expect("the kubeconfig path").trim())
+}
+
+/// `ns`, created afresh (emptied of what an earlier run left).
+fn fresh_namespace(kubeconfig: &Path, ns: &str) {
+    let _ = kubectl(kubeconfig, &["delete", "namespace", ns, "--wait=true"]);
+    ok(
+        kubectl(kubeconfig, &["create", "namespace", ns]),
+        "kubectl create namespace",
+    );
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
@@ -111,16 +119,7 @@ impl Harness for Kube {
         image: Image,
         replicas: u64,
     ) -> Deployment {
-        let spec = conformance::spec(f, &self.images[&image]);
-        Deployment {
-            function: f.clone(),
-            revision,
-            settings: FunctionSettings::from_deployment(&spec).unwrap(),
-            spec,
-            image_digest: String::new(),
-            secrets: Vec::new(),
-            replicas,
-        }
+        conformance::deployment(f, revision, &self.images[&image], "", replicas)
     }
 }
 
@@ -131,15 +130,7 @@ impl Harness for Kube {
 async fn the_kubernetes_provider_conforms() {
     let _one = one_at_a_time();
     let kubeconfig = cluster();
-    // The suite's namespace, empty.
-    let _ = kubectl(
-        &kubeconfig,
-        &["delete", "namespace", "conformance", "--wait=true"],
-    );
-    ok(
-        kubectl(&kubeconfig, &["create", "namespace", "conformance"]),
-        "kubectl create namespace",
-    );
+    fresh_namespace(&kubeconfig, "conformance");
     let reg = Registry::start(false);
     let images = images(&reg);
     std::env::set_var("KUBECONFIG", &kubeconfig);
@@ -177,11 +168,7 @@ fn the_gateway_runs_functions_as_pods() {
     let _one = one_at_a_time();
     let kubeconfig = cluster();
     let ns = graphene_core::DEFAULT_NAMESPACE;
-    let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=true"]);
-    ok(
-        kubectl(&kubeconfig, &["create", "namespace", ns]),
-        "kubectl create namespace",
-    );
+    fresh_namespace(&kubeconfig, ns);
     let reg = Registry::start(false);
     let base = reg.push_base();
     std::env::set_var("KUBECONFIG", &kubeconfig);
@@ -380,11 +367,7 @@ fn scales_up_under_load_and_a_killed_pod_is_replaced() {
     let _one = one_at_a_time();
     let kubeconfig = cluster();
     let ns = "graphene-load";
-    let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=true"]);
-    ok(
-        kubectl(&kubeconfig, &["create", "namespace", ns]),
-        "kubectl create namespace",
-    );
+    fresh_namespace(&kubeconfig, ns);
     let reg = Registry::start(false);
     let base = reg.push_base();
     std::env::set_var("KUBECONFIG", &kubeconfig);

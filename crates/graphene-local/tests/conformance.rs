@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use graphene_core::names::FunctionRef;
 use graphene_core::provider::{BuildInput, Builder, Deployment};
-use graphene_core::settings::FunctionSettings;
 use graphene_core::stack::Lang;
 use graphene_local::{LocalBuilder, LocalConfig, LocalProvider};
 use graphene_testing::conformance::{self, Harness, Image};
@@ -65,16 +64,8 @@ impl Harness for Local {
             Image::Broken => "conf-broken:latest",
             Image::Missing => "missing:latest",
         };
-        let spec = conformance::spec(f, name);
-        Deployment {
-            function: f.clone(),
-            revision,
-            settings: FunctionSettings::from_deployment(&spec).unwrap(),
-            spec,
-            image_digest: self.digests.get(name).cloned().unwrap_or_default(),
-            secrets: Vec::new(),
-            replicas,
-        }
+        let digest = self.digests.get(name).cloned().unwrap_or_default();
+        conformance::deployment(f, revision, name, &digest, replicas)
     }
 }
 

@@ -63,9 +63,16 @@ pub fn broken_handler() -> String {
     format!("import not_installed_anywhere\n{}", handler("x"))
 }
 
-/// The spec the suite deploys `image` with: a 3 s timeout, one call at a
-/// time per replica, at most two replicas.
-pub fn spec(f: &FunctionRef, image: &str) -> graphene_core::api::FunctionDeployment {
+/// A deployment of `image` (with its build's digest, if a builder made
+/// it) as `revision`: a 3 s timeout, one call at a time per replica, at
+/// most two replicas.
+pub fn deployment(
+    f: &FunctionRef,
+    revision: u64,
+    image: &str,
+    image_digest: &str,
+    replicas: u64,
+) -> Deployment {
     let map = |kv: &[(&str, &str)]| {
         Some(
             kv.iter()
@@ -73,7 +80,7 @@ pub fn spec(f: &FunctionRef, image: &str) -> graphene_core::api::FunctionDeploym
                 .collect(),
         )
     };
-    graphene_core::api::FunctionDeployment {
+    let spec = graphene_core::api::FunctionDeployment {
         service: f.name.clone(),
         image: image.into(),
         namespace: f.namespace.clone(),
@@ -83,6 +90,16 @@ pub fn spec(f: &FunctionRef, image: &str) -> graphene_core::api::FunctionDeploym
             ("com.graphene.timeout", "3s"),
         ]),
         ..Default::default()
+    };
+    Deployment {
+        function: f.clone(),
+        revision,
+        settings: graphene_core::settings::FunctionSettings::from_deployment(&spec)
+            .expect("the suite's settings are valid"),
+        spec,
+        image_digest: image_digest.to_string(),
+        secrets: Vec::new(),
+        replicas,
     }
 }
 
