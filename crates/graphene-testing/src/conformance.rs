@@ -374,6 +374,8 @@ pub async fn error_classes<H: Harness>(h: &H) {
         .await
         .expect("update");
     p.scale(&f, 2).await.expect("scale");
+    // The update's own replicas, not those of the revision it replaces.
+    assert_eq!(rollout(p, &f, 2).await.state, RolloutState::Ready);
     eventually("two ready replicas", WAIT, || async {
         let s = p.status(&f).await.ok()?;
         (s.ready_replicas >= 2).then_some(())
