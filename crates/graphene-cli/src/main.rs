@@ -69,6 +69,8 @@ enum Command {
     Job(commands::job::Job),
     /// Store a credential for an OCI registry (for `build --oci --push`).
     Registry(commands::registry::Registry),
+    /// Print or apply what runs graphene on a cluster.
+    Install(commands::install::Install),
     /// Serve one function in a container (its entrypoint), speaking
     /// OpenFaaS's watchdog contract; configured by environment variables.
     Watchdog(commands::watchdog::Watchdog),
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
             Command::Job(c) => c.run().await,
             Command::Registry(c) => c.run().await,
             Command::Watchdog(c) => c.run().await,
+            Command::Install(c) => c.run().await,
         }
     });
     match result {

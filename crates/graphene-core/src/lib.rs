@@ -15,6 +15,7 @@ pub mod names;
 pub mod provider;
 pub mod settings;
 pub mod stack;
+pub mod store;
 pub mod time;
 
 /// Rewords serde's messages for users: no Rust type names.

@@ -35,13 +35,22 @@ pub fn hash(token: &str) -> String {
 }
 
 /// Makes the admin credential if the database has none. Returns the path of
-/// the file holding it when it was just created.
+/// the file holding it when it was just created. A credential file put in
+/// the state directory before the first start (a Secret mounted there, so
+/// that every gateway replica accepts the same one) is taken as it is.
 pub fn ensure_admin(store: &Store, state_dir: &Path) -> anyhow::Result<Option<std::path::PathBuf>> {
     if store.credential_hash(ADMIN)?.is_some() {
         return Ok(None);
     }
-    let token = new_token();
     let path = state_dir.join(TOKEN_FILE);
+    if let Ok(given) = std::fs::read_to_string(&path) {
+        let given = given.trim();
+        if !given.is_empty() {
+            store.put_credential(ADMIN, &hash(given))?;
+            return Ok(None);
+        }
+    }
+    let token = new_token();
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;

@@ -71,6 +71,16 @@ impl From<ProviderError> for ApiError {
     }
 }
 
+impl From<graphene_core::store::StoreError> for ApiError {
+    fn from(e: graphene_core::store::StoreError) -> Self {
+        use graphene_core::store::StoreError;
+        match e {
+            StoreError::Conflict(m) => ApiError::conflict(m),
+            StoreError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+        }
+    }
+}
+
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
         ApiError::internal(format!("state database: {e}"))

@@ -35,6 +35,7 @@ mod revisions;
 mod scaler;
 mod scaling;
 mod store;
+mod store_changes;
 mod system;
 pub mod tls;
 
@@ -46,8 +47,9 @@ use axum::middleware;
 use axum::routing::{any, delete, get, post};
 use axum::Router;
 use graphene_core::provider::{Builder, Provider};
+use graphene_core::store::FunctionStore;
 
-pub use auth::TOKEN_FILE;
+pub use auth::{new_token as new_admin_token, TOKEN_FILE};
 use error::ApiError;
 use registry::Registry;
 pub use registry::DEFAULT_KEEP_REVISIONS;
@@ -103,25 +105,38 @@ pub struct Gateway<P> {
     admin_hash: String,
     jobs: Arc<dyn graphene_queue::JobQueue>,
     dispatch: jobs::Dispatch,
+    /// Functions stored with a spec that is not a revision yet, deployed
+    /// by [`Gateway::restore`].
+    declared: std::sync::Mutex<
+        Vec<(
+            graphene_core::names::FunctionRef,
+            graphene_core::api::FunctionDeployment,
+        )>,
+    >,
+    functions: Arc<dyn FunctionStore>,
 }
 
 impl<P: Provider> Gateway<P> {
     /// Opens the state database and the registry, and makes the admin
     /// credential on first start (the returned path says where it was
-    /// written).
+    /// written). Functions are kept in `functions` when given (e.g. in the
+    /// cluster), else in the state database.
     pub async fn open(
         config: GatewayConfig,
         provider: Arc<P>,
         builder: Arc<dyn Builder>,
+        functions: Option<Arc<dyn FunctionStore>>,
     ) -> anyhow::Result<(Arc<Self>, Option<PathBuf>)> {
         let store = Arc::new(Store::open(&config.state_dir.join("state.db"))?);
         let created = auth::ensure_admin(&store, &config.state_dir)?;
         let admin_hash = store
             .credential_hash(auth::ADMIN)?
             .ok_or_else(|| anyhow::anyhow!("the admin credential is missing from the database"))?;
-        let registry = Registry::open(store.clone(), config.keep_revisions, &|image| {
-            builder.resolve(image)
-        })?;
+        let functions =
+            functions.unwrap_or_else(|| Arc::new(store::SqliteFunctions(store.clone())));
+        let (registry, declared) = Registry::open(functions.clone(), config.keep_revisions)
+            .await
+            .map_err(|e| anyhow::anyhow!("loading functions: {e}"))?;
         let jobs = graphene_queue::open(
             &config.state_dir,
             config.queue.as_deref(),
@@ -143,6 +158,8 @@ impl<P: Provider> Gateway<P> {
             reloading: Default::default(),
             limiter: Default::default(),
             admin_hash,
+            declared: std::sync::Mutex::new(declared),
+            functions,
         });
         gw.reload_access()
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
@@ -158,6 +175,11 @@ impl<P: Provider> Gateway<P> {
             self.apply_once(r).await;
             self.start_reconciler(r.clone());
         }
+        let declared = std::mem::take(&mut *self.declared.lock().expect("declared lock"));
+        for (id, spec) in declared {
+            self.deploy_declared(&id, spec).await;
+        }
+        self.follow_store();
         all.len()
     }
 

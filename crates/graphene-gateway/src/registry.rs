@@ -7,10 +7,13 @@
 //! and the management API all read records from here; nothing else keeps a
 //! map of functions.
 //!
-//! Desired state is written first (to SQLite through `store.rs`, then to the
-//! record); the reconciler (`reconcile.rs`) makes the provider match. Every
-//! change is also an [`Event`] on a broadcast channel, which
-//! `GET /system/events` streams to the CLI (and later the dashboard).
+//! Desired state is written first (to the [`FunctionStore`]: SQLite on one
+//! machine, `Function` resources on Kubernetes; then to the record); the
+//! reconciler (`reconcile.rs`) makes the provider match. Every change is
+//! also an [`Event`] on a broadcast channel, which `GET /system/events`
+//! streams to the CLI (and later the dashboard). Changes others make to a
+//! shared store (another gateway, `kubectl apply`) are folded in by
+//! [`Registry::absorb`].
 //!
 //! Which revision runs: the newest, unless it failed, in which case the one
 //! that serves (the newest that became ready) runs instead. So a failed
@@ -28,8 +31,9 @@ use graphene_core::names::FunctionRef;
 use graphene_core::settings::FunctionSettings;
 use tokio::sync::{broadcast, Notify};
 
+use graphene_core::store::{FunctionStore, StoreError, StoredFunction, StoredRevision};
+
 use crate::scaling::Scaling;
-use crate::store::{Store, StoredRevision};
 
 /// Revisions kept per function when not configured: the serving one is
 /// always kept besides.
@@ -79,6 +83,10 @@ impl Desired {
 pub struct Record {
     pub id: FunctionRef,
     pub created_at: String,
+    /// The store's version of the function this record holds.
+    version: AtomicU64,
+    /// Which life of the function in the store this record is.
+    incarnation: String,
     desired: RwLock<Arc<Desired>>,
     /// Load and the autoscaler's state.
     pub scaling: Scaling,
@@ -175,7 +183,7 @@ pub struct Change {
 pub type Writing<'a> = tokio::sync::MutexGuard<'a, ()>;
 
 pub struct Registry {
-    store: Arc<Store>,
+    store: Arc<dyn FunctionStore>,
     /// Removed functions the runtime may still run: a function deployed
     /// again under the same name waits until its predecessor is gone.
     removing: std::sync::Mutex<HashMap<FunctionRef, Arc<Record>>>,
@@ -215,15 +223,71 @@ fn target(revisions: &[StoredRevision]) -> u64 {
     }
 }
 
+/// Points `d` at the revision the provider should run (after a rollout's
+/// state or the revisions changed); true when that is another revision.
+fn retarget(id: &FunctionRef, d: &mut Desired) -> bool {
+    let run = target(&d.revisions);
+    if run == d.revision && d.revision(run).is_some_and(|r| r.digest == d.digest) {
+        return false;
+    }
+    let Some(next) = d.revision(run).cloned() else {
+        return false;
+    };
+    match FunctionSettings::from_deployment(&next.spec) {
+        Ok(settings) => {
+            d.revision = run;
+            d.spec = next.spec;
+            d.digest = next.digest;
+            d.settings = settings;
+            true
+        }
+        Err(e) => {
+            tracing::warn!(function = %id, error = %e, "the serving revision no longer validates");
+            false
+        }
+    }
+}
+
+/// What [`Registry::absorb`] made of a change from the store.
+pub enum Absorbed {
+    /// Nothing this registry did not know (or a stale change).
+    Known,
+    /// A function this registry did not hold: its reconciler must start.
+    Added(Arc<Record>),
+    /// The record took the stored revisions.
+    Updated,
+    /// The stored spec is not a revision yet (declared with `kubectl
+    /// apply`, or edited): the caller checks it and deploys it.
+    Declared(Box<FunctionDeployment>),
+    /// Removed from the store by someone else: the reconciler removes it
+    /// from the runtime.
+    Removed,
+}
+
+/// A stored spec as a deploy would record it (the store may leave out the
+/// name and namespace).
+fn declared_spec(f: &StoredFunction) -> FunctionDeployment {
+    let mut spec = f.spec.clone();
+    spec.service = f.id.name.clone();
+    spec.namespace = f.id.namespace.clone();
+    spec
+}
+
+/// Whether a stored function's spec is one its revisions do not hold yet.
+fn is_declared(f: &StoredFunction) -> bool {
+    f.revisions
+        .first()
+        .is_none_or(|newest| newest.spec != declared_spec(f))
+}
+
 impl Registry {
-    /// Loads every stored function. A function stored before revisions
-    /// existed becomes revision 1 of itself, with its image's digest as
-    /// `resolve` finds it now.
-    pub fn open(
-        store: Arc<Store>,
+    /// Loads every stored function. Returns with it the specs stored
+    /// without a revision of their own (declared outside the registry), for
+    /// the caller to check and deploy.
+    pub async fn open(
+        store: Arc<dyn FunctionStore>,
         keep: usize,
-        resolve: &dyn Fn(&str) -> Option<String>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<(Self, Vec<(FunctionRef, FunctionDeployment)>), StoreError> {
         let (events, _) = broadcast::channel(1024);
         let registry = Self {
             store,
@@ -234,60 +298,65 @@ impl Registry {
             keep: keep.max(1),
             epoch: std::time::Instant::now(),
         };
-        for f in registry.store.functions(None)? {
-            let id = FunctionRef::new(&f.namespace, &f.spec.service);
-            let mut revisions = registry.store.revisions(&id)?;
-            if revisions.is_empty() {
-                let digest = resolve(&f.spec.image).unwrap_or_default();
-                let first = StoredRevision {
-                    revision: 1,
-                    spec_hash: spec_hash(&f.spec, &digest),
-                    spec: f.spec.clone(),
-                    digest,
-                    created_by: "graphene".into(),
-                    created_at: f.created_at.clone(),
-                    state: RolloutState::Progressing,
-                    reason: String::new(),
-                    rollback_of: None,
-                };
-                registry.store.put_revision(&id, &first)?;
-                revisions.push(first);
+        let mut declared = Vec::new();
+        for f in registry.store.load().await? {
+            if is_declared(&f) {
+                declared.push((f.id.clone(), declared_spec(&f)));
             }
-            let revision = target(&revisions);
-            let run = revisions
-                .iter()
-                .find(|r| r.revision == revision)
-                .expect("the target is a kept revision")
-                .clone();
-            let settings = match FunctionSettings::from_deployment(&run.spec) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(function = %id, error = %e, "a stored function no longer validates; it is not restored");
-                    continue;
-                }
-            };
-            let replicas = clamp(f.replicas, &settings);
-            let record = registry.record(
-                id,
-                f.created_at,
-                Desired {
-                    revision,
-                    spec: run.spec,
-                    settings,
-                    digest: run.digest,
-                    revisions,
-                },
-                replicas,
-            );
-            registry.insert(record);
+            if let Some(record) = registry.restored(f) {
+                registry.insert(record);
+            }
         }
-        Ok(registry)
+        Ok((registry, declared))
+    }
+
+    /// A record of a stored function, at the revision it should run; none
+    /// when it has no revision yet or that revision no longer validates.
+    fn restored(&self, f: StoredFunction) -> Option<Arc<Record>> {
+        let desired = self.desired_of(&f)?;
+        let replicas = clamp(f.replicas, &desired.settings);
+        Some(self.record(
+            f.id,
+            f.created_at,
+            f.version,
+            f.incarnation,
+            desired,
+            replicas,
+        ))
+    }
+
+    fn desired_of(&self, f: &StoredFunction) -> Option<Desired> {
+        if f.revisions.is_empty() {
+            return None;
+        }
+        let revision = target(&f.revisions);
+        let run = f
+            .revisions
+            .iter()
+            .find(|r| r.revision == revision)
+            .expect("the target is a kept revision")
+            .clone();
+        match FunctionSettings::from_deployment(&run.spec) {
+            Ok(settings) => Some(Desired {
+                revision,
+                spec: run.spec,
+                settings,
+                digest: run.digest,
+                revisions: f.revisions.clone(),
+            }),
+            Err(e) => {
+                tracing::warn!(function = %f.id, revision, error = %e, "a stored revision no longer validates; the function is not restored");
+                None
+            }
+        }
     }
 
     fn record(
         &self,
         id: FunctionRef,
         created_at: String,
+        version: u64,
+        incarnation: String,
         desired: Desired,
         replicas: u64,
     ) -> Arc<Record> {
@@ -299,6 +368,8 @@ impl Registry {
         Arc::new(Record {
             id,
             created_at,
+            version: AtomicU64::new(version),
+            incarnation,
             desired: RwLock::new(Arc::new(desired)),
             scaling,
             jobs_running: Default::default(),
@@ -370,18 +441,6 @@ impl Registry {
         }
     }
 
-    /// Runs a store call on the blocking pool: every write is fsynced, and
-    /// none runs on the async runtime's threads.
-    async fn stored<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store) -> rusqlite::Result<T> + Send + 'static,
-    ) -> rusqlite::Result<T> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .unwrap_or_else(|e| Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
-    }
-
     /// Records a deploy: a new revision when it changes the function (or
     /// when the newest failed: deploying it again is a retry), else the
     /// newest revision as it is. Returns the record, the revision and
@@ -391,7 +450,7 @@ impl Registry {
         _writing: &Writing<'_>,
         id: &FunctionRef,
         change: Change,
-    ) -> Result<(Arc<Record>, u64, bool), rusqlite::Error> {
+    ) -> Result<(Arc<Record>, u64, bool), StoreError> {
         let Change {
             spec,
             settings,
@@ -411,14 +470,10 @@ impl Registry {
             reason: String::new(),
             rollback_of,
         };
-        let put = |next: &StoredRevision| {
-            let (id, next) = (id.clone(), next.clone());
-            self.stored(move |s| s.put_revision(&id, &next))
-        };
         let record = match self.get(id) {
             None => {
                 let first = revision(1);
-                let created_at = put(&first).await?;
+                let written = self.store.put_revision(id, 0, &first).await?;
                 let replicas = settings.min_replicas;
                 let desired = Desired {
                     revision: 1,
@@ -427,7 +482,14 @@ impl Registry {
                     digest: digest.clone(),
                     revisions: vec![first],
                 };
-                let r = self.record(id.clone(), created_at, desired, replicas);
+                let r = self.record(
+                    id.clone(),
+                    written.created_at,
+                    written.version,
+                    written.incarnation,
+                    desired,
+                    replicas,
+                );
                 self.insert(r.clone());
                 r
             }
@@ -440,7 +502,11 @@ impl Registry {
                     return Ok((r, newest.revision, false));
                 }
                 let next = revision(newest.revision + 1);
-                put(&next).await?;
+                let written = self
+                    .store
+                    .put_revision(id, r.version.load(Ordering::Acquire), &next)
+                    .await?;
+                r.version.store(written.version, Ordering::Release);
                 r.update(|d| {
                     d.revision = next.revision;
                     d.spec = spec.clone();
@@ -470,36 +536,31 @@ impl Registry {
         if stored.state == state && stored.reason == reason {
             return;
         }
-        let (id, why) = (r.id.clone(), reason.to_string());
-        if let Err(e) = self
-            .stored(move |s| s.set_rollout(&id, revision, state, &why))
+        match self
+            .store
+            .set_rollout(
+                &r.id,
+                r.version.load(Ordering::Acquire),
+                revision,
+                state,
+                reason,
+            )
             .await
         {
-            tracing::warn!(function = %r.id, error = %e, "could not store a rollout's state");
+            Ok(version) => r.version.store(version, Ordering::Release),
+            // Someone else moved the function on: their change comes in
+            // through `absorb`, and the reconciler reports again.
+            Err(e) => {
+                tracing::warn!(function = %r.id, error = %e, "could not store a rollout's state");
+                return;
+            }
         }
         let switched = r.update(|d| {
             for s in d.revisions.iter_mut().filter(|s| s.revision == revision) {
                 s.state = state;
                 s.reason = reason.to_string();
             }
-            let run = target(&d.revisions);
-            if run == d.revision {
-                return false;
-            }
-            let back = d.revision(run).expect("a kept revision").clone();
-            match FunctionSettings::from_deployment(&back.spec) {
-                Ok(settings) => {
-                    d.revision = run;
-                    d.spec = back.spec;
-                    d.digest = back.digest;
-                    d.settings = settings;
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!(function = %r.id, error = %e, "the serving revision no longer validates");
-                    false
-                }
-            }
+            retarget(&r.id, d)
         });
         match state {
             RolloutState::Failed => {
@@ -530,10 +591,16 @@ impl Registry {
             })
             .map(|(_, s)| s.revision)
             .collect();
-        let (id, kept) = (r.id.clone(), keep.clone());
-        if let Err(e) = self.stored(move |s| s.prune_revisions(&id, &kept)).await {
-            tracing::warn!(function = %r.id, error = %e, "could not forget old revisions");
-            return;
+        match self
+            .store
+            .prune(&r.id, r.version.load(Ordering::Acquire), &keep)
+            .await
+        {
+            Ok(version) => r.version.store(version, Ordering::Release),
+            Err(e) => {
+                tracing::warn!(function = %r.id, error = %e, "could not forget old revisions");
+                return;
+            }
         }
         r.update(|d| d.revisions.retain(|s| keep.contains(&s.revision)));
     }
@@ -541,8 +608,7 @@ impl Registry {
     /// Stores a new desired replica count (on the call path: a wake from
     /// zero; and the autoscaler's).
     pub async fn set_replicas(&self, r: &Record, replicas: u64) {
-        let id = r.id.clone();
-        if let Err(e) = self.stored(move |s| s.set_replicas(&id, replicas)).await {
+        if let Err(e) = self.store.set_replicas(&r.id, replicas).await {
             tracing::warn!(function = %r.id, error = %e, "could not store the replica count");
         }
         self.emit(r, EventKind::Replicas);
@@ -554,11 +620,16 @@ impl Registry {
         &self,
         _writing: &Writing<'_>,
         id: &FunctionRef,
-    ) -> Result<Option<Arc<Record>>, rusqlite::Error> {
-        let gone = id.clone();
-        if !self.stored(move |s| s.delete_function(&gone)).await? {
+    ) -> Result<Option<Arc<Record>>, StoreError> {
+        if !self.store.remove(id).await? {
             return Ok(None);
         }
+        Ok(self.forget(id))
+    }
+
+    /// Takes a removed function out of the registry and wakes its
+    /// reconciler to remove it from the runtime.
+    fn forget(&self, id: &FunctionRef) -> Option<Arc<Record>> {
         let removed = self.records.write().expect("registry lock").remove(id);
         if let Some(r) = &removed {
             r.removed.store(true, Ordering::Release);
@@ -569,7 +640,65 @@ impl Registry {
             self.emit(r, EventKind::Removed);
             r.wake.notify_one();
         }
-        Ok(removed)
+        removed
+    }
+
+    /// Folds in a change someone else made to the store. A change older
+    /// than what the record holds (or of an earlier incarnation) is
+    /// ignored; a newer one replaces the record's revisions.
+    pub fn absorb(
+        &self,
+        _writing: &Writing<'_>,
+        change: graphene_core::store::StoreChange,
+    ) -> Absorbed {
+        use graphene_core::store::StoreChange;
+        let f = match change {
+            StoreChange::Removed { id, incarnation } => {
+                return match self.get(&id) {
+                    Some(r) if r.incarnation == incarnation => {
+                        self.forget(&id);
+                        tracing::info!(function = %id, "removed from the store by someone else");
+                        Absorbed::Removed
+                    }
+                    _ => Absorbed::Known,
+                };
+            }
+            StoreChange::Changed(f) => *f,
+        };
+        let declared = is_declared(&f).then(|| Box::new(declared_spec(&f)));
+        let Some(r) = self.get(&f.id) else {
+            return match (self.restored(f), declared) {
+                (_, Some(spec)) => Absorbed::Declared(spec),
+                (Some(r), None) => {
+                    self.insert(r.clone());
+                    self.emit(&r, EventKind::Function);
+                    Absorbed::Added(r)
+                }
+                (None, None) => Absorbed::Known,
+            };
+        };
+        if r.incarnation != f.incarnation || f.version < r.version.load(Ordering::Acquire) {
+            return Absorbed::Known;
+        }
+        if let Some(spec) = declared {
+            return Absorbed::Declared(spec);
+        }
+        if f.version == r.version.load(Ordering::Acquire) {
+            return Absorbed::Known;
+        }
+        r.version.store(f.version, Ordering::Release);
+        let switched = r.update(|d| {
+            d.revisions = f.revisions.clone();
+            retarget(&r.id, d)
+        });
+        let settings = r.desired().settings.clone();
+        let replicas = clamp(Some(r.scaling.desired()), &settings);
+        r.scaling.set_policy(settings.scaling, replicas);
+        self.emit(&r, EventKind::Revision);
+        if switched {
+            r.touch();
+        }
+        Absorbed::Updated
     }
 
     /// The runtime no longer runs a removed function.
@@ -637,9 +766,14 @@ mod tests {
         }
     }
 
-    fn registry(dir: &std::path::Path, keep: usize) -> Registry {
-        let store = Arc::new(Store::open(&dir.join("state.db")).unwrap());
-        Registry::open(store, keep, &|_| None).unwrap()
+    async fn registry(dir: &std::path::Path, keep: usize) -> Registry {
+        let store = Arc::new(crate::store::Store::open(&dir.join("state.db")).unwrap());
+        let (registry, declared) =
+            Registry::open(Arc::new(crate::store::SqliteFunctions(store)), keep)
+                .await
+                .unwrap();
+        assert!(declared.is_empty());
+        registry
     }
 
     async fn deploy(reg: &Registry, image: &str) -> (u64, bool) {
@@ -667,7 +801,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let id = FunctionRef::new("ns", "f");
         {
-            let reg = registry(&dir, 10);
+            let reg = registry(&dir, 10).await;
             assert_eq!(deploy(&reg, "good").await, (1, true));
             assert_eq!(
                 deploy(&reg, "good").await,
@@ -702,7 +836,7 @@ mod tests {
             reg.rollout(&r, 3, RolloutState::Failed, "import error")
                 .await;
         }
-        let reg = registry(&dir, 10);
+        let reg = registry(&dir, 10).await;
         let d = reg.get(&id).unwrap().desired();
         assert_eq!(
             (d.revision, d.serving(), d.latest().revision),
@@ -717,7 +851,7 @@ mod tests {
             std::env::temp_dir().join(format!("graphene-registry-keep-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let reg = registry(&dir, 2);
+        let reg = registry(&dir, 2).await;
         let id = FunctionRef::new("ns", "f");
         deploy(&reg, "v1").await;
         let r = reg.get(&id).unwrap();

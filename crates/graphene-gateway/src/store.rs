@@ -8,8 +8,14 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use graphene_core::api::{FunctionDeployment, RolloutState};
+use std::sync::Arc;
+
+use graphene_core::api::RolloutState;
 use graphene_core::names::FunctionRef;
+use graphene_core::provider::BoxFuture;
+use graphene_core::store::{
+    ChangeStream, FunctionStore, StoreError, StoredFunction, StoredRevision, Written,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::access::{Action, Grant, Rate, Resource, TokenRecord};
@@ -17,29 +23,6 @@ pub use graphene_core::api::AuditEntry;
 
 pub struct Store {
     db: Mutex<Connection>,
-}
-
-#[derive(Debug, Clone)]
-pub struct StoredFunction {
-    pub namespace: String,
-    pub spec: FunctionDeployment,
-    pub replicas: Option<u64>,
-    pub created_at: String,
-}
-
-/// One revision of a function: what was deployed, by whom, and how its
-/// rollout went.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredRevision {
-    pub revision: u64,
-    pub spec: FunctionDeployment,
-    pub digest: String,
-    pub spec_hash: String,
-    pub created_by: String,
-    pub created_at: String,
-    pub state: RolloutState,
-    pub reason: String,
-    pub rollback_of: Option<u64>,
 }
 
 fn state_of(text: &str) -> RolloutState {
@@ -101,29 +84,32 @@ impl Store {
         f(&mut self.db.lock().expect("store lock"))
     }
 
-    pub fn functions(&self, namespace: Option<&str>) -> Result<Vec<StoredFunction>> {
-        self.with(|db| {
+    /// Every function with its kept revisions.
+    pub fn functions(&self) -> Result<Vec<StoredFunction>> {
+        type Row = (String, String, Option<i64>, String);
+        let rows = self.with(|db| {
             let mut stmt = db.prepare(
-                "SELECT namespace, spec, replicas, created_at FROM functions
-                 WHERE ?1 IS NULL OR namespace = ?1 ORDER BY namespace, name",
+                "SELECT namespace, spec, replicas, created_at FROM functions ORDER BY namespace, name",
             )?;
-            let rows = stmt.query_map(params![namespace], |r| {
-                let spec: String = r.get(1)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            rows.collect::<Result<Vec<Row>>>()
+        })?;
+        rows.into_iter()
+            .map(|(namespace, spec, replicas, created_at)| {
+                let spec: graphene_core::api::FunctionDeployment =
+                    serde_json::from_str(&spec).map_err(|e| conversion(e.to_string()))?;
+                let id = FunctionRef::new(&namespace, &spec.service);
                 Ok(StoredFunction {
-                    namespace: r.get(0)?,
-                    spec: serde_json::from_str(&spec).map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            1,
-                            rusqlite::types::Type::Text,
-                            Box::new(e),
-                        )
-                    })?,
-                    replicas: r.get::<_, Option<i64>>(2)?.map(|n| n as u64),
-                    created_at: r.get(3)?,
+                    revisions: self.revisions(&id)?,
+                    id,
+                    spec,
+                    replicas: replicas.map(|n| n as u64),
+                    created_at,
+                    version: 0,
+                    incarnation: String::new(),
                 })
-            })?;
-            rows.collect()
-        })
+            })
+            .collect()
     }
 
     /// A function's kept revisions, newest first.
@@ -255,11 +241,10 @@ impl Store {
         })
     }
 
-    pub fn namespaces(&self) -> Result<Vec<String>> {
+    /// Namespaces that hold secrets.
+    pub fn secret_namespaces(&self) -> Result<Vec<String>> {
         self.with(|db| {
-            let mut stmt = db.prepare(
-                "SELECT namespace FROM functions UNION SELECT namespace FROM secrets ORDER BY 1",
-            )?;
+            let mut stmt = db.prepare("SELECT DISTINCT namespace FROM secrets ORDER BY 1")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             rows.collect()
         })
@@ -367,6 +352,97 @@ fn put_grant(db: &Connection, g: &Grant) -> Result<()> {
         ],
     )?;
     Ok(())
+}
+
+/// The registry's store on one machine: the functions and revisions
+/// tables, written from the blocking pool (every write is fsynced, and
+/// none runs on the async runtime's threads). Only this gateway writes it.
+pub struct SqliteFunctions(pub Arc<Store>);
+
+impl SqliteFunctions {
+    fn blocking<'a, T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> BoxFuture<'a, std::result::Result<T, StoreError>> {
+        let store = self.0.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&store))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("state database: {e}")))?
+                .map_err(|e| {
+                    tracing::error!(error = %e, "state database");
+                    StoreError::Unavailable(
+                        "the state database failed; the server log has the cause".into(),
+                    )
+                })
+        })
+    }
+}
+
+impl FunctionStore for SqliteFunctions {
+    fn load(&self) -> BoxFuture<'_, std::result::Result<Vec<StoredFunction>, StoreError>> {
+        self.blocking(|s| s.functions())
+    }
+
+    /// Versions are not kept: this gateway is the only writer.
+    fn put_revision<'a>(
+        &'a self,
+        function: &'a FunctionRef,
+        _version: u64,
+        revision: &'a StoredRevision,
+    ) -> BoxFuture<'a, std::result::Result<Written, StoreError>> {
+        let (f, r) = (function.clone(), revision.clone());
+        self.blocking(move |s| {
+            Ok(Written {
+                created_at: s.put_revision(&f, &r)?,
+                version: 0,
+                incarnation: String::new(),
+            })
+        })
+    }
+
+    fn set_rollout<'a>(
+        &'a self,
+        function: &'a FunctionRef,
+        _version: u64,
+        revision: u64,
+        state: RolloutState,
+        reason: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<u64, StoreError>> {
+        let (f, why) = (function.clone(), reason.to_string());
+        self.blocking(move |s| s.set_rollout(&f, revision, state, &why).map(|()| 0))
+    }
+
+    fn prune<'a>(
+        &'a self,
+        function: &'a FunctionRef,
+        _version: u64,
+        keep: &'a [u64],
+    ) -> BoxFuture<'a, std::result::Result<u64, StoreError>> {
+        let (f, keep) = (function.clone(), keep.to_vec());
+        self.blocking(move |s| s.prune_revisions(&f, &keep).map(|()| 0))
+    }
+
+    fn set_replicas<'a>(
+        &'a self,
+        function: &'a FunctionRef,
+        replicas: u64,
+    ) -> BoxFuture<'a, std::result::Result<(), StoreError>> {
+        let f = function.clone();
+        self.blocking(move |s| s.set_replicas(&f, replicas))
+    }
+
+    fn remove<'a>(
+        &'a self,
+        function: &'a FunctionRef,
+    ) -> BoxFuture<'a, std::result::Result<bool, StoreError>> {
+        let f = function.clone();
+        self.blocking(move |s| s.delete_function(&f))
+    }
+
+    fn changes(&self) -> Option<ChangeStream> {
+        None
+    }
 }
 
 fn conversion(e: String) -> rusqlite::Error {
@@ -520,6 +596,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use graphene_core::api::FunctionDeployment;
 
     #[test]
     fn functions_revisions_and_secrets_persist() {
@@ -561,7 +638,7 @@ mod tests {
             );
         }
         let s = Store::open(&path).unwrap();
-        let stored = s.functions(None).unwrap();
+        let stored = s.functions().unwrap();
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].replicas, Some(3));
         assert_eq!(
@@ -578,7 +655,7 @@ mod tests {
             (RolloutState::Failed, "boom")
         );
         assert_eq!(s.secret("openfaas-fn", "key").unwrap().unwrap(), b"v1");
-        assert_eq!(s.namespaces().unwrap(), ["openfaas-fn"]);
+        assert_eq!(s.secret_namespaces().unwrap(), ["openfaas-fn"]);
         assert!(s.delete_function(&f).unwrap());
         assert!(!s.delete_function(&f).unwrap());
         assert!(s.revisions(&f).unwrap().is_empty());

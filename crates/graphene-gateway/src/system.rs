@@ -123,7 +123,7 @@ impl<P: Provider> Gateway<P> {
         self: &Arc<Self>,
         who: &Identity,
         id: &FunctionRef,
-        mut spec: FunctionDeployment,
+        spec: FunctionDeployment,
         rollback_of: Option<u64>,
     ) -> ApiResult<u64> {
         self.authorize(who, Action::Deploy, &id.namespace, &id.name)?;
@@ -141,6 +141,20 @@ impl<P: Provider> Gateway<P> {
         if settings.public || privileged {
             self.authorize(who, Action::Admin, &id.namespace, &id.name)?;
         }
+        self.record_deploy(who, id, spec, settings, rollback_of)
+            .await
+    }
+
+    /// Records a deployment already authorised (by the caller's grants, or
+    /// by whoever may write the store it was declared in).
+    pub(crate) async fn record_deploy(
+        self: &Arc<Self>,
+        who: &Identity,
+        id: &FunctionRef,
+        mut spec: FunctionDeployment,
+        settings: FunctionSettings,
+        rollback_of: Option<u64>,
+    ) -> ApiResult<u64> {
         spec.namespace = id.namespace.clone();
         // A rollback runs the build its revision ran; a deploy, the build
         // the name refers to now.
@@ -387,7 +401,15 @@ fn check_manual_scale(replicas: u64, policy: &graphene_core::autoscale::Policy) 
 
 pub async fn namespaces<P: Provider>(State(gw): Gw<P>, Extension(who): Who) -> ApiResult<Response> {
     gw.signed_in(&who)?;
-    let mut all = gw.store.namespaces()?;
+    let mut all = gw.store.secret_namespaces()?;
+    all.extend(
+        gw.registry
+            .list(None)
+            .iter()
+            .map(|r| r.id.namespace.clone()),
+    );
+    all.sort();
+    all.dedup();
     if !all.iter().any(|n| n == DEFAULT_NAMESPACE) {
         all.insert(0, DEFAULT_NAMESPACE.to_string());
     }

@@ -41,7 +41,7 @@ impl Client {
             queue: None,
             keep_revisions: 10,
         };
-        let (gw, _) = Gateway::open(config, Arc::new(provider), builder)
+        let (gw, _) = Gateway::open(config, Arc::new(provider), builder, None)
             .await
             .unwrap();
         gw.restore().await;

@@ -6,6 +6,8 @@
 //! kube-proxy hop. Objects are written with server-side apply, so applying
 //! the same revision again changes nothing but what changed.
 
+pub mod functions;
+pub mod install;
 pub mod manifest;
 mod pods;
 

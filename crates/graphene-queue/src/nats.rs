@@ -183,25 +183,16 @@ struct CallbackWire {
 
 type Consumer = jetstream::consumer::Consumer<pull::Config>;
 
-pub struct NatsJobs {
+/// One connection to the server: the JetStream context and the bucket.
+struct Conn {
     js: jetstream::Context,
     kv: kv::Store,
-    result_limit: usize,
-    /// Largest request body a job may carry (the server's message size
-    /// limit, less base64 and the rest of the message).
-    pub max_body: usize,
-    /// Each function's consumer, with the concurrency it was made with.
-    consumers: tokio::sync::Mutex<HashMap<(String, String), (u64, Consumer)>>,
-    callbacks: tokio::sync::Mutex<Option<Consumer>>,
+    max_payload: usize,
 }
 
-fn key(id: &str) -> String {
-    id.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-impl NatsJobs {
+impl Conn {
     /// Connects and makes the streams and the bucket if they are missing.
-    pub async fn connect(url: &str, result_limit: usize) -> Result<Self, Error> {
+    async fn open(url: &str) -> Result<Self, Error> {
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect(url)
@@ -212,7 +203,6 @@ impl NatsJobs {
             0 => 1 << 20,
             n => n.max(256 << 10),
         };
-        let max_body = max_payload / 4 * 3 - (16 << 10);
         let js = jetstream::new(client);
         for (name, subjects) in [(JOBS, "graphene.jobs.>"), (CALLBACKS, "graphene.callbacks")] {
             js.get_or_create_stream(stream::Config {
@@ -241,17 +231,90 @@ impl NatsJobs {
         Ok(Self {
             js,
             kv,
+            max_payload,
+        })
+    }
+}
+
+pub struct NatsJobs {
+    url: String,
+    conn: std::sync::RwLock<Arc<Conn>>,
+    /// Fetches in a row that went unanswered: past
+    /// [`UNANSWERED_BEFORE_RECONNECT`], the connection is made afresh.
+    unanswered: std::sync::atomic::AtomicU32,
+    reconnecting: tokio::sync::Mutex<()>,
+    result_limit: usize,
+    /// Largest request body a job may carry (the server's message size
+    /// limit, less base64 and the rest of the message).
+    pub max_body: usize,
+    /// Each function's consumer, with the concurrency it was made with.
+    consumers: tokio::sync::Mutex<HashMap<(String, String), (u64, Consumer)>>,
+    callbacks: tokio::sync::Mutex<Option<Consumer>>,
+}
+
+fn key(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+impl NatsJobs {
+    /// Connects and makes the streams and the bucket if they are missing.
+    pub async fn connect(url: &str, result_limit: usize) -> Result<Self, Error> {
+        let conn = Conn::open(url).await?;
+        let max_payload = conn.max_payload;
+        Ok(Self {
+            url: url.to_string(),
+            conn: std::sync::RwLock::new(Arc::new(conn)),
+            unanswered: Default::default(),
+            reconnecting: Default::default(),
             // The record keeps the result twice (text and callback): both
             // must fit one message.
             result_limit: result_limit.min(max_payload / 4 - (16 << 10)),
-            max_body,
+            max_body: max_payload / 4 * 3 - (16 << 10),
             consumers: Default::default(),
             callbacks: Default::default(),
         })
     }
 
+    fn conn(&self) -> Arc<Conn> {
+        self.conn.read().expect("nats connection lock").clone()
+    }
+
+    /// Counts a fetch's outcome. After a server restart, fetches on a
+    /// reconnected client were seen to go unanswered for good while
+    /// everything else on it worked; a connection made afresh answers.
+    async fn fetched<T>(&self, used: &Arc<Conn>, result: &Result<T, Error>) {
+        if result.is_ok() {
+            self.unanswered
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let n = self
+            .unanswered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if n < UNANSWERED_BEFORE_RECONNECT {
+            return;
+        }
+        let _one = self.reconnecting.lock().await;
+        if !Arc::ptr_eq(used, &self.conn()) {
+            return; // another fetch made it afresh meanwhile
+        }
+        tracing::warn!(unanswered = n, "NATS JetStream: connecting afresh");
+        match Conn::open(&self.url).await {
+            Ok(fresh) => {
+                *self.conn.write().expect("nats connection lock") = Arc::new(fresh);
+                self.consumers.lock().await.clear();
+                *self.callbacks.lock().await = None;
+                self.unanswered
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "NATS JetStream: cannot connect afresh"),
+        }
+    }
+
     async fn record(&self, id: &str) -> Result<Option<(Record, u64)>, Error> {
         let entry = self
+            .conn()
             .kv
             .entry(key(id))
             .await
@@ -270,7 +333,7 @@ impl NatsJobs {
     /// first, the gateway that accepted it or the one that runs it, wins).
     async fn create(&self, r: &Record) -> Result<(), Error> {
         let value = Bytes::from(serde_json::to_vec(r).expect("serialisable"));
-        match self.kv.create(key(&r.status.call_id), value).await {
+        match self.conn().kv.create(key(&r.status.call_id), value).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
             Err(e) => Err(err("writing a job")(e.to_string())),
@@ -288,7 +351,7 @@ impl NatsJobs {
                 return Ok(Changed::Fenced);
             }
             let value = Bytes::from(serde_json::to_vec(&r).expect("serialisable"));
-            match self.kv.update(key(id), value, revision).await {
+            match self.conn().kv.update(key(id), value, revision).await {
                 Ok(_) => return Ok(Changed::Applied),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(err("writing a job")(e.to_string())),
@@ -303,7 +366,7 @@ impl NatsJobs {
         // The record comes first: it claims the call id for its caller.
         let record = Record::queued(j, now, false);
         let value = Bytes::from(serde_json::to_vec(&record).expect("serialisable"));
-        match self.kv.create(key(&j.id), value).await {
+        match self.conn().kv.create(key(&j.id), value).await {
             Ok(_) => {}
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let Some((r, _)) = self.record(&j.id).await? else {
@@ -319,7 +382,8 @@ impl NatsJobs {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", j.id.as_str());
         let payload = Bytes::from(serde_json::to_vec(&Wire::from(j)).expect("serialisable"));
-        self.js
+        self.conn()
+            .js
             .publish_with_headers(
                 format!("graphene.jobs.{}.{}", j.namespace, j.function),
                 headers,
@@ -399,7 +463,8 @@ impl NatsJobs {
         state: Option<State>,
         limit: usize,
     ) -> Result<Vec<JobStatus>, Error> {
-        let mut keys = self
+        let conn = self.conn();
+        let mut keys = conn
             .kv
             .keys()
             .await
@@ -407,7 +472,7 @@ impl NatsJobs {
         let mut out = Vec::new();
         while let Some(k) = keys.next().await {
             let Ok(k) = k else { continue };
-            let Ok(Some(v)) = self.kv.get(&k).await else {
+            let Ok(Some(v)) = conn.kv.get(&k).await else {
                 continue;
             };
             let Ok(r) = serde_json::from_slice::<Record>(&v) else {
@@ -601,7 +666,8 @@ impl NatsJobs {
     async fn queue_callback(&self, cb: &CallbackWire) -> Result<(), Error> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("cb-{}", cb.id).as_str());
-        self.js
+        self.conn()
+            .js
             .publish_with_headers(
                 "graphene.callbacks",
                 headers,
@@ -738,10 +804,12 @@ const CALLBACKS_PENDING: i64 = 64;
 
 /// How long a fetch may go unanswered (a server restarting).
 const FETCH_UNANSWERED: Duration = Duration::from_secs(5);
+/// Unanswered fetches in a row after which the connection is made afresh.
+const UNANSWERED_BEFORE_RECONNECT: u32 = 3;
 
 impl NatsJobs {
     /// A function's consumer, made (or updated) for `concurrency`.
-    async fn consumer_for(&self, r: &Room) -> Result<Consumer, Error> {
+    async fn consumer_for(&self, conn: &Conn, r: &Room) -> Result<Consumer, Error> {
         let key = (r.namespace.clone(), r.function.clone());
         let mut all = self.consumers.lock().await;
         if let Some((c, consumer)) = all.get(&key) {
@@ -749,7 +817,7 @@ impl NatsJobs {
                 return Ok(consumer.clone());
             }
         }
-        let consumer = job_consumer(&self.js, &r.namespace, &r.function, r.concurrency).await?;
+        let consumer = job_consumer(&conn.js, &r.namespace, &r.function, r.concurrency).await?;
         all.insert(key, (r.concurrency, consumer.clone()));
         Ok(consumer)
     }
@@ -839,11 +907,13 @@ impl JobQueue for NatsJobs {
         Box::pin(async move {
             let mut messages = Vec::new();
             let mut failed = None;
+            let conn = self.conn();
             for r in room.iter().filter(|r| r.free > 0) {
-                let fetched = match self.consumer_for(r).await {
+                let fetched = match self.consumer_for(&conn, r).await {
                     Ok(c) => Self::fetch(&c, r.free).await,
                     Err(e) => Err(e),
                 };
+                self.fetched(&conn, &fetched).await;
                 match fetched {
                     Ok(m) => messages.extend(m),
                     Err(e) => {
@@ -945,19 +1015,22 @@ impl JobQueue for NatsJobs {
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<CallbackDelivery>, Error>> {
         Box::pin(async move {
+            let conn = self.conn();
             let consumer = {
                 let mut c = self.callbacks.lock().await;
                 match c.as_ref() {
                     Some(c) => c.clone(),
                     None => {
-                        let made = callback_consumer(&self.js).await?;
+                        let made = callback_consumer(&conn.js).await?;
                         *c = Some(made.clone());
                         made
                     }
                 }
             };
             let mut out = Vec::new();
-            let fetched = match Self::fetch(&consumer, max.max(1)).await {
+            let fetched = Self::fetch(&consumer, max.max(1)).await;
+            self.fetched(&conn, &fetched).await;
+            let fetched = match fetched {
                 Ok(m) => m,
                 Err(e) => {
                     // Made afresh next time (the server may have restarted).

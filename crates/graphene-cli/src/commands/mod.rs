@@ -5,6 +5,7 @@ pub mod deploy;
 pub mod describe;
 pub mod grant;
 pub mod history;
+pub mod install;
 pub mod invoke;
 pub mod job;
 pub mod list;

@@ -134,7 +134,7 @@ impl Serve {
                 })
                 .context("opening the local runtime")?;
                 tracing::info!(sandbox = provider.sandboxed(), "local runtime open");
-                self.serve_with(state, auth, Arc::new(provider), Arc::new(builder))
+                self.serve_with(state, auth, Arc::new(provider), Arc::new(builder), None)
                     .await
             }
             #[cfg(feature = "kubernetes")]
@@ -143,6 +143,11 @@ impl Serve {
                 let client = KubernetesProvider::client()
                     .await
                     .map_err(anyhow::Error::msg)?;
+                // Functions live in the cluster, as Function resources.
+                let functions = graphene_kubernetes::functions::ClusterFunctions::new(
+                    client.clone(),
+                    self.functions_namespace.clone(),
+                );
                 let provider = KubernetesProvider::new(KubernetesConfig {
                     client,
                     namespaces: self.functions_namespace.clone(),
@@ -152,8 +157,14 @@ impl Serve {
                     namespaces = %self.functions_namespace.join(","),
                     "Kubernetes provider open"
                 );
-                self.serve_with(state, auth, Arc::new(provider), Arc::new(RegistryImages))
-                    .await
+                self.serve_with(
+                    state,
+                    auth,
+                    Arc::new(provider),
+                    Arc::new(RegistryImages),
+                    Some(Arc::new(functions)),
+                )
+                .await
             }
             #[cfg(not(feature = "kubernetes"))]
             ProviderKind::Kubernetes => anyhow::bail!(
@@ -170,6 +181,7 @@ impl Serve {
         auth: graphene_gateway::oidc::AuthConfig,
         provider: Arc<P>,
         builder: Arc<dyn graphene_core::provider::Builder>,
+        functions: Option<Arc<dyn graphene_core::store::FunctionStore>>,
     ) -> anyhow::Result<()> {
         let (gateway, created) = Gateway::open(
             GatewayConfig {
@@ -184,6 +196,7 @@ impl Serve {
             },
             provider,
             builder,
+            functions,
         )
         .await?;
         if let Some(path) = &created {

@@ -1,0 +1,145 @@
+//! Where the registry keeps functions: [`FunctionStore`].
+//!
+//! The gateway's registry holds every function in memory and writes each
+//! change here before it answers. On one machine that is SQLite in the
+//! state directory; on Kubernetes it is a `Function` custom resource per
+//! function, so that every gateway replica sees the same functions and
+//! `kubectl apply` (or a GitOps tool) can declare them. A store that others
+//! write too streams their changes ([`FunctionStore::changes`]), and the
+//! registry folds them in.
+//!
+//! A stored function carries the spec it is declared with besides its
+//! revisions. The registry's own deploys keep the two in step; a spec that
+//! differs from the newest revision's (or a function with no revisions
+//! yet) was declared from outside, and the registry makes it a revision.
+
+use futures_core::Stream;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::api::{FunctionDeployment, RolloutState};
+use crate::names::FunctionRef;
+use crate::provider::BoxFuture;
+
+/// A function as its store holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFunction {
+    pub id: FunctionRef,
+    /// The spec it is declared with: the newest revision's, unless it was
+    /// changed outside the registry.
+    pub spec: FunctionDeployment,
+    /// The replica count last decided (none: the minimum).
+    pub replicas: Option<u64>,
+    pub created_at: String,
+    /// Kept revisions, newest first.
+    pub revisions: Vec<StoredRevision>,
+    /// Bumped by every write but replica counts: a write names the version
+    /// it read, and is refused when the function moved on since.
+    pub version: u64,
+    /// Which life of the function this is: a function removed and made
+    /// again under its name is another incarnation (empty where the store
+    /// streams no changes).
+    pub incarnation: String,
+}
+
+/// What a store says of a revision it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    pub created_at: String,
+    pub version: u64,
+    pub incarnation: String,
+}
+
+/// One revision of a function: what was deployed, by whom, and how its
+/// rollout went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredRevision {
+    pub revision: u64,
+    pub spec: FunctionDeployment,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    pub spec_hash: String,
+    pub created_by: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub state: RolloutState,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+}
+
+/// A change made to the store by someone else (another gateway, `kubectl`).
+#[derive(Debug, Clone)]
+pub enum StoreChange {
+    /// The function as it now is.
+    Changed(Box<StoredFunction>),
+    /// An incarnation of the function was removed.
+    Removed {
+        id: FunctionRef,
+        incarnation: String,
+    },
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// Someone else changed the function since it was read (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The store could not be reached or refused the write (503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub type ChangeStream = std::pin::Pin<Box<dyn Stream<Item = StoreChange> + Send>>;
+
+pub trait FunctionStore: Send + Sync + 'static {
+    /// Every stored function.
+    fn load(&self) -> BoxFuture<'_, Result<Vec<StoredFunction>, StoreError>>;
+
+    /// Stores a new revision and makes its spec the function's, creating
+    /// the function when new (`version` 0). Every write names the version
+    /// the registry holds and is refused ([`StoreError::Conflict`]) when
+    /// the stored function is at another; it answers with the new one.
+    fn put_revision<'a>(
+        &'a self,
+        function: &'a FunctionRef,
+        version: u64,
+        revision: &'a StoredRevision,
+    ) -> BoxFuture<'a, Result<Written, StoreError>>;
+
+    /// Records how a revision's rollout went.
+    fn set_rollout<'a>(
+        &'a self,
+        function: &'a FunctionRef,
+        version: u64,
+        revision: u64,
+        state: RolloutState,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Forgets the revisions not in `keep`.
+    fn prune<'a>(
+        &'a self,
+        function: &'a FunctionRef,
+        version: u64,
+        keep: &'a [u64],
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Stores the replica count last decided (no version: the count is
+    /// this gateway's decision, not part of the function's history).
+    fn set_replicas<'a>(
+        &'a self,
+        function: &'a FunctionRef,
+        replicas: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Removes a function and its revisions; false when there was none.
+    fn remove<'a>(&'a self, function: &'a FunctionRef) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Changes others make, as they come (the first items may repeat what
+    /// [`FunctionStore::load`] returned). `None` for a store only this
+    /// gateway writes.
+    fn changes(&self) -> Option<ChangeStream>;
+}

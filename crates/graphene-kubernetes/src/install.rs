@@ -1,0 +1,389 @@
+//! What `graphene install kubernetes` puts into a cluster: the `Function`
+//! resource definition, the namespaces, the gateway's service account with
+//! namespaced Roles only (nothing cluster-wide), the gateway Deployment
+//! and Service, a NetworkPolicy that lets only the gateway reach function
+//! pods, and the admin credential as a Secret.
+
+use serde_json::{json, Value};
+
+use crate::functions::{GROUP, KIND, PLURAL, VERSION};
+use crate::manifest::{MANAGED_BY, MANAGER, WATCHDOG_PORT};
+
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    /// Where the gateway runs.
+    pub namespace: String,
+    /// Where functions run (each gets a Role and a NetworkPolicy).
+    pub functions_namespaces: Vec<String>,
+    pub replicas: u32,
+    /// The gateway's image (one with `graphene` built with the Kubernetes
+    /// provider as its entrypoint).
+    pub image: String,
+    /// `nats://host:port` to keep asynchronous jobs in, shared by every
+    /// gateway replica.
+    pub nats: Option<String>,
+    /// The admin credential every gateway replica accepts.
+    pub admin_token: String,
+}
+
+/// Labels of the gateway's pods.
+const GATEWAY_APP: &str = "graphene-gateway";
+/// Marks the gateway's namespace for the functions' NetworkPolicy.
+pub const GATEWAY_NAMESPACE_LABEL: &str = "graphene.dev/gateway";
+const PORT: u16 = 8080;
+const STATE_DIR: &str = "/var/lib/graphene";
+
+impl InstallOptions {
+    pub fn validate(&self) -> Result<(), String> {
+        for ns in std::iter::once(&self.namespace).chain(&self.functions_namespaces) {
+            graphene_core::names::validate("namespace", ns).map_err(|e| e.to_string())?;
+        }
+        if self.functions_namespaces.contains(&self.namespace) {
+            return Err(format!(
+                "--functions-namespace: {} is the gateway's own namespace; functions run in namespaces of their own",
+                self.namespace
+            ));
+        }
+        if self.replicas == 0 {
+            return Err("--replicas: at least 1".into());
+        }
+        if self.image.trim().is_empty() {
+            return Err("--image: the gateway's image is needed".into());
+        }
+        if let Some(url) = &self.nats {
+            if !url.starts_with("nats://") {
+                return Err(format!("--nats: {url:?} is not a nats:// URL"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `Function` custom resource definition.
+pub fn function_crd() -> Value {
+    let string = json!({ "type": "string" });
+    let strings = json!({ "type": "array", "items": { "type": "string" } });
+    let map = json!({ "type": "object", "additionalProperties": { "type": "string" } });
+    let resources = json!({
+        "type": "object",
+        "properties": { "memory": string, "cpu": string },
+    });
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": format!("{PLURAL}.{GROUP}"),
+            "labels": { MANAGED_BY: MANAGER },
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": format!("{KIND}List"),
+                "plural": PLURAL,
+                "singular": "function",
+                "shortNames": ["fn"],
+            },
+            "versions": [{
+                "name": VERSION,
+                "served": true,
+                "storage": true,
+                "additionalPrinterColumns": [
+                    { "name": "Image", "type": "string", "jsonPath": ".spec.image" },
+                    { "name": "Revision", "type": "integer", "jsonPath": ".status.revisions[0].revision" },
+                    { "name": "State", "type": "string", "jsonPath": ".status.revisions[0].state" },
+                    { "name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp" },
+                ],
+                "schema": { "openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A graphene function: spec is the body of POST /system/functions; status is the registry's (revisions, rollout states, the replica count).",
+                    "properties": {
+                        "spec": {
+                            "type": "object",
+                            "required": ["image"],
+                            "properties": {
+                                "service": string,
+                                "namespace": string,
+                                "image": string,
+                                "envProcess": string,
+                                "envVars": map,
+                                "constraints": strings,
+                                "secrets": strings,
+                                "labels": map,
+                                "annotations": map,
+                                "limits": resources,
+                                "requests": resources,
+                                "readOnlyRootFilesystem": { "type": "boolean" },
+                            },
+                        },
+                        "status": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": true,
+                        },
+                    },
+                }},
+            }],
+        },
+    })
+}
+
+/// Every object, in the order they can be applied.
+pub fn manifests(o: &InstallOptions) -> Vec<Value> {
+    let labels = json!({ "app": GATEWAY_APP, MANAGED_BY: MANAGER });
+    let mut out = vec![function_crd()];
+    out.push(json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": o.namespace, "labels": { GATEWAY_NAMESPACE_LABEL: "true", MANAGED_BY: MANAGER } },
+    }));
+    for ns in &o.functions_namespaces {
+        out.push(json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": { "name": ns, "labels": { MANAGED_BY: MANAGER } },
+        }));
+    }
+    out.push(json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": { "name": "graphene", "namespace": o.namespace, "labels": labels },
+    }));
+    for ns in &o.functions_namespaces {
+        out.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": { "name": "graphene", "namespace": ns, "labels": labels },
+            "rules": function_namespace_rules(),
+        }));
+        out.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": { "name": "graphene", "namespace": ns, "labels": labels },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "graphene" },
+            "subjects": [{ "kind": "ServiceAccount", "name": "graphene", "namespace": o.namespace }],
+        }));
+        out.push(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": { "name": "graphene-functions", "namespace": ns, "labels": labels },
+            "spec": {
+                "podSelector": { "matchLabels": { MANAGED_BY: MANAGER } },
+                "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [{
+                        "namespaceSelector": { "matchLabels": { GATEWAY_NAMESPACE_LABEL: "true" } },
+                        "podSelector": { "matchLabels": { "app": GATEWAY_APP } },
+                    }],
+                    "ports": [{ "protocol": "TCP", "port": WATCHDOG_PORT }],
+                }],
+            },
+        }));
+    }
+    out.push(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": "graphene-admin", "namespace": o.namespace, "labels": labels },
+        "type": "Opaque",
+        "stringData": { "admin-token": o.admin_token },
+    }));
+    let mut env = vec![
+        json!({ "name": "GRAPHENE_FUNCTIONS_NAMESPACE", "value": o.functions_namespaces.join(",") }),
+        json!({ "name": "GRAPHENE_LISTEN", "value": format!("0.0.0.0:{PORT}") }),
+    ];
+    if let Some(url) = &o.nats {
+        env.push(json!({ "name": "GRAPHENE_QUEUE", "value": url }));
+    }
+    let probe = json!({ "httpGet": { "path": "/healthz", "port": PORT }, "periodSeconds": 2 });
+    out.push(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": GATEWAY_APP, "namespace": o.namespace, "labels": labels },
+        "spec": {
+            "replicas": o.replicas,
+            "selector": { "matchLabels": { "app": GATEWAY_APP } },
+            "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxSurge": 1, "maxUnavailable": 0 } },
+            "template": {
+                "metadata": { "labels": labels },
+                "spec": {
+                    "serviceAccountName": "graphene",
+                    "enableServiceLinks": false,
+                    "securityContext": { "runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001 },
+                    "containers": [{
+                        "name": "gateway",
+                        "image": o.image,
+                        "args": ["serve", "--provider", "kubernetes", "--state-dir", STATE_DIR],
+                        "env": env,
+                        "ports": [{ "name": "http", "containerPort": PORT }],
+                        "readinessProbe": probe,
+                        "livenessProbe": probe,
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": { "drop": ["ALL"] },
+                        },
+                        "volumeMounts": [
+                            { "name": "state", "mountPath": STATE_DIR },
+                            { "name": "admin", "mountPath": format!("{STATE_DIR}/admin-token"), "subPath": "admin-token", "readOnly": true },
+                            { "name": "tmp", "mountPath": "/tmp" },
+                        ],
+                    }],
+                    "volumes": [
+                        { "name": "state", "emptyDir": {} },
+                        { "name": "admin", "secret": { "secretName": "graphene-admin", "defaultMode": 0o440 } },
+                        { "name": "tmp", "emptyDir": {} },
+                    ],
+                },
+            },
+        },
+    }));
+    out.push(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": "gateway", "namespace": o.namespace, "labels": labels },
+        "spec": {
+            "selector": { "app": GATEWAY_APP },
+            "ports": [{ "name": "http", "port": PORT, "targetPort": PORT }],
+        },
+    }));
+    out
+}
+
+/// What the gateway may do in a function namespace, and nothing more.
+pub fn function_namespace_rules() -> Value {
+    let write = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    json!([
+        { "apiGroups": [GROUP], "resources": [PLURAL], "verbs": write },
+        { "apiGroups": ["apps"], "resources": ["deployments"], "verbs": write },
+        { "apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "update", "patch"] },
+        { "apiGroups": [""], "resources": ["services", "secrets"], "verbs": ["get", "create", "update", "patch", "delete"] },
+        { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
+        { "apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"] },
+    ])
+}
+
+/// Applies one of [`manifests`] with server-side apply (field manager
+/// `graphene`); answers with what it applied, e.g. `Deployment
+/// graphene/graphene-gateway`.
+pub async fn apply(client: &kube::Client, manifest: &Value) -> Result<String, String> {
+    use kube::api::{DynamicObject, Patch, PatchParams};
+    use kube::core::{ApiResource, GroupVersionKind};
+    let api_version = manifest["apiVersion"].as_str().unwrap_or_default();
+    let kind = manifest["kind"].as_str().unwrap_or_default();
+    let name = manifest["metadata"]["name"].as_str().unwrap_or_default();
+    let namespace = manifest["metadata"]["namespace"].as_str();
+    let plural = match kind {
+        "CustomResourceDefinition" => "customresourcedefinitions",
+        "Namespace" => "namespaces",
+        "ServiceAccount" => "serviceaccounts",
+        "Role" => "roles",
+        "RoleBinding" => "rolebindings",
+        "NetworkPolicy" => "networkpolicies",
+        "Secret" => "secrets",
+        "Deployment" => "deployments",
+        "Service" => "services",
+        other => return Err(format!("no way to apply a {other}")),
+    };
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    let api: kube::Api<DynamicObject> = match namespace {
+        Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &resource),
+        None => kube::Api::all_with(client.clone(), &resource),
+    };
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(manifest),
+    )
+    .await
+    .map_err(|e| format!("applying {kind} {name}: {e}"))?;
+    Ok(match namespace {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> InstallOptions {
+        InstallOptions {
+            namespace: "graphene".into(),
+            functions_namespaces: vec!["graphene-fn".into()],
+            replicas: 2,
+            image: "registry.local/graphene:1".into(),
+            nats: Some("nats://nats.graphene:4222".into()),
+            admin_token: "t0ken".into(),
+        }
+    }
+
+    #[test]
+    fn nothing_cluster_wide_but_the_resource_definition() {
+        let all = manifests(&options());
+        let kinds: Vec<&str> = all.iter().map(|m| m["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "CustomResourceDefinition",
+                "Namespace",
+                "Namespace",
+                "ServiceAccount",
+                "Role",
+                "RoleBinding",
+                "NetworkPolicy",
+                "Secret",
+                "Deployment",
+                "Service"
+            ]
+        );
+        assert!(!kinds.iter().any(|k| k.starts_with("Cluster")));
+        let role = &all[4];
+        assert_eq!(role["metadata"]["namespace"], "graphene-fn");
+        let binding = &all[5];
+        assert_eq!(binding["subjects"][0]["namespace"], "graphene");
+    }
+
+    #[test]
+    fn the_gateway_runs_replicated_locked_down_and_probed() {
+        let all = manifests(&options());
+        let d = all.iter().find(|m| m["kind"] == "Deployment").unwrap();
+        assert_eq!(d["spec"]["replicas"], 2);
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        let env: Vec<(&str, &str)> = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+            .collect();
+        assert!(env.contains(&("GRAPHENE_QUEUE", "nats://nats.graphene:4222")));
+        assert!(env.contains(&("GRAPHENE_FUNCTIONS_NAMESPACE", "graphene-fn")));
+    }
+
+    #[test]
+    fn bad_options_name_the_flag() {
+        let mut o = options();
+        o.functions_namespaces = vec!["graphene".into()];
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .starts_with("--functions-namespace"));
+        let mut o = options();
+        o.replicas = 0;
+        assert!(o.validate().unwrap_err().starts_with("--replicas"));
+        let mut o = options();
+        o.nats = Some("http://x".into());
+        assert!(o.validate().unwrap_err().starts_with("--nats"));
+        let mut o = options();
+        o.functions_namespaces = vec!["Bad_NS".into()];
+        assert!(o.validate().unwrap_err().contains("Bad_NS"));
+        assert!(options().validate().is_ok());
+    }
+}
