@@ -27,15 +27,24 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts the test cluster (building it the first time); its admin
-/// kubeconfig.
+/// Starts the test cluster (building it the first time) with the Function
+/// resource installed; its admin kubeconfig.
 fn cluster() -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/k8s-cluster.sh");
     let out = ok(
         Command::new(script).arg("start").output().unwrap(),
         "scripts/k8s-cluster.sh start",
     );
-    PathBuf::from(out.lines().last().expect("the kubeconfig path").trim())
+    let kubeconfig = PathBuf::from(out.lines().last().expect("the kubeconfig path").trim());
+    ok(
+        Command::new(BIN)
+            .args(["install", "kubernetes", "--resource-only", "--apply"])
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap(),
+        "graphene install kubernetes --resource-only --apply",
+    );
+    kubeconfig
 }
 
 /// `ns`, created afresh (emptied of what an earlier run left).
@@ -470,4 +479,248 @@ fn scales_up_under_load_and_a_killed_pod_is_replaced() {
     );
     assert!(replicas.trim().parse::<u64>().unwrap() >= 1, "{replicas}");
     let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=false"]);
+}
+
+/// Functions are `Function` resources: one declared with `kubectl apply`
+/// is deployed (and an edit makes a revision), a second gateway sees and
+/// serves what the first deployed, a deploy through either is seen by the
+/// other, and `kubectl delete` removes the function.
+#[test]
+fn functions_are_cluster_resources_shared_by_gateways() {
+    let _one = one_at_a_time();
+    let kubeconfig = cluster();
+    let ns = "graphene-crd";
+    fresh_namespace(&kubeconfig, ns);
+    let reg = Registry::start(false);
+    let images = images(&reg);
+    std::env::set_var("KUBECONFIG", &kubeconfig);
+    let args = ["--provider", "kubernetes", "--functions-namespace", ns];
+    let first = util::Server::start_with(&args);
+    let apply = |image: &str, env: &str| {
+        let manifest = format!(
+            "apiVersion: graphene.dev/v1\nkind: Function\nmetadata:\n  name: declared\n  namespace: {ns}\nspec:\n  image: {image}\n  envVars:\n    WHO: {env}\n  labels:\n    com.openfaas.scale.max: \"2\"\n"
+        );
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(manifest.as_bytes())
+            .unwrap();
+        ok(child.wait_with_output().unwrap(), "kubectl apply");
+    };
+    let path = format!("/function/declared.{ns}");
+    let answers = |server: &util::Server, want: &str| {
+        util::eventually(
+            &format!("the function to answer {want}"),
+            std::time::Duration::from_secs(120),
+            || {
+                let r = server.admin("POST", &path, "hi");
+                (r.status == 200 && r.body == want).then_some(())
+            },
+        );
+    };
+    // Declared with kubectl: deployed as revision 1, by "declared".
+    apply(&images[&Image::A], "one");
+    answers(&first, "a");
+    let history: serde_json::Value = serde_json::from_str(
+        &first
+            .admin(
+                "GET",
+                &format!("/system/revisions/declared?namespace={ns}"),
+                "",
+            )
+            .body,
+    )
+    .unwrap();
+    assert_eq!(history["revisions"][0]["revision"], 1, "{history}");
+    assert_eq!(
+        history["revisions"][0]["createdBy"], "declared",
+        "{history}"
+    );
+    let state = || {
+        ok(
+            kubectl(
+                &kubeconfig,
+                &[
+                    "get",
+                    "function",
+                    "declared",
+                    "-n",
+                    ns,
+                    "-o",
+                    "jsonpath={.status.revisions[0].revision} {.status.revisions[0].state}",
+                ],
+            ),
+            "kubectl get function",
+        )
+    };
+    util::eventually(
+        "revision 1 ready in the resource",
+        std::time::Duration::from_secs(60),
+        || (state().trim() == "1 ready").then_some(()),
+    );
+    // A second gateway, with a state directory of its own, sees it and
+    // serves it.
+    let second = util::Server::start_with(&args);
+    let listed = second.admin("GET", &format!("/system/functions?namespace={ns}"), "");
+    assert!(listed.body.contains("\"declared\""), "{listed:?}");
+    answers(&second, "a");
+    // A deploy through the second is seen by the first.
+    let update = serde_json::json!({
+        "service": "declared",
+        "namespace": ns,
+        "image": images[&Image::B],
+        "envVars": { "WHO": "two" },
+        "labels": { "com.openfaas.scale.max": "2" },
+    });
+    let r = second.admin("PUT", "/system/functions", &update.to_string());
+    assert!(r.status < 300, "{r:?}");
+    answers(&first, "b");
+    util::eventually(
+        "the first gateway to hold revision 2",
+        std::time::Duration::from_secs(30),
+        || {
+            let h = first.admin(
+                "GET",
+                &format!("/system/revisions/declared?namespace={ns}"),
+                "",
+            );
+            h.body.contains("\"revision\":2").then_some(())
+        },
+    );
+    // An edit with kubectl is a revision too.
+    apply(&images[&Image::A], "three");
+    answers(&second, "a");
+    util::eventually(
+        "revision 3 in the resource",
+        std::time::Duration::from_secs(60),
+        || state().starts_with("3 ").then_some(()),
+    );
+    // Removed with kubectl: gone from both gateways and from the cluster.
+    ok(
+        kubectl(&kubeconfig, &["delete", "function", "declared", "-n", ns]),
+        "kubectl delete function",
+    );
+    for server in [&first, &second] {
+        util::eventually(
+            "the function to be gone",
+            std::time::Duration::from_secs(30),
+            || (server.admin("POST", &path, "hi").status == 404).then_some(()),
+        );
+    }
+    util::eventually(
+        "the Deployment to go",
+        std::time::Duration::from_secs(60),
+        || {
+            let out = kubectl(&kubeconfig, &["get", "deployment", "declared", "-n", ns]);
+            (!out.status.success()).then_some(())
+        },
+    );
+    let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=false"]);
+}
+
+/// What `graphene install kubernetes` makes is taken by the cluster (its
+/// API server checks each object against its schemas), and the gateway's
+/// service account may manage functions in their namespace and nothing
+/// else.
+#[test]
+fn install_makes_a_least_privileged_gateway() {
+    let _one = one_at_a_time();
+    let kubeconfig = cluster();
+    let (gw_ns, fn_ns) = ("graphene-install", "graphene-install-fn");
+    for ns in [gw_ns, fn_ns] {
+        let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=true"]);
+    }
+    let install = |extra: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "install",
+                "kubernetes",
+                "--namespace",
+                gw_ns,
+                "--functions-namespace",
+                fn_ns,
+                // Nothing is pulled: no registry serves this name here.
+                "--image",
+                "127.0.0.1:9/graphene/gateway:test",
+                "--replicas",
+                "2",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap()
+    };
+    let printed = ok(install(&[]), "graphene install kubernetes");
+    assert!(
+        printed.contains("kind: CustomResourceDefinition"),
+        "{printed}"
+    );
+    assert!(!printed.contains("ClusterRole"), "{printed}");
+    let applied = install(&["--apply"]);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let replicas = ok(
+        kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "deployment",
+                "graphene-gateway",
+                "-n",
+                gw_ns,
+                "-o",
+                "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].readinessProbe.httpGet.path}",
+            ],
+        ),
+        "kubectl get deployment",
+    );
+    assert_eq!(replicas.trim(), "2 /healthz");
+    let sa = format!("system:serviceaccount:{gw_ns}:graphene");
+    let can = |verb: &str, resource: &str, ns: Option<&str>| {
+        let mut args = vec!["auth", "can-i", verb, resource, "--as", &sa];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        let out = kubectl(&kubeconfig, &args);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for (verb, resource) in [
+        ("create", "deployments"),
+        ("patch", "deployments/scale"),
+        ("watch", "pods"),
+        ("get", "pods/log"),
+        ("create", "secrets"),
+        ("update", "functions.graphene.dev"),
+    ] {
+        assert!(can(verb, resource, Some(fn_ns)), "may {verb} {resource}");
+    }
+    for (verb, resource, ns) in [
+        ("create", "deployments", Some(gw_ns)),
+        ("get", "secrets", Some("default")),
+        ("list", "nodes", None),
+        ("list", "namespaces", None),
+        ("create", "pods/exec", Some(fn_ns)),
+    ] {
+        assert!(
+            !can(verb, resource, ns),
+            "may not {verb} {resource} in {ns:?}"
+        );
+    }
+    for ns in [gw_ns, fn_ns] {
+        let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=false"]);
+    }
 }

@@ -259,7 +259,7 @@ impl FunctionStore for ClusterFunctions {
                     .await
                     .map_err(|e| {
                         StoreError::Unavailable(format!(
-                            "listing Functions in namespace {ns}: {e} (is the Function resource installed? `graphene install kubernetes` prints it)"
+                            "listing Functions in namespace {ns}: {e} (is the Function resource installed? `graphene install kubernetes --resource-only --apply` installs it)"
                         ))
                     })?;
                 for f in list.items {

@@ -214,7 +214,7 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
                         "image": o.image,
                         "args": ["serve", "--provider", "kubernetes", "--state-dir", STATE_DIR],
                         "env": env,
-                        "ports": [{ "name": "http", "containerPort": PORT }],
+                        "ports": [{ "name": "http", "containerPort": PORT, "protocol": "TCP" }],
                         "readinessProbe": probe,
                         "livenessProbe": probe,
                         "securityContext": {
@@ -243,7 +243,7 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
         "metadata": { "name": "gateway", "namespace": o.namespace, "labels": labels },
         "spec": {
             "selector": { "app": GATEWAY_APP },
-            "ports": [{ "name": "http", "port": PORT, "targetPort": PORT }],
+            "ports": [{ "name": "http", "port": PORT, "targetPort": PORT, "protocol": "TCP" }],
         },
     }));
     out
@@ -304,6 +304,34 @@ pub async fn apply(client: &kube::Client, manifest: &Value) -> Result<String, St
         Some(ns) => format!("{kind} {ns}/{name}"),
         None => format!("{kind} {name}"),
     })
+}
+
+/// Waits (up to 30 s) until the cluster serves the Function resource.
+pub async fn established(client: &kube::Client) -> Result<(), String> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let name = format!("{PLURAL}.{GROUP}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let crd = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("reading {name}: {e}"))?;
+        let ready = crd
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+        if ready {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{name} was not established within 30 s"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,10 @@ pub struct Kubernetes {
     /// shared by the gateway replicas
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
+    /// Only the Function resource definition: for a gateway run outside
+    /// the cluster (`graphene serve --provider kubernetes` with a kubeconfig)
+    #[arg(long)]
+    pub resource_only: bool,
     /// Apply them to the cluster of KUBECONFIG (or ~/.kube/config) instead
     /// of printing them
     #[arg(long)]
@@ -52,7 +56,7 @@ impl Install {
 #[cfg(feature = "kubernetes")]
 impl Kubernetes {
     async fn run(self) -> anyhow::Result<()> {
-        use graphene_kubernetes::install::{manifests, InstallOptions};
+        use graphene_kubernetes::install::{function_crd, manifests, InstallOptions};
         let options = InstallOptions {
             namespace: self.namespace,
             functions_namespaces: self.functions_namespace,
@@ -62,7 +66,10 @@ impl Kubernetes {
             admin_token: graphene_gateway::new_admin_token(),
         };
         options.validate().map_err(anyhow::Error::msg)?;
-        let all = manifests(&options);
+        let all = match self.resource_only {
+            true => vec![function_crd()],
+            false => manifests(&options),
+        };
         if !self.apply {
             let mut out = String::new();
             for m in &all {
@@ -80,6 +87,12 @@ impl Kubernetes {
                 .await
                 .map_err(anyhow::Error::msg)?;
             eprintln!("applied {what}");
+        }
+        graphene_kubernetes::install::established(&client)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        if self.resource_only {
+            return Ok(());
         }
         eprintln!(
             "the admin credential is in Secret graphene-admin of namespace {}:\n  kubectl -n {} get secret graphene-admin -o jsonpath='{{.data.admin-token}}' | base64 -d",
