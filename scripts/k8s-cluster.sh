@@ -348,6 +348,12 @@ cmd_build() {
   build_binary kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
   build_cri_tool
   build_pause_image
+  # The tests and benchmarks drive the cluster with kubectl: built from the
+  # same source where the machine has none (no package ships it).
+  if ! command -v kubectl >/dev/null; then
+    build_binary kubectl k8s.io/kubernetes/cmd/kubectl
+    ln -sf "$bin/kubectl" /usr/local/bin/kubectl
+  fi
   log "build complete ($((SECONDS - start)) s): $bin"
 }
 

@@ -871,4 +871,89 @@ mod tests {
         );
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[tokio::test]
+    async fn absorbs_newer_changes_and_ignores_stale_ones() {
+        use graphene_core::store::StoreChange;
+        let dir =
+            std::env::temp_dir().join(format!("graphene-registry-absorb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let reg = registry(&dir, 10).await;
+        let id = FunctionRef::new("ns", "f");
+        deploy(&reg, "v1").await;
+        let r = reg.get(&id).unwrap();
+        let stored = |version: u64, incarnation: &str, images: &[&str]| {
+            let revisions: Vec<StoredRevision> = images
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, image)| StoredRevision {
+                    revision: i as u64 + 1,
+                    spec: spec(image),
+                    digest: format!("digest-{image}"),
+                    spec_hash: format!("h{i}"),
+                    created_by: "other".into(),
+                    created_at: String::new(),
+                    state: RolloutState::Ready,
+                    reason: String::new(),
+                    rollback_of: None,
+                })
+                .collect();
+            StoreChange::Changed(Box::new(StoredFunction {
+                id: id.clone(),
+                spec: revisions[0].spec.clone(),
+                replicas: None,
+                created_at: String::new(),
+                revisions,
+                version,
+                incarnation: incarnation.into(),
+            }))
+        };
+        let w = reg.writing().await;
+        // Another gateway deployed v2 (version 1 after this one's 0).
+        assert!(matches!(
+            reg.absorb(&w, stored(1, "", &["v1", "v2"])),
+            Absorbed::Updated
+        ));
+        assert_eq!(r.desired().spec.image, "v2");
+        // An older change, or one of another life of the function: ignored.
+        assert!(matches!(
+            reg.absorb(&w, stored(0, "", &["v1"])),
+            Absorbed::Known
+        ));
+        assert!(matches!(
+            reg.absorb(&w, stored(5, "earlier", &["old"])),
+            Absorbed::Known
+        ));
+        assert_eq!(r.desired().spec.image, "v2");
+        // A spec edited in the store, not yet a revision: the caller's.
+        let StoreChange::Changed(mut edited) = stored(1, "", &["v1", "v2"]) else {
+            unreachable!()
+        };
+        edited.spec.image = "v3".into();
+        match reg.absorb(&w, StoreChange::Changed(edited)) {
+            Absorbed::Declared(spec) => assert_eq!(spec.image, "v3"),
+            _ => panic!("an edited spec is declared"),
+        }
+        // Removed: only this life of it.
+        let removed = |incarnation: &str| StoreChange::Removed {
+            id: id.clone(),
+            incarnation: incarnation.into(),
+        };
+        assert!(matches!(
+            reg.absorb(&w, removed("earlier")),
+            Absorbed::Known
+        ));
+        assert!(reg.get(&id).is_some());
+        assert!(matches!(reg.absorb(&w, removed("")), Absorbed::Removed));
+        assert!(reg.get(&id).is_none() && r.removed.load(Ordering::Acquire));
+        // A function this registry never held arrives whole.
+        assert!(matches!(
+            reg.absorb(&w, stored(3, "", &["v1"])),
+            Absorbed::Added(_)
+        ));
+        drop(w);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
