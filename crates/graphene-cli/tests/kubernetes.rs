@@ -500,23 +500,16 @@ fn functions_are_cluster_resources_shared_by_gateways() {
         let manifest = format!(
             "apiVersion: graphene.dev/v1\nkind: Function\nmetadata:\n  name: declared\n  namespace: {ns}\nspec:\n  image: {image}\n  envVars:\n    WHO: {env}\n  labels:\n    com.openfaas.scale.max: \"2\"\n"
         );
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["apply", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(manifest.as_bytes())
-            .unwrap();
-        ok(child.wait_with_output().unwrap(), "kubectl apply");
+        ok(
+            util::with_stdin(
+                Command::new("kubectl")
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(["apply", "-f", "-"]),
+                manifest.as_bytes(),
+            ),
+            "kubectl apply",
+        );
     };
     let path = format!("/function/declared.{ns}");
     let answers = |server: &util::Server, want: &str| {

@@ -166,26 +166,21 @@ impl Server {
 
     /// Runs the CLI with another credential (empty: none).
     pub fn cli_as(&self, token: &str, args: &[&str], stdin: &[u8]) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(BIN)
-            .args(args)
-            .current_dir(self.work.path())
-            .env("GRAPHENE_URL", &self.url)
-            .env("GRAPHENE_TOKEN", token)
-            .env(
-                "GRAPHENE_STATE_DIR",
-                self.work.path().join("no-local-state"),
-            )
-            .envs(self.ca.iter().map(|c| ("GRAPHENE_CA", c)))
-            .env("HOME", self.work.path())
-            .env_remove("XDG_CONFIG_HOME")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        child.wait_with_output().unwrap()
+        with_stdin(
+            Command::new(BIN)
+                .args(args)
+                .current_dir(self.work.path())
+                .env("GRAPHENE_URL", &self.url)
+                .env("GRAPHENE_TOKEN", token)
+                .env(
+                    "GRAPHENE_STATE_DIR",
+                    self.work.path().join("no-local-state"),
+                )
+                .envs(self.ca.iter().map(|c| ("GRAPHENE_CA", c)))
+                .env("HOME", self.work.path())
+                .env_remove("XDG_CONFIG_HOME"),
+            stdin,
+        )
     }
 
     /// Runs the CLI and fails the test unless it succeeds; returns stdout.
@@ -430,4 +425,17 @@ impl Drop for Nats {
             let _ = c.wait();
         }
     }
+}
+
+/// Runs `cmd` to its end with `stdin` as its input.
+pub fn with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
 }

@@ -83,29 +83,17 @@ impl Registry {
 
     /// `graphene registry login` with a password.
     pub fn login(&self, password: &str) -> Output {
-        let mut child = self
-            .command(BIN)
-            .args([
+        super::with_stdin(
+            self.command(BIN).args([
                 "registry",
                 "login",
                 &self.host,
                 "-u",
                 "alice",
                 "--password-stdin",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{password}\n").as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+            ]),
+            format!("{password}\n").as_bytes(),
+        )
     }
 
     /// A command with this registry's HOME.
