@@ -237,12 +237,10 @@ impl Conn {
 }
 
 pub struct NatsJobs {
-    url: String,
-    conn: std::sync::RwLock<Arc<Conn>>,
-    /// Fetches in a row that went unanswered: past
-    /// [`UNANSWERED_BEFORE_RECONNECT`], the connection is made afresh.
-    unanswered: std::sync::atomic::AtomicU32,
-    reconnecting: tokio::sync::Mutex<()>,
+    conn: Arc<Conn>,
+    /// Fetches in a row that went unanswered, per consumer: past
+    /// [`UNANSWERED_BEFORE_REMAKING`], the consumer is made afresh.
+    unanswered: std::sync::Mutex<HashMap<String, u32>>,
     result_limit: usize,
     /// Largest request body a job may carry (the server's message size
     /// limit, less base64 and the rest of the message).
@@ -262,10 +260,8 @@ impl NatsJobs {
         let conn = Conn::open(url).await?;
         let max_payload = conn.max_payload;
         Ok(Self {
-            url: url.to_string(),
-            conn: std::sync::RwLock::new(Arc::new(conn)),
+            conn: Arc::new(conn),
             unanswered: Default::default(),
-            reconnecting: Default::default(),
             // The record keeps the result twice (text and callback): both
             // must fit one message.
             result_limit: result_limit.min(max_payload / 4 - (16 << 10)),
@@ -276,39 +272,49 @@ impl NatsJobs {
     }
 
     fn conn(&self) -> Arc<Conn> {
-        self.conn.read().expect("nats connection lock").clone()
+        self.conn.clone()
     }
 
-    /// Counts a fetch's outcome. After a server restart, fetches on a
-    /// reconnected client were seen to go unanswered for good while
-    /// everything else on it worked; a connection made afresh answers.
-    async fn fetched<T>(&self, used: &Arc<Conn>, result: &Result<T, Error>) {
-        if result.is_ok() {
-            self.unanswered
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-            return;
-        }
-        let n = self
-            .unanswered
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        if n < UNANSWERED_BEFORE_RECONNECT {
-            return;
-        }
-        let _one = self.reconnecting.lock().await;
-        if !Arc::ptr_eq(used, &self.conn()) {
-            return; // another fetch made it afresh meanwhile
-        }
-        tracing::warn!(unanswered = n, "NATS JetStream: connecting afresh");
-        match Conn::open(&self.url).await {
-            Ok(fresh) => {
-                *self.conn.write().expect("nats connection lock") = Arc::new(fresh);
-                self.consumers.lock().await.clear();
-                *self.callbacks.lock().await = None;
-                self.unanswered
-                    .store(0, std::sync::atomic::Ordering::Relaxed);
+    /// Counts a fetch's outcome on consumer `name` of `stream`. After a
+    /// server killed mid-load came back, a job consumer was seen to answer
+    /// no fetch again (while every other consumer did): its state lists
+    /// deliveries whose messages are gone. Made afresh, it delivers what
+    /// the stream still holds (a job another gateway runs is fenced by its
+    /// record).
+    async fn fetched<T>(&self, stream: &str, name: &str, result: &Result<T, Error>) {
+        let n = {
+            let mut all = self.unanswered.lock().expect("unanswered lock");
+            match result {
+                Err(e) if e == UNANSWERED => {
+                    let n = all.entry(name.to_string()).or_default();
+                    *n += 1;
+                    *n
+                }
+                _ => {
+                    all.remove(name);
+                    return;
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "NATS JetStream: cannot connect afresh"),
+        };
+        if n < UNANSWERED_BEFORE_REMAKING {
+            return;
+        }
+        self.unanswered
+            .lock()
+            .expect("unanswered lock")
+            .remove(name);
+        tracing::warn!(
+            consumer = name,
+            unanswered = n,
+            "NATS JetStream: a consumer answers no fetches; making it afresh"
+        );
+        match self.conn.js.get_stream(stream).await {
+            Ok(s) => {
+                if let Err(e) = s.delete_consumer(name).await {
+                    tracing::warn!(consumer = name, error = %e, "NATS JetStream: cannot remove a consumer");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "NATS JetStream: cannot open a stream"),
         }
     }
 
@@ -755,6 +761,13 @@ fn delivered(token: &Arc<dyn std::any::Any + Send + Sync>) -> &Delivered {
         .expect("a NATS delivery's token")
 }
 
+/// `_` can't appear in names, so no two functions share a consumer.
+fn job_consumer_name(namespace: &str, function: &str) -> String {
+    format!("jobs_{namespace}_{function}")
+}
+
+const CALLBACK_CONSUMER: &str = "callbacks";
+
 /// The durable consumer of one function's jobs, shared by every gateway.
 async fn job_consumer(
     js: &jetstream::Context,
@@ -762,8 +775,7 @@ async fn job_consumer(
     function: &str,
     concurrency: u64,
 ) -> Result<Consumer, Error> {
-    // `_` can't appear in names, so no two functions share a consumer.
-    let name = format!("jobs_{namespace}_{function}");
+    let name = job_consumer_name(namespace, function);
     let stream = js
         .get_stream(JOBS)
         .await
@@ -789,7 +801,7 @@ async fn callback_consumer(js: &jetstream::Context) -> Result<Consumer, Error> {
         .map_err(|e| err("opening the stream")(e.to_string()))?;
     stream
         .create_consumer(pull::Config {
-            durable_name: Some("callbacks".into()),
+            durable_name: Some(CALLBACK_CONSUMER.into()),
             ack_wait: Duration::from_secs(90),
             max_ack_pending: CALLBACKS_PENDING,
             max_deliver: -1,
@@ -804,8 +816,9 @@ const CALLBACKS_PENDING: i64 = 64;
 
 /// How long a fetch may go unanswered (a server restarting).
 const FETCH_UNANSWERED: Duration = Duration::from_secs(5);
-/// Unanswered fetches in a row after which the connection is made afresh.
-const UNANSWERED_BEFORE_RECONNECT: u32 = 3;
+/// Unanswered fetches in a row after which a consumer is made afresh.
+const UNANSWERED_BEFORE_REMAKING: u32 = 3;
+const UNANSWERED: &str = "NATS JetStream: a fetch went unanswered";
 
 impl NatsJobs {
     /// A function's consumer, made (or updated) for `concurrency`.
@@ -843,7 +856,7 @@ impl NatsJobs {
         // `ack_wait`.
         tokio::time::timeout(FETCH_UNANSWERED, read)
             .await
-            .unwrap_or_else(|_| Err("NATS JetStream: a fetch went unanswered".into()))
+            .unwrap_or_else(|_| Err(UNANSWERED.into()))
     }
 }
 
@@ -913,7 +926,12 @@ impl JobQueue for NatsJobs {
                     Ok(c) => Self::fetch(&c, r.free).await,
                     Err(e) => Err(e),
                 };
-                self.fetched(&conn, &fetched).await;
+                self.fetched(
+                    JOBS,
+                    &job_consumer_name(&r.namespace, &r.function),
+                    &fetched,
+                )
+                .await;
                 match fetched {
                     Ok(m) => messages.extend(m),
                     Err(e) => {
@@ -1029,7 +1047,7 @@ impl JobQueue for NatsJobs {
             };
             let mut out = Vec::new();
             let fetched = Self::fetch(&consumer, max.max(1)).await;
-            self.fetched(&conn, &fetched).await;
+            self.fetched(CALLBACKS, CALLBACK_CONSUMER, &fetched).await;
             let fetched = match fetched {
                 Ok(m) => m,
                 Err(e) => {
