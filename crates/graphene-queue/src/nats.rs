@@ -183,16 +183,25 @@ struct CallbackWire {
 
 type Consumer = jetstream::consumer::Consumer<pull::Config>;
 
-/// One connection to the server: the JetStream context and the bucket.
-struct Conn {
+pub struct NatsJobs {
     js: jetstream::Context,
     kv: kv::Store,
-    max_payload: usize,
+    result_limit: usize,
+    /// Largest request body a job may carry (the server's message size
+    /// limit, less base64 and the rest of the message).
+    pub max_body: usize,
+    /// Each function's consumer, with the concurrency it was made with.
+    consumers: tokio::sync::Mutex<HashMap<(String, String), (u64, Consumer)>>,
+    callbacks: tokio::sync::Mutex<Option<Consumer>>,
 }
 
-impl Conn {
+fn key(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+impl NatsJobs {
     /// Connects and makes the streams and the bucket if they are missing.
-    async fn open(url: &str) -> Result<Self, Error> {
+    pub async fn connect(url: &str, result_limit: usize) -> Result<Self, Error> {
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect(url)
@@ -203,6 +212,7 @@ impl Conn {
             0 => 1 << 20,
             n => n.max(256 << 10),
         };
+        let max_body = max_payload / 4 * 3 - (16 << 10);
         let js = jetstream::new(client);
         for (name, subjects) in [(JOBS, "graphene.jobs.>"), (CALLBACKS, "graphene.callbacks")] {
             js.get_or_create_stream(stream::Config {
@@ -231,96 +241,17 @@ impl Conn {
         Ok(Self {
             js,
             kv,
-            max_payload,
-        })
-    }
-}
-
-pub struct NatsJobs {
-    conn: Arc<Conn>,
-    /// Fetches in a row that went unanswered, per consumer: past
-    /// [`UNANSWERED_BEFORE_REMAKING`], the consumer is made afresh.
-    unanswered: std::sync::Mutex<HashMap<String, u32>>,
-    result_limit: usize,
-    /// Largest request body a job may carry (the server's message size
-    /// limit, less base64 and the rest of the message).
-    pub max_body: usize,
-    /// Each function's consumer, with the concurrency it was made with.
-    consumers: tokio::sync::Mutex<HashMap<(String, String), (u64, Consumer)>>,
-    callbacks: tokio::sync::Mutex<Option<Consumer>>,
-}
-
-fn key(id: &str) -> String {
-    id.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-impl NatsJobs {
-    /// Connects and makes the streams and the bucket if they are missing.
-    pub async fn connect(url: &str, result_limit: usize) -> Result<Self, Error> {
-        let conn = Conn::open(url).await?;
-        let max_payload = conn.max_payload;
-        Ok(Self {
-            conn: Arc::new(conn),
-            unanswered: Default::default(),
             // The record keeps the result twice (text and callback): both
             // must fit one message.
             result_limit: result_limit.min(max_payload / 4 - (16 << 10)),
-            max_body: max_payload / 4 * 3 - (16 << 10),
+            max_body,
             consumers: Default::default(),
             callbacks: Default::default(),
         })
     }
 
-    fn conn(&self) -> Arc<Conn> {
-        self.conn.clone()
-    }
-
-    /// Counts a fetch's outcome on consumer `name` of `stream`. After a
-    /// server killed mid-load came back, a job consumer was seen to answer
-    /// no fetch again (while every other consumer did): its state lists
-    /// deliveries whose messages are gone. Made afresh, it delivers what
-    /// the stream still holds (a job another gateway runs is fenced by its
-    /// record).
-    async fn fetched<T>(&self, stream: &str, name: &str, result: &Result<T, Error>) {
-        let n = {
-            let mut all = self.unanswered.lock().expect("unanswered lock");
-            match result {
-                Err(e) if e == UNANSWERED => {
-                    let n = all.entry(name.to_string()).or_default();
-                    *n += 1;
-                    *n
-                }
-                _ => {
-                    all.remove(name);
-                    return;
-                }
-            }
-        };
-        if n < UNANSWERED_BEFORE_REMAKING {
-            return;
-        }
-        self.unanswered
-            .lock()
-            .expect("unanswered lock")
-            .remove(name);
-        tracing::warn!(
-            consumer = name,
-            unanswered = n,
-            "NATS JetStream: a consumer answers no fetches; making it afresh"
-        );
-        match self.conn.js.get_stream(stream).await {
-            Ok(s) => {
-                if let Err(e) = s.delete_consumer(name).await {
-                    tracing::warn!(consumer = name, error = %e, "NATS JetStream: cannot remove a consumer");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "NATS JetStream: cannot open a stream"),
-        }
-    }
-
     async fn record(&self, id: &str) -> Result<Option<(Record, u64)>, Error> {
         let entry = self
-            .conn()
             .kv
             .entry(key(id))
             .await
@@ -339,7 +270,7 @@ impl NatsJobs {
     /// first, the gateway that accepted it or the one that runs it, wins).
     async fn create(&self, r: &Record) -> Result<(), Error> {
         let value = Bytes::from(serde_json::to_vec(r).expect("serialisable"));
-        match self.conn().kv.create(key(&r.status.call_id), value).await {
+        match self.kv.create(key(&r.status.call_id), value).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
             Err(e) => Err(err("writing a job")(e.to_string())),
@@ -357,7 +288,7 @@ impl NatsJobs {
                 return Ok(Changed::Fenced);
             }
             let value = Bytes::from(serde_json::to_vec(&r).expect("serialisable"));
-            match self.conn().kv.update(key(id), value, revision).await {
+            match self.kv.update(key(id), value, revision).await {
                 Ok(_) => return Ok(Changed::Applied),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(err("writing a job")(e.to_string())),
@@ -372,7 +303,7 @@ impl NatsJobs {
         // The record comes first: it claims the call id for its caller.
         let record = Record::queued(j, now, false);
         let value = Bytes::from(serde_json::to_vec(&record).expect("serialisable"));
-        match self.conn().kv.create(key(&j.id), value).await {
+        match self.kv.create(key(&j.id), value).await {
             Ok(_) => {}
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let Some((r, _)) = self.record(&j.id).await? else {
@@ -388,8 +319,7 @@ impl NatsJobs {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", j.id.as_str());
         let payload = Bytes::from(serde_json::to_vec(&Wire::from(j)).expect("serialisable"));
-        self.conn()
-            .js
+        self.js
             .publish_with_headers(
                 format!("graphene.jobs.{}.{}", j.namespace, j.function),
                 headers,
@@ -469,8 +399,7 @@ impl NatsJobs {
         state: Option<State>,
         limit: usize,
     ) -> Result<Vec<JobStatus>, Error> {
-        let conn = self.conn();
-        let mut keys = conn
+        let mut keys = self
             .kv
             .keys()
             .await
@@ -478,7 +407,7 @@ impl NatsJobs {
         let mut out = Vec::new();
         while let Some(k) = keys.next().await {
             let Ok(k) = k else { continue };
-            let Ok(Some(v)) = conn.kv.get(&k).await else {
+            let Ok(Some(v)) = self.kv.get(&k).await else {
                 continue;
             };
             let Ok(r) = serde_json::from_slice::<Record>(&v) else {
@@ -672,8 +601,7 @@ impl NatsJobs {
     async fn queue_callback(&self, cb: &CallbackWire) -> Result<(), Error> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("cb-{}", cb.id).as_str());
-        self.conn()
-            .js
+        self.js
             .publish_with_headers(
                 "graphene.callbacks",
                 headers,
@@ -761,13 +689,6 @@ fn delivered(token: &Arc<dyn std::any::Any + Send + Sync>) -> &Delivered {
         .expect("a NATS delivery's token")
 }
 
-/// `_` can't appear in names, so no two functions share a consumer.
-fn job_consumer_name(namespace: &str, function: &str) -> String {
-    format!("jobs_{namespace}_{function}")
-}
-
-const CALLBACK_CONSUMER: &str = "callbacks";
-
 /// The durable consumer of one function's jobs, shared by every gateway.
 async fn job_consumer(
     js: &jetstream::Context,
@@ -775,7 +696,8 @@ async fn job_consumer(
     function: &str,
     concurrency: u64,
 ) -> Result<Consumer, Error> {
-    let name = job_consumer_name(namespace, function);
+    // `_` can't appear in names, so no two functions share a consumer.
+    let name = format!("jobs_{namespace}_{function}");
     let stream = js
         .get_stream(JOBS)
         .await
@@ -801,7 +723,7 @@ async fn callback_consumer(js: &jetstream::Context) -> Result<Consumer, Error> {
         .map_err(|e| err("opening the stream")(e.to_string()))?;
     stream
         .create_consumer(pull::Config {
-            durable_name: Some(CALLBACK_CONSUMER.into()),
+            durable_name: Some("callbacks".into()),
             ack_wait: Duration::from_secs(90),
             max_ack_pending: CALLBACKS_PENDING,
             max_deliver: -1,
@@ -816,13 +738,10 @@ const CALLBACKS_PENDING: i64 = 64;
 
 /// How long a fetch may go unanswered (a server restarting).
 const FETCH_UNANSWERED: Duration = Duration::from_secs(5);
-/// Unanswered fetches in a row after which a consumer is made afresh.
-const UNANSWERED_BEFORE_REMAKING: u32 = 3;
-const UNANSWERED: &str = "NATS JetStream: a fetch went unanswered";
 
 impl NatsJobs {
     /// A function's consumer, made (or updated) for `concurrency`.
-    async fn consumer_for(&self, conn: &Conn, r: &Room) -> Result<Consumer, Error> {
+    async fn consumer_for(&self, r: &Room) -> Result<Consumer, Error> {
         let key = (r.namespace.clone(), r.function.clone());
         let mut all = self.consumers.lock().await;
         if let Some((c, consumer)) = all.get(&key) {
@@ -830,7 +749,7 @@ impl NatsJobs {
                 return Ok(consumer.clone());
             }
         }
-        let consumer = job_consumer(&conn.js, &r.namespace, &r.function, r.concurrency).await?;
+        let consumer = job_consumer(&self.js, &r.namespace, &r.function, r.concurrency).await?;
         all.insert(key, (r.concurrency, consumer.clone()));
         Ok(consumer)
     }
@@ -856,7 +775,7 @@ impl NatsJobs {
         // `ack_wait`.
         tokio::time::timeout(FETCH_UNANSWERED, read)
             .await
-            .unwrap_or_else(|_| Err(UNANSWERED.into()))
+            .unwrap_or_else(|_| Err("NATS JetStream: a fetch went unanswered".into()))
     }
 }
 
@@ -920,18 +839,11 @@ impl JobQueue for NatsJobs {
         Box::pin(async move {
             let mut messages = Vec::new();
             let mut failed = None;
-            let conn = self.conn();
             for r in room.iter().filter(|r| r.free > 0) {
-                let fetched = match self.consumer_for(&conn, r).await {
+                let fetched = match self.consumer_for(r).await {
                     Ok(c) => Self::fetch(&c, r.free).await,
                     Err(e) => Err(e),
                 };
-                self.fetched(
-                    JOBS,
-                    &job_consumer_name(&r.namespace, &r.function),
-                    &fetched,
-                )
-                .await;
                 match fetched {
                     Ok(m) => messages.extend(m),
                     Err(e) => {
@@ -1033,22 +945,19 @@ impl JobQueue for NatsJobs {
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<CallbackDelivery>, Error>> {
         Box::pin(async move {
-            let conn = self.conn();
             let consumer = {
                 let mut c = self.callbacks.lock().await;
                 match c.as_ref() {
                     Some(c) => c.clone(),
                     None => {
-                        let made = callback_consumer(&conn.js).await?;
+                        let made = callback_consumer(&self.js).await?;
                         *c = Some(made.clone());
                         made
                     }
                 }
             };
             let mut out = Vec::new();
-            let fetched = Self::fetch(&consumer, max.max(1)).await;
-            self.fetched(CALLBACKS, CALLBACK_CONSUMER, &fetched).await;
-            let fetched = match fetched {
+            let fetched = match Self::fetch(&consumer, max.max(1)).await {
                 Ok(m) => m,
                 Err(e) => {
                     // Made afresh next time (the server may have restarted).
