@@ -387,3 +387,64 @@ fn request_heads_are_limited() {
     assert_eq!(r.status, 431, "a 100 KiB header is refused");
     assert_eq!(s.get("/healthz").status, 200);
 }
+
+/// `--admin-token-file` (a Secret mounted into every gateway replica): the
+/// credential in it is the admin's, at every start, and the state
+/// directory gets none of its own; a missing or empty file stops the
+/// server, naming the flag.
+#[test]
+fn the_admin_credential_can_come_from_a_file() {
+    let dir = util::TempDir::new("admintoken");
+    let file = dir.path().join("admin-token");
+    std::fs::write(&file, "gph_given_by_a_secret\n").unwrap();
+    let path = file.to_str().unwrap();
+    let s = Server::start_with(&["--admin-token-file", path]);
+    assert!(!s.state.join("admin-token").exists());
+    let with = |token: &str| {
+        util::http(
+            "GET",
+            &format!("{}/system/functions", s.url),
+            b"",
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+        .status
+    };
+    assert_eq!(with("gph_given_by_a_secret"), 200);
+    assert_eq!(with("gph_something_else"), 401);
+    // A new value is taken at the next start.
+    std::fs::write(&file, "gph_rotated").unwrap();
+    let s = s.kill_and_restart();
+    assert_eq!(
+        util::http(
+            "GET",
+            &format!("{}/system/functions", s.url),
+            b"",
+            &[("Authorization", "Bearer gph_rotated")],
+        )
+        .status,
+        200
+    );
+    let refused = |file: &str| {
+        let out = std::process::Command::new(util::BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-token-file",
+                file,
+            ])
+            .env("GRAPHENE_STATE_DIR", dir.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = refused("/nonexistent/admin-token");
+    assert!(err.contains("--admin-token-file: cannot read"), "{err}");
+    std::fs::write(&file, "\n").unwrap();
+    let err = refused(path);
+    assert!(
+        err.contains("--admin-token-file:") && err.contains("is empty"),
+        "{err}"
+    );
+}

@@ -35,21 +35,29 @@ pub fn hash(token: &str) -> String {
 }
 
 /// Makes the admin credential if the database has none. Returns the path of
-/// the file holding it when it was just created. A credential file put in
-/// the state directory before the first start (a Secret mounted there, so
-/// that every gateway replica accepts the same one) is taken as it is.
-pub fn ensure_admin(store: &Store, state_dir: &Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+/// the file holding it when it was just created. With `given` (a Secret
+/// mounted into every gateway replica, so that all accept the same one),
+/// the credential is the one in that file, read at every start.
+pub fn ensure_admin(
+    store: &Store,
+    state_dir: &Path,
+    given: Option<&Path>,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if let Some(file) = given {
+        let token = std::fs::read_to_string(file).map_err(|e| {
+            anyhow::anyhow!("--admin-token-file: cannot read {}: {e}", file.display())
+        })?;
+        let token = token.trim();
+        if token.is_empty() {
+            anyhow::bail!("--admin-token-file: {} is empty", file.display());
+        }
+        store.put_credential(ADMIN, &hash(token))?;
+        return Ok(None);
+    }
     if store.credential_hash(ADMIN)?.is_some() {
         return Ok(None);
     }
     let path = state_dir.join(TOKEN_FILE);
-    if let Ok(given) = std::fs::read_to_string(&path) {
-        let given = given.trim();
-        if !given.is_empty() {
-            store.put_credential(ADMIN, &hash(given))?;
-            return Ok(None);
-        }
-    }
     let token = new_token();
     {
         use std::io::Write;

@@ -86,6 +86,9 @@ pub struct GatewayConfig {
     /// Revisions kept per function (the serving one besides), for history
     /// and rollback; their images are kept too.
     pub keep_revisions: usize,
+    /// A file holding the admin credential, instead of one made in the
+    /// state directory.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_JOB_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
@@ -128,7 +131,11 @@ impl<P: Provider> Gateway<P> {
         functions: Option<Arc<dyn FunctionStore>>,
     ) -> anyhow::Result<(Arc<Self>, Option<PathBuf>)> {
         let store = Arc::new(Store::open(&config.state_dir.join("state.db"))?);
-        let created = auth::ensure_admin(&store, &config.state_dir)?;
+        let created = auth::ensure_admin(
+            &store,
+            &config.state_dir,
+            config.admin_token_file.as_deref(),
+        )?;
         let admin_hash = store
             .credential_hash(auth::ADMIN)?
             .ok_or_else(|| anyhow::anyhow!("the admin credential is missing from the database"))?;

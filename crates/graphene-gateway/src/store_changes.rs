@@ -83,6 +83,11 @@ impl<P: Provider> Gateway<P> {
                 tracing::info!(function = %id, revision, "deployed as declared in the store");
                 true
             }
+            // Another gateway recorded it first: its write comes in next.
+            Err(e) if e.status == axum::http::StatusCode::CONFLICT => {
+                tracing::debug!(function = %id, error = %e.message, "another gateway recorded the declared spec first");
+                true
+            }
             Err(e) => {
                 tracing::warn!(function = %id, error = %e.message, "a function declared in the store was refused; what serves keeps serving");
                 false

@@ -40,6 +40,7 @@ impl Client {
             job_result_limit: 1 << 20,
             queue: None,
             keep_revisions: 10,
+            admin_token_file: None,
         };
         let (gw, _) = Gateway::open(config, Arc::new(provider), builder, None)
             .await

@@ -128,6 +128,19 @@ impl Function {
         self.status.as_ref().map_or(0, |s| s.version)
     }
 
+    fn created_at(&self) -> String {
+        self.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Which life of the function this is: its uid.
+    fn incarnation(&self) -> String {
+        self.metadata.uid.clone().unwrap_or_default()
+    }
+
     /// The function as the registry reads it; an error names what is
     /// wrong with a resource someone wrote by hand.
     pub fn stored(&self) -> Result<StoredFunction, String> {
@@ -158,15 +171,10 @@ impl Function {
             id,
             spec,
             replicas: status.replicas,
-            created_at: self
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.to_string())
-                .unwrap_or_default(),
+            created_at: self.created_at(),
             revisions: status.revisions,
             version: status.version,
-            incarnation: self.metadata.uid.clone().unwrap_or_default(),
+            incarnation: self.incarnation(),
         })
     }
 }
@@ -290,14 +298,9 @@ impl FunctionStore for ClusterFunctions {
                 })
                 .await?;
             Ok(Written {
-                created_at: w
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.to_string())
-                    .unwrap_or_default(),
+                created_at: w.created_at(),
                 version: w.version(),
-                incarnation: w.metadata.uid.clone().unwrap_or_default(),
+                incarnation: w.incarnation(),
             })
         })
     }
@@ -401,7 +404,7 @@ impl FunctionStore for ClusterFunctions {
                     match event {
                         Ok(watcher::Event::Apply(f)) => {
                             if let Some(id) = f.id() {
-                                known.insert(id, f.metadata.uid.clone().unwrap_or_default());
+                                known.insert(id, f.incarnation());
                             }
                             changed(&f, &mut out);
                         }
@@ -410,14 +413,14 @@ impl FunctionStore for ClusterFunctions {
                                 known.remove(&id);
                                 out.push(StoreChange::Removed {
                                     id,
-                                    incarnation: f.metadata.uid.clone().unwrap_or_default(),
+                                    incarnation: f.incarnation(),
                                 });
                             }
                         }
                         Ok(watcher::Event::Init) => listing.clear(),
                         Ok(watcher::Event::InitApply(f)) => {
                             if let Some(id) = f.id() {
-                                listing.insert(id, f.metadata.uid.clone().unwrap_or_default());
+                                listing.insert(id, f.incarnation());
                             }
                             changed(&f, &mut out);
                         }

@@ -31,7 +31,11 @@ const GATEWAY_APP: &str = "graphene-gateway";
 /// Marks the gateway's namespace for the functions' NetworkPolicy.
 pub const GATEWAY_NAMESPACE_LABEL: &str = "graphene.dev/gateway";
 const PORT: u16 = 8080;
-const STATE_DIR: &str = "/var/lib/graphene";
+/// The state directory is made by the gateway inside an emptyDir (whose
+/// own mode it may not change).
+const STATE_VOLUME: &str = "/var/lib/graphene";
+const STATE_DIR: &str = "/var/lib/graphene/state";
+const ADMIN_DIR: &str = "/etc/graphene/admin";
 
 impl InstallOptions {
     pub fn validate(&self) -> Result<(), String> {
@@ -190,6 +194,7 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
     let mut env = vec![
         json!({ "name": "GRAPHENE_FUNCTIONS_NAMESPACE", "value": o.functions_namespaces.join(",") }),
         json!({ "name": "GRAPHENE_LISTEN", "value": format!("0.0.0.0:{PORT}") }),
+        json!({ "name": "GRAPHENE_ADMIN_TOKEN_FILE", "value": format!("{ADMIN_DIR}/admin-token") }),
     ];
     if let Some(url) = &o.nats {
         env.push(json!({ "name": "GRAPHENE_QUEUE", "value": url }));
@@ -223,8 +228,8 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
                             "capabilities": { "drop": ["ALL"] },
                         },
                         "volumeMounts": [
-                            { "name": "state", "mountPath": STATE_DIR },
-                            { "name": "admin", "mountPath": format!("{STATE_DIR}/admin-token"), "subPath": "admin-token", "readOnly": true },
+                            { "name": "state", "mountPath": STATE_VOLUME },
+                            { "name": "admin", "mountPath": ADMIN_DIR, "readOnly": true },
                             { "name": "tmp", "mountPath": "/tmp" },
                         ],
                     }],

@@ -64,6 +64,11 @@ pub struct Serve {
     /// Largest job result kept and sent to callbacks, in bytes
     #[arg(long, env = "GRAPHENE_JOB_RESULT_LIMIT", default_value_t = graphene_gateway::DEFAULT_JOB_RESULT_LIMIT)]
     pub job_result_limit: usize,
+    /// Take the admin credential from this file (e.g. a mounted Secret, the
+    /// same for every gateway replica) instead of making one in the state
+    /// directory
+    #[arg(long, env = "GRAPHENE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Revisions kept per function for history and rollback (the serving
     /// one besides); their images are kept too
     #[arg(long, env = "GRAPHENE_KEEP_REVISIONS", default_value_t = graphene_gateway::DEFAULT_KEEP_REVISIONS)]
@@ -193,6 +198,7 @@ impl Serve {
                 job_result_limit: self.job_result_limit,
                 queue: self.queue.clone(),
                 keep_revisions: self.keep_revisions,
+                admin_token_file: self.admin_token_file.clone(),
             },
             provider,
             builder,
