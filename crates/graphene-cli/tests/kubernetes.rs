@@ -666,6 +666,34 @@ fn install_makes_a_least_privileged_gateway() {
         "{}",
         String::from_utf8_lossy(&applied.stderr)
     );
+    // Applied again, the admin credential stays what the running gateways
+    // read.
+    let admin = || {
+        ok(
+            kubectl(
+                &kubeconfig,
+                &[
+                    "get",
+                    "secret",
+                    "graphene-admin",
+                    "-n",
+                    gw_ns,
+                    "-o",
+                    "jsonpath={.data.admin-token}",
+                ],
+            ),
+            "kubectl get secret",
+        )
+    };
+    let first_admin = admin();
+    assert!(!first_admin.trim().is_empty());
+    let again = install(&["--apply"]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("graphene-admin (kept: it exists)"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(admin(), first_admin);
     let replicas = ok(
         kubectl(
             &kubeconfig,

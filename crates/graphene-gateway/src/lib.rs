@@ -116,7 +116,6 @@ pub struct Gateway<P> {
             graphene_core::api::FunctionDeployment,
         )>,
     >,
-    functions: Arc<dyn FunctionStore>,
 }
 
 impl<P: Provider> Gateway<P> {
@@ -141,7 +140,7 @@ impl<P: Provider> Gateway<P> {
             .ok_or_else(|| anyhow::anyhow!("the admin credential is missing from the database"))?;
         let functions =
             functions.unwrap_or_else(|| Arc::new(store::SqliteFunctions(store.clone())));
-        let (registry, declared) = Registry::open(functions.clone(), config.keep_revisions)
+        let (registry, declared) = Registry::open(functions, config.keep_revisions)
             .await
             .map_err(|e| anyhow::anyhow!("loading functions: {e}"))?;
         let jobs = graphene_queue::open(
@@ -166,7 +165,6 @@ impl<P: Provider> Gateway<P> {
             limiter: Default::default(),
             admin_hash,
             declared: std::sync::Mutex::new(declared),
-            functions,
         });
         gw.reload_access()
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;

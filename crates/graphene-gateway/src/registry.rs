@@ -701,6 +701,11 @@ impl Registry {
         Absorbed::Updated
     }
 
+    /// The changes others make to the store, when it is shared.
+    pub fn changes(&self) -> Option<graphene_core::store::ChangeStream> {
+        self.store.changes()
+    }
+
     /// The runtime no longer runs a removed function.
     pub fn gone(&self, r: &Record) {
         r.gone.send_replace(true);

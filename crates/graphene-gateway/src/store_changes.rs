@@ -24,7 +24,7 @@ pub const DECLARED: &str = "declared";
 impl<P: Provider> Gateway<P> {
     /// Folds the store's changes into the registry until the gateway goes.
     pub(crate) fn follow_store(self: &Arc<Self>) {
-        let Some(mut changes) = self.functions.changes() else {
+        let Some(mut changes) = self.registry.changes() else {
             return;
         };
         let weak = Arc::downgrade(self);

@@ -36,6 +36,8 @@ const PORT: u16 = 8080;
 const STATE_VOLUME: &str = "/var/lib/graphene";
 const STATE_DIR: &str = "/var/lib/graphene/state";
 const ADMIN_DIR: &str = "/etc/graphene/admin";
+/// The Secret holding the admin credential.
+pub const ADMIN_SECRET: &str = "graphene-admin";
 
 impl InstallOptions {
     pub fn validate(&self) -> Result<(), String> {
@@ -187,7 +189,7 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
     out.push(json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": { "name": "graphene-admin", "namespace": o.namespace, "labels": labels },
+        "metadata": { "name": ADMIN_SECRET, "namespace": o.namespace, "labels": labels },
         "type": "Opaque",
         "stringData": { "admin-token": o.admin_token },
     }));
@@ -235,7 +237,7 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
                     }],
                     "volumes": [
                         { "name": "state", "emptyDir": {} },
-                        { "name": "admin", "secret": { "secretName": "graphene-admin", "defaultMode": 0o440 } },
+                        { "name": "admin", "secret": { "secretName": ADMIN_SECRET, "defaultMode": 0o440 } },
                         { "name": "tmp", "emptyDir": {} },
                     ],
                 },
@@ -271,7 +273,9 @@ pub fn function_namespace_rules() -> Value {
 
 /// Applies one of [`manifests`] with server-side apply (field manager
 /// `graphene`); answers with what it applied, e.g. `Deployment
-/// graphene/graphene-gateway`.
+/// graphene/graphene-gateway`. The admin credential's Secret is kept when
+/// it exists: the gateway replicas that run read it at their start, and a
+/// new value would part them from the replicas started after.
 pub async fn apply(client: &kube::Client, manifest: &Value) -> Result<String, String> {
     use kube::api::{DynamicObject, Patch, PatchParams};
     use kube::core::{ApiResource, GroupVersionKind};
@@ -298,17 +302,27 @@ pub async fn apply(client: &kube::Client, manifest: &Value) -> Result<String, St
         Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &resource),
         None => kube::Api::all_with(client.clone(), &resource),
     };
+    let what = match namespace {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    };
+    if kind == "Secret" && name == ADMIN_SECRET {
+        let existing = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("reading {what}: {e}"))?;
+        if existing.is_some() {
+            return Ok(format!("{what} (kept: it exists)"));
+        }
+    }
     api.patch(
         name,
         &PatchParams::apply(MANAGER).force(),
         &Patch::Apply(manifest),
     )
     .await
-    .map_err(|e| format!("applying {kind} {name}: {e}"))?;
-    Ok(match namespace {
-        Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} {name}"),
-    })
+    .map_err(|e| format!("applying {what}: {e}"))?;
+    Ok(what)
 }
 
 /// Waits (up to 30 s) until the cluster serves the Function resource.
