@@ -99,6 +99,36 @@ pub fn write_context(f: &Function<'_>, out: &Path) -> anyhow::Result<String> {
     Ok(revision)
 }
 
+/// The base of the gateway's image when `--base` names none: glibc 2.36,
+/// as the binary is built against.
+pub const GATEWAY_BASE: &str = "docker.io/library/debian:bookworm-slim";
+
+/// Writes the build context of the gateway's image into `out` (created
+/// afresh): this very `graphene` binary on `base`, run as an unprivileged
+/// user, `graphene serve` by default (the install's Deployment names the
+/// arguments).
+pub fn write_gateway_context(base: &str, out: &Path) -> anyhow::Result<()> {
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("emptying {}", out.display()))?;
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let exe = std::env::current_exe().context("finding the graphene binary to put in the image")?;
+    std::fs::copy(&exe, out.join("graphene"))
+        .with_context(|| format!("copying {}", exe.display()))?;
+    std::fs::write(
+        out.join("Containerfile"),
+        format!(
+            "FROM {base}\n\
+             COPY graphene /usr/local/bin/graphene\n\
+             LABEL org.opencontainers.image.title=\"graphene gateway\"\n\
+             USER {APP_USER}:{APP_USER}\n\
+             ENTRYPOINT [\"/usr/local/bin/graphene\"]\n\
+             CMD [\"serve\"]\n"
+        ),
+    )?;
+    settle(out)
+}
+
 /// Gives every file and folder of the context one fixed time: builders key
 /// their layer cache (and layers their digest) on file times too, so an
 /// unchanged `requirements.txt` must look unchanged to reuse its layer.

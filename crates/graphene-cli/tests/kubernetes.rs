@@ -745,3 +745,275 @@ fn install_makes_a_least_privileged_gateway() {
         let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=false"]);
     }
 }
+
+const WORK: &str = r#"
+import os, time
+
+def handle(req):
+    with open("/var/openfaas/secrets/api-key") as f:
+        key = f.read()
+    if req.startswith("job "):
+        time.sleep(0.2)
+    print("work called with " + req, flush=True)
+    return "%s %s" % (req, key)
+"#;
+
+/// graphene as it runs in production: `graphene install kubernetes
+/// --push-image` builds the gateway's image of this binary, pushes it to a
+/// registry on loopback and applies two gateway replicas that use NATS for
+/// jobs; the CLI then works through the gateway's Service: a secret, `up
+/// --oci`, calls, list, describe, logs, scale, async jobs while one gateway
+/// pod is killed (no accepted job is lost), removal.
+#[test]
+fn the_installed_gateway_runs_as_pods() {
+    let _one = one_at_a_time();
+    let kubeconfig = cluster();
+    let (gw_ns, fn_ns) = ("graphene-pods", "graphene-pods-fn");
+    for ns in [gw_ns, fn_ns] {
+        let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=true"]);
+    }
+    let reg = Registry::start(false);
+    let base = reg.push_base();
+    // Pods reach this machine at the node IP.
+    let nats = util::Nats::start_on("10.245.0.1");
+    let out = reg
+        .command(BIN)
+        .args(["install", "kubernetes", "--namespace", gw_ns])
+        .args(["--functions-namespace", fn_ns, "--replicas", "2"])
+        .args([
+            "--push-image",
+            &format!("{}/graphene/gateway:test", reg.host),
+        ])
+        .args(["--base", &base, "--builder", "buildah", "--nats", &nats.url])
+        .arg("--apply")
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("gateway: pushed "), "{said}");
+    ok(
+        kubectl(
+            &kubeconfig,
+            &[
+                "rollout",
+                "status",
+                "deployment/graphene-gateway",
+                "-n",
+                gw_ns,
+                "--timeout=180s",
+            ],
+        ),
+        "the gateway's rollout",
+    );
+    let image = ok(
+        kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "deployment",
+                "graphene-gateway",
+                "-n",
+                gw_ns,
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}",
+            ],
+        ),
+        "kubectl get deployment",
+    );
+    assert!(
+        image.contains("/graphene/gateway") && image.contains("@sha256:"),
+        "{image}"
+    );
+    let token = ok(
+        kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "secret",
+                "graphene-admin",
+                "-n",
+                gw_ns,
+                "-o",
+                "go-template={{index .data \"admin-token\" | base64decode}}",
+            ],
+        ),
+        "the admin credential",
+    );
+    let ip = ok(
+        kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "service",
+                "gateway",
+                "-n",
+                gw_ns,
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ],
+        ),
+        "the gateway Service",
+    );
+    let url = format!("http://{}:8080", ip.trim());
+    let work = TempDir::new("k8spods");
+    let w = work.path();
+    let cli = |args: &[&str]| {
+        reg.command(BIN)
+            .args(args)
+            .current_dir(w)
+            .env("GRAPHENE_URL", &url)
+            .env("GRAPHENE_TOKEN", token.trim())
+            .output()
+            .unwrap()
+    };
+    let call = |method: &str, path: &str, body: &str| {
+        util::try_http(
+            method,
+            &format!("{url}{path}"),
+            body.as_bytes(),
+            &[("Authorization", &format!("Bearer {}", token.trim()))],
+        )
+    };
+    // A secret made through one gateway is the cluster's: whichever
+    // gateway deploys the function finds it.
+    ok(
+        cli(&[
+            "secret",
+            "create",
+            "api-key",
+            "--from-literal",
+            "s3cret",
+            "--namespace",
+            fn_ns,
+        ]),
+        "graphene secret create",
+    );
+    let listed = ok(
+        cli(&["secret", "list", "--namespace", fn_ns]),
+        "graphene secret list",
+    );
+    assert!(listed.contains("api-key"), "{listed}");
+    std::fs::create_dir_all(w.join("work")).unwrap();
+    std::fs::write(w.join("work/handler.py"), WORK).unwrap();
+    std::fs::write(
+        w.join("stack.yml"),
+        format!(
+            "version: 1.0\nbuild:\n  base:\n    python3: {base}\nfunctions:\n  work:\n    lang: python3\n    handler: ./work\n    namespace: {fn_ns}\n    image: {}/pods/work:1\n    secrets: [api-key]\n    labels:\n      com.openfaas.scale.max: \"3\"\n",
+            reg.host
+        ),
+    )
+    .unwrap();
+    let up = ok(cli(&["up", "--oci", "--wait", "180"]), "graphene up --oci");
+    assert!(up.contains("work: pushed "), "{up}");
+    // Calls through the Service reach either gateway; each one serves.
+    let path = format!("/function/work.{fn_ns}");
+    for i in 0..10 {
+        let r = call("POST", &path, &format!("x{i}")).unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, &*format!("x{i} s3cret")));
+    }
+    let list = ok(cli(&["list", "--namespace", fn_ns]), "graphene list");
+    assert!(list.contains("work"), "{list}");
+    ok(
+        cli(&["scale", "work", "--replicas", "2", "--namespace", fn_ns]),
+        "graphene scale",
+    );
+    util::eventually(
+        "two ready pods",
+        std::time::Duration::from_secs(120),
+        || {
+            let r = call(
+                "GET",
+                &format!("/system/function/work?namespace={fn_ns}"),
+                "",
+            )
+            .ok()?;
+            let d: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+            (d["availableReplicas"].as_u64() == Some(2)).then_some(())
+        },
+    );
+    let logs = ok(
+        cli(&["logs", "work", "--namespace", fn_ns]),
+        "graphene logs",
+    );
+    assert!(logs.contains("work called with x"), "{logs}");
+    // Async jobs kept in NATS; a gateway pod killed while they run.
+    let total = 120;
+    let ids: Vec<String> = (0..total)
+        .map(|i| {
+            let r = call(
+                "POST",
+                &format!("/async-function/work.{fn_ns}"),
+                &format!("job {i}"),
+            )
+            .unwrap();
+            assert_eq!(r.status, 202, "{r:?}");
+            r.header("x-call-id").unwrap().to_string()
+        })
+        .collect();
+    let succeeded = |id: &str| {
+        call("GET", &format!("/async-function/status/{id}"), "")
+            .ok()
+            .filter(|r| r.status == 200)
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+            .is_some_and(|v| v["status"] == "succeeded")
+    };
+    util::eventually("some jobs done", std::time::Duration::from_secs(60), || {
+        (ids.iter().take(40).filter(|id| succeeded(id)).count() >= 5).then_some(())
+    });
+    let pods = ok(
+        kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "pods",
+                "-n",
+                gw_ns,
+                "-l",
+                "app=graphene-gateway",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+        ),
+        "the gateway's pods",
+    );
+    ok(
+        kubectl(
+            &kubeconfig,
+            &[
+                "delete",
+                "pod",
+                pods.trim(),
+                "-n",
+                gw_ns,
+                "--grace-period=0",
+                "--force",
+            ],
+        ),
+        "killing a gateway pod",
+    );
+    let left = ids.iter().filter(|id| !succeeded(id)).count();
+    assert!(left > 0, "the kill came too late to test anything");
+    let mut pending: Vec<&String> = ids.iter().collect();
+    util::eventually(
+        "every accepted job to succeed",
+        std::time::Duration::from_secs(240),
+        || {
+            pending.retain(|id| !succeeded(id));
+            pending.is_empty().then_some(())
+        },
+    );
+    // Removed: gone from the cluster.
+    ok(cli(&["rm", "work", "--namespace", fn_ns]), "graphene rm");
+    util::eventually(
+        "the Deployment to go",
+        std::time::Duration::from_secs(60),
+        || {
+            let out = kubectl(&kubeconfig, &["get", "deployment", "work", "-n", fn_ns]);
+            (!out.status.success()).then_some(())
+        },
+    );
+    for ns in [gw_ns, fn_ns] {
+        let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=false"]);
+    }
+}

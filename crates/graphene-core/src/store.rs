@@ -1,4 +1,5 @@
-//! Where the registry keeps functions: [`FunctionStore`].
+//! Where the gateway keeps functions ([`FunctionStore`]) and secrets
+//! ([`SecretStore`]).
 //!
 //! The gateway's registry holds every function in memory and writes each
 //! change here before it answers. On one machine that is SQLite in the
@@ -90,6 +91,10 @@ pub enum StoreError {
     /// The store could not be reached or refused the write (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The request names something the store does not keep, such as a
+    /// namespace it does not manage (400; the message names the field).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type ChangeStream = std::pin::Pin<Box<dyn Stream<Item = StoreChange> + Send>>;
@@ -142,4 +147,46 @@ pub trait FunctionStore: Send + Sync + 'static {
     /// [`FunctionStore::load`] returned). `None` for a store only this
     /// gateway writes.
     fn changes(&self) -> Option<ChangeStream>;
+}
+
+/// Where secrets' values are kept: the state database on one machine,
+/// Kubernetes Secrets in the function namespaces on a cluster (so that every
+/// gateway replica resolves the same values).
+pub trait SecretStore: Send + Sync + 'static {
+    /// The namespaces secrets are or may be kept in.
+    fn namespaces(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+
+    /// The secrets' names in a namespace, sorted.
+    fn names<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+
+    /// Creates (`replace` false: false when it exists) or replaces
+    /// (`replace` true: false when it does not) a secret; whether it wrote.
+    fn put<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        value: &'a [u8],
+        replace: bool,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Removes a secret; false when there was none.
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+}
+
+/// The stores a gateway keeps its state in besides its state directory;
+/// each one left `None` is kept in the state database.
+#[derive(Clone, Default)]
+pub struct Stores {
+    pub functions: Option<std::sync::Arc<dyn FunctionStore>>,
+    pub secrets: Option<std::sync::Arc<dyn SecretStore>>,
 }

@@ -77,6 +77,7 @@ impl From<graphene_core::store::StoreError> for ApiError {
         match e {
             StoreError::Conflict(m) => ApiError::conflict(m),
             StoreError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            StoreError::Invalid(m) => ApiError::bad_request(m),
         }
     }
 }

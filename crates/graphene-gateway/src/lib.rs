@@ -47,7 +47,7 @@ use axum::middleware;
 use axum::routing::{any, delete, get, post};
 use axum::Router;
 use graphene_core::provider::{Builder, Provider};
-use graphene_core::store::FunctionStore;
+use graphene_core::store::{SecretStore, Stores};
 
 pub use auth::{new_token as new_admin_token, TOKEN_FILE};
 use error::ApiError;
@@ -98,6 +98,7 @@ pub struct Gateway<P> {
     provider: Arc<P>,
     builder: Arc<dyn Builder>,
     store: Arc<Store>,
+    secrets: Arc<dyn SecretStore>,
     registry: Registry,
     metrics: metrics::Metrics,
     config: GatewayConfig,
@@ -121,13 +122,13 @@ pub struct Gateway<P> {
 impl<P: Provider> Gateway<P> {
     /// Opens the state database and the registry, and makes the admin
     /// credential on first start (the returned path says where it was
-    /// written). Functions are kept in `functions` when given (e.g. in the
-    /// cluster), else in the state database.
+    /// written). Functions and secrets are kept in the `stores` given (e.g.
+    /// in the cluster), the state database holding those not given.
     pub async fn open(
         config: GatewayConfig,
         provider: Arc<P>,
         builder: Arc<dyn Builder>,
-        functions: Option<Arc<dyn FunctionStore>>,
+        stores: Stores,
     ) -> anyhow::Result<(Arc<Self>, Option<PathBuf>)> {
         let store = Arc::new(Store::open(&config.state_dir.join("state.db"))?);
         let created = auth::ensure_admin(
@@ -138,8 +139,12 @@ impl<P: Provider> Gateway<P> {
         let admin_hash = store
             .credential_hash(auth::ADMIN)?
             .ok_or_else(|| anyhow::anyhow!("the admin credential is missing from the database"))?;
-        let functions =
-            functions.unwrap_or_else(|| Arc::new(store::SqliteFunctions(store.clone())));
+        let functions = stores
+            .functions
+            .unwrap_or_else(|| Arc::new(store::SqliteFunctions(store.clone())));
+        let secrets = stores
+            .secrets
+            .unwrap_or_else(|| Arc::new(store::SqliteSecrets(store.clone())));
         let (registry, declared) = Registry::open(functions, config.keep_revisions)
             .await
             .map_err(|e| anyhow::anyhow!("loading functions: {e}"))?;
@@ -156,6 +161,7 @@ impl<P: Provider> Gateway<P> {
             provider,
             builder,
             store,
+            secrets,
             registry,
             metrics: Default::default(),
             oidc: oidc::Oidc::new(&config.auth)?,

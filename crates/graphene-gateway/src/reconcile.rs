@@ -34,9 +34,9 @@ const WATCH_FAILED: Duration = Duration::from_secs(2);
 impl<P: Provider> Gateway<P> {
     /// The provider's view of what the record wants: its revision, with
     /// secrets resolved, at the desired count.
-    pub(crate) fn deployment(&self, r: &Record) -> ApiResult<Deployment> {
+    pub(crate) async fn deployment(&self, r: &Record) -> ApiResult<Deployment> {
         let d = r.desired();
-        let secrets = self.secrets_of(&r.id.namespace, &d.spec.secrets)?;
+        let secrets = self.secrets_of(&r.id.namespace, &d.spec.secrets).await?;
         Ok(Deployment {
             function: r.id.clone(),
             revision: d.revision,
@@ -49,14 +49,14 @@ impl<P: Provider> Gateway<P> {
     }
 
     /// The values of the secrets a function names.
-    pub(crate) fn secrets_of(
+    pub(crate) async fn secrets_of(
         &self,
         ns: &str,
         names: &[String],
     ) -> ApiResult<Vec<(String, Vec<u8>)>> {
         let mut secrets = Vec::new();
         for name in names {
-            let value = self.store.secret(ns, name)?.ok_or_else(|| {
+            let value = self.secrets.get(ns, name).await?.ok_or_else(|| {
                 ApiError::bad_request(format!(
                     "secrets: secret {name:?} does not exist in namespace {ns}; create it with `graphene secret create {name}`"
                 ))
@@ -70,7 +70,7 @@ impl<P: Provider> Gateway<P> {
     /// it took it; the record's reconcile status says why not.
     pub(crate) async fn apply_once(&self, r: &Record) -> bool {
         let generation = r.generation.load(Ordering::Acquire);
-        let result = match self.deployment(r) {
+        let result = match self.deployment(r).await {
             Ok(d) => {
                 let revision = d.revision;
                 self.provider.apply(d).await.map(|()| revision)

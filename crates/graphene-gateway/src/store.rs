@@ -14,7 +14,7 @@ use graphene_core::api::RolloutState;
 use graphene_core::names::FunctionRef;
 use graphene_core::provider::BoxFuture;
 use graphene_core::store::{
-    ChangeStream, FunctionStore, StoreError, StoredFunction, StoredRevision, Written,
+    ChangeStream, FunctionStore, SecretStore, StoreError, StoredFunction, StoredRevision, Written,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -359,23 +359,78 @@ fn put_grant(db: &Connection, g: &Grant) -> Result<()> {
 /// none runs on the async runtime's threads). Only this gateway writes it.
 pub struct SqliteFunctions(pub Arc<Store>);
 
+/// Secrets on one machine: the secrets table, from the blocking pool.
+pub struct SqliteSecrets(pub Arc<Store>);
+
+/// Runs `f` on the state database in the blocking pool; a failure is logged
+/// here and answered without its cause.
+fn blocking<'a, T: Send + 'static>(
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+) -> BoxFuture<'a, std::result::Result<T, StoreError>> {
+    let store = store.clone();
+    Box::pin(async move {
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("state database: {e}")))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "state database");
+                StoreError::Unavailable(
+                    "the state database failed; the server log has the cause".into(),
+                )
+            })
+    })
+}
+
 impl SqliteFunctions {
     fn blocking<'a, T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> BoxFuture<'a, std::result::Result<T, StoreError>> {
-        let store = self.0.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || f(&store))
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("state database: {e}")))?
-                .map_err(|e| {
-                    tracing::error!(error = %e, "state database");
-                    StoreError::Unavailable(
-                        "the state database failed; the server log has the cause".into(),
-                    )
-                })
-        })
+        blocking(&self.0, f)
+    }
+}
+
+impl SecretStore for SqliteSecrets {
+    fn namespaces(&self) -> BoxFuture<'_, std::result::Result<Vec<String>, StoreError>> {
+        blocking(&self.0, |s| s.secret_namespaces())
+    }
+
+    fn names<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<Vec<String>, StoreError>> {
+        let ns = namespace.to_string();
+        blocking(&self.0, move |s| s.secret_names(&ns))
+    }
+
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<Option<Vec<u8>>, StoreError>> {
+        let (ns, name) = (namespace.to_string(), name.to_string());
+        blocking(&self.0, move |s| s.secret(&ns, &name))
+    }
+
+    fn put<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        value: &'a [u8],
+        replace: bool,
+    ) -> BoxFuture<'a, std::result::Result<bool, StoreError>> {
+        let (ns, name, value) = (namespace.to_string(), name.to_string(), value.to_vec());
+        blocking(&self.0, move |s| s.put_secret(&ns, &name, &value, replace))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<bool, StoreError>> {
+        let (ns, name) = (namespace.to_string(), name.to_string());
+        blocking(&self.0, move |s| s.delete_secret(&ns, &name))
     }
 }
 

@@ -174,7 +174,7 @@ impl<P: Provider> Gateway<P> {
             spec: spec.clone(),
             settings: settings.clone(),
             image_digest: digest.clone(),
-            secrets: self.secrets_of(&id.namespace, &spec.secrets)?,
+            secrets: self.secrets_of(&id.namespace, &spec.secrets).await?,
             replicas: 0,
         })?;
         let change = crate::registry::Change {
@@ -401,7 +401,7 @@ fn check_manual_scale(replicas: u64, policy: &graphene_core::autoscale::Policy) 
 
 pub async fn namespaces<P: Provider>(State(gw): Gw<P>, Extension(who): Who) -> ApiResult<Response> {
     gw.signed_in(&who)?;
-    let mut all = gw.store.secret_namespaces()?;
+    let mut all = gw.secrets.namespaces().await?;
     all.extend(
         gw.registry
             .list(None)
@@ -426,8 +426,9 @@ pub async fn secrets<P: Provider>(
     gw.signed_in(&who)?;
     let ns = namespace("", &q)?;
     let list: Vec<Secret> = gw
-        .store
-        .secret_names(&ns)?
+        .secrets
+        .names(&ns)
+        .await?
         .into_iter()
         .filter(|name| gw.can(&who, Action::ManageSecrets, &ns, name))
         .map(|name| Secret {
@@ -466,7 +467,7 @@ pub async fn secret_create<P: Provider>(
     if value.is_empty() {
         return Err(ApiError::bad_request("value: must not be empty"));
     }
-    if !gw.store.put_secret(&ns, &name, &value, false)? {
+    if !gw.secrets.put(&ns, &name, &value, false).await? {
         return Err(ApiError::conflict(format!(
             "secret {name} already exists in namespace {ns}; use `graphene secret update` to change it"
         )));
@@ -493,7 +494,7 @@ pub async fn secret_update<P: Provider>(
     if value.is_empty() {
         return Err(ApiError::bad_request("value: must not be empty"));
     }
-    if !gw.store.put_secret(&ns, &name, &value, true)? {
+    if !gw.secrets.put(&ns, &name, &value, true).await? {
         return Err(ApiError::not_found(format!(
             "secret {name} not found in namespace {ns}"
         )));
@@ -539,7 +540,7 @@ pub async fn secret_delete<P: Provider>(
             "secret {name} is used by {who_uses}; remove it from those functions first"
         )));
     }
-    if !gw.store.delete_secret(&ns, &name)? {
+    if !gw.secrets.delete(&ns, &name).await? {
         return Err(ApiError::not_found(format!(
             "secret {name} not found in namespace {ns}"
         )));

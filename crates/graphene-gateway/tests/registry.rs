@@ -42,7 +42,7 @@ impl Client {
             keep_revisions: 10,
             admin_token_file: None,
         };
-        let (gw, _) = Gateway::open(config, Arc::new(provider), builder, None)
+        let (gw, _) = Gateway::open(config, Arc::new(provider), builder, Default::default())
             .await
             .unwrap();
         gw.restore().await;

@@ -265,7 +265,8 @@ pub fn function_namespace_rules() -> Value {
         { "apiGroups": [GROUP], "resources": [PLURAL], "verbs": write },
         { "apiGroups": ["apps"], "resources": ["deployments"], "verbs": write },
         { "apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "update", "patch"] },
-        { "apiGroups": [""], "resources": ["services", "secrets"], "verbs": ["get", "create", "update", "patch", "delete"] },
+        { "apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "update", "patch", "delete"] },
+        { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "create", "update", "patch", "delete"] },
         { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
         { "apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"] },
     ])

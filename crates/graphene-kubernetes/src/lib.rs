@@ -10,6 +10,7 @@ pub mod functions;
 pub mod install;
 pub mod manifest;
 mod pods;
+pub mod secrets;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};

@@ -736,6 +736,13 @@ async fn callback_consumer(js: &jetstream::Context) -> Result<Consumer, Error> {
 /// Callbacks delivered and not yet settled, across gateways.
 const CALLBACKS_PENDING: i64 = 64;
 
+/// How long the server may hold a fetch for messages it can't hand out yet.
+/// A fetch with no expiry is held for as long as the consumer has messages
+/// it may not deliver (its `max_ack_pending` taken by other gateways, or by
+/// deliveries to a gateway that died, until their `ack_wait`); given up
+/// here, the server would later deliver into an inbox nobody reads, and
+/// that message would wait out another `ack_wait`.
+const FETCH_EXPIRES: Duration = Duration::from_millis(250);
 /// How long a fetch may go unanswered (a server restarting).
 const FETCH_UNANSWERED: Duration = Duration::from_secs(5);
 
@@ -760,6 +767,7 @@ impl NatsJobs {
             let mut batch = consumer
                 .fetch()
                 .max_messages(max)
+                .expires(FETCH_EXPIRES)
                 .messages()
                 .await
                 .map_err(|e| err("fetching")(e.to_string()))?;
@@ -839,11 +847,17 @@ impl JobQueue for NatsJobs {
         Box::pin(async move {
             let mut messages = Vec::new();
             let mut failed = None;
-            for r in room.iter().filter(|r| r.free > 0) {
-                let fetched = match self.consumer_for(r).await {
+            // Every function's at once: a fetch may be held for up to
+            // `FETCH_EXPIRES`.
+            let rooms: Vec<&Room> = room.iter().filter(|r| r.free > 0).collect();
+            let fetches = rooms.iter().map(|r| async move {
+                match self.consumer_for(r).await {
                     Ok(c) => Self::fetch(&c, r.free).await,
                     Err(e) => Err(e),
-                };
+                }
+            });
+            let all = futures_util::future::join_all(fetches).await;
+            for (r, fetched) in rooms.into_iter().zip(all) {
                 match fetched {
                     Ok(m) => messages.extend(m),
                     Err(e) => {

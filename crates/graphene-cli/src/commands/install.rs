@@ -21,16 +21,32 @@ pub struct Kubernetes {
     /// Namespace the gateway runs in
     #[arg(long, default_value = "graphene")]
     pub namespace: String,
-    /// Namespace functions run in; repeat for several
-    #[arg(long, value_delimiter = ',', default_value = "graphene-fn")]
+    /// Namespace functions run in; repeat for several (the first is where
+    /// requests that name none go, as with OpenFaaS: openfaas-fn)
+    #[arg(long, value_delimiter = ',', default_value = graphene_core::DEFAULT_NAMESPACE)]
     pub functions_namespace: Vec<String>,
     /// Gateway replicas
     #[arg(long, default_value_t = 2)]
     pub replicas: u32,
     /// The gateway's image: `graphene` built with `--features kubernetes`
     /// as its entrypoint
-    #[arg(long, default_value = "graphene/gateway:0.1.0")]
+    #[arg(
+        long,
+        default_value = "graphene/gateway:0.1.0",
+        conflicts_with = "push_image"
+    )]
     pub image: String,
+    /// Build the gateway's image of this very `graphene` binary, push it
+    /// here (REGISTRY/NAME:TAG) and run it by digest
+    #[arg(long, value_name = "IMAGE")]
+    pub push_image: Option<String>,
+    /// The base of the image `--push-image` builds (glibc 2.36 or newer)
+    #[arg(long, value_name = "IMAGE", requires = "push_image")]
+    pub base: Option<String>,
+    /// The OCI builder `--push-image` uses: buildah, podman or docker
+    /// (default: the first installed)
+    #[arg(long, requires = "push_image")]
+    pub builder: Option<String>,
     /// Keep asynchronous jobs in this NATS JetStream (nats://host:port),
     /// shared by the gateway replicas
     #[arg(long, value_name = "URL")]
@@ -57,11 +73,17 @@ impl Install {
 impl Kubernetes {
     async fn run(self) -> anyhow::Result<()> {
         use graphene_kubernetes::install::{function_crd, manifests, InstallOptions};
+        let image = match &self.push_image {
+            Some(to) if !self.resource_only => {
+                push_gateway_image(to, self.base.as_deref(), self.builder.as_deref()).await?
+            }
+            _ => self.image,
+        };
         let options = InstallOptions {
             namespace: self.namespace,
             functions_namespaces: self.functions_namespace,
             replicas: self.replicas,
-            image: self.image,
+            image,
             nats: self.nats,
             admin_token: graphene_gateway::new_admin_token(),
         };
@@ -100,6 +122,36 @@ impl Kubernetes {
         );
         Ok(())
     }
+}
+
+/// Builds the gateway's image of this binary and pushes it to `to`; the
+/// pushed image by digest.
+#[cfg(feature = "kubernetes")]
+async fn push_gateway_image(
+    to: &str,
+    base: Option<&str>,
+    builder: Option<&str>,
+) -> anyhow::Result<String> {
+    use crate::oci;
+    use anyhow::Context as _;
+    graphene_kubernetes::manifest::image_reference(to).map_err(|e| {
+        anyhow::anyhow!(
+            "--push-image: {}",
+            e.to_string().trim_start_matches("image: ")
+        )
+    })?;
+    let builder = oci::Builder::find(builder)?;
+    let context =
+        std::env::temp_dir().join(format!("graphene-gateway-image-{}", std::process::id()));
+    oci::write_gateway_context(base.unwrap_or(oci::GATEWAY_BASE), &context)
+        .context("writing the gateway image's build context")?;
+    let built = builder.build(&context, to, "gateway: ").await;
+    let _ = std::fs::remove_dir_all(&context);
+    built?;
+    let digest = builder.push(to, "gateway: ").await?;
+    let image = oci::by_digest(to, &digest);
+    eprintln!("gateway: pushed {image}");
+    Ok(image)
 }
 
 #[cfg(not(feature = "kubernetes"))]

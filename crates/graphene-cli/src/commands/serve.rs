@@ -139,8 +139,14 @@ impl Serve {
                 })
                 .context("opening the local runtime")?;
                 tracing::info!(sandbox = provider.sandboxed(), "local runtime open");
-                self.serve_with(state, auth, Arc::new(provider), Arc::new(builder), None)
-                    .await
+                self.serve_with(
+                    state,
+                    auth,
+                    Arc::new(provider),
+                    Arc::new(builder),
+                    Default::default(),
+                )
+                .await
             }
             #[cfg(feature = "kubernetes")]
             ProviderKind::Kubernetes => {
@@ -148,11 +154,20 @@ impl Serve {
                 let client = KubernetesProvider::client()
                     .await
                     .map_err(anyhow::Error::msg)?;
-                // Functions live in the cluster, as Function resources.
-                let functions = graphene_kubernetes::functions::ClusterFunctions::new(
-                    client.clone(),
-                    self.functions_namespace.clone(),
-                );
+                // Functions and secrets live in the cluster, as Function
+                // resources and Secrets.
+                let stores = graphene_core::store::Stores {
+                    functions: Some(Arc::new(
+                        graphene_kubernetes::functions::ClusterFunctions::new(
+                            client.clone(),
+                            self.functions_namespace.clone(),
+                        ),
+                    )),
+                    secrets: Some(Arc::new(graphene_kubernetes::secrets::ClusterSecrets::new(
+                        client.clone(),
+                        self.functions_namespace.clone(),
+                    ))),
+                };
                 let provider = KubernetesProvider::new(KubernetesConfig {
                     client,
                     namespaces: self.functions_namespace.clone(),
@@ -167,7 +182,7 @@ impl Serve {
                     auth,
                     Arc::new(provider),
                     Arc::new(RegistryImages),
-                    Some(Arc::new(functions)),
+                    stores,
                 )
                 .await
             }
@@ -186,7 +201,7 @@ impl Serve {
         auth: graphene_gateway::oidc::AuthConfig,
         provider: Arc<P>,
         builder: Arc<dyn graphene_core::provider::Builder>,
-        functions: Option<Arc<dyn graphene_core::store::FunctionStore>>,
+        stores: graphene_core::store::Stores,
     ) -> anyhow::Result<()> {
         let (gateway, created) = Gateway::open(
             GatewayConfig {
@@ -202,7 +217,7 @@ impl Serve {
             },
             provider,
             builder,
-            functions,
+            stores,
         )
         .await?;
         if let Some(path) = &created {

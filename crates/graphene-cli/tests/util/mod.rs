@@ -368,6 +368,7 @@ impl Reply {
 /// the same port and storage.
 pub struct Nats {
     pub url: String,
+    ip: String,
     port: u16,
     dir: TempDir,
     child: Option<Child>,
@@ -375,9 +376,15 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// On another address of this machine (e.g. one pods reach).
+    pub fn start_on(ip: &str) -> Self {
         let port = free_port();
         let mut n = Self {
-            url: format!("nats://127.0.0.1:{port}"),
+            url: format!("nats://{ip}:{port}"),
+            ip: ip.to_string(),
             port,
             dir: TempDir::new("nats"),
             child: None,
@@ -388,21 +395,14 @@ impl Nats {
 
     fn launch(&mut self) {
         let child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
+            .args(["-js", "-a", &self.ip, "-p", &self.port.to_string(), "-sd"])
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server runs (scripts/test.sh installs it)");
         self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port);
+        let addr = format!("{}:{}", self.ip, self.port);
         eventually("nats-server to listen", Duration::from_secs(20), || {
             std::net::TcpStream::connect(&addr).ok().map(|_| ())
         });
