@@ -368,8 +368,10 @@ def handle(req):
     return "slept"
 "#;
 
-/// Under load the autoscaler adds pods through the scale subresource; a pod
-/// deleted mid-load is replaced, and only a call it was serving may fail.
+/// Under load the autoscaler adds pods through the scale subresource (two
+/// gateways: the one that leads decides on the load the other reports); a
+/// pod deleted mid-load is replaced, and only a call it was serving may
+/// fail.
 #[test]
 fn scales_up_under_load_and_a_killed_pod_is_replaced() {
     use std::time::{Duration, Instant};
@@ -380,8 +382,36 @@ fn scales_up_under_load_and_a_killed_pod_is_replaced() {
     let reg = Registry::start(false);
     let base = reg.push_base();
     std::env::set_var("KUBECONFIG", &kubeconfig);
-    let server =
-        util::Server::start_with(&["--provider", "kubernetes", "--functions-namespace", ns]);
+    // One installation: the same admin credential.
+    let secrets = TempDir::new("k8sadmin");
+    let admin = secrets.path().join("admin-token");
+    std::fs::write(&admin, "gph_shared_by_both_gateways").unwrap();
+    let args = [
+        "--provider",
+        "kubernetes",
+        "--functions-namespace",
+        ns,
+        "--admin-token-file",
+        admin.to_str().unwrap(),
+    ];
+    let first = util::Server::start_with(&args);
+    let second = util::Server::start_with(&args);
+    // One of them leads and runs the autoscaler; every call goes through
+    // the other, which reports its load to the leader.
+    let leads = |s: &util::Server| {
+        s.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("this gateway leads"))
+    };
+    let server = util::eventually("a leader", Duration::from_secs(30), || {
+        match (leads(&first), leads(&second)) {
+            (true, false) => Some(&second),
+            (false, true) => Some(&first),
+            _ => None,
+        }
+    });
     let work = TempDir::new("k8sload");
     let w = work.path();
     std::fs::create_dir_all(w.join("busy")).unwrap();
@@ -457,7 +487,10 @@ fn scales_up_under_load_and_a_killed_pod_is_replaced() {
             .flat_map(|w| w.join().unwrap())
             .collect()
     });
-    assert!(peak >= 3, "scaled up under 6 concurrent calls: peak {peak}");
+    assert!(
+        peak >= 3,
+        "scaled up by the leader under 6 concurrent calls through the other gateway: peak {peak}"
+    );
     assert!(peak <= 4, "bounded by max: peak {peak}");
     assert!(killed.is_some(), "a pod was deleted mid-load");
     // Only a call the deleted pod was serving may fail (one at a time).
@@ -726,11 +759,21 @@ fn install_makes_a_least_privileged_gateway() {
         ("get", "pods/log"),
         ("create", "secrets"),
         ("update", "functions.graphene.dev"),
+        ("list", "secrets"),
     ] {
         assert!(can(verb, resource, Some(fn_ns)), "may {verb} {resource}");
     }
+    assert!(
+        can("update", "leases/graphene-gateway", Some(gw_ns)),
+        "may update its Lease"
+    );
+    assert!(
+        !can("update", "leases/other", Some(gw_ns)),
+        "may update only its Lease"
+    );
     for (verb, resource, ns) in [
         ("create", "deployments", Some(gw_ns)),
+        ("get", "secrets", Some(gw_ns)),
         ("get", "secrets", Some("default")),
         ("list", "nodes", None),
         ("list", "namespaces", None),
@@ -961,39 +1004,77 @@ fn the_installed_gateway_runs_as_pods() {
     util::eventually("some jobs done", std::time::Duration::from_secs(60), || {
         (ids.iter().take(40).filter(|id| succeeded(id)).count() >= 5).then_some(())
     });
-    let pods = ok(
-        kubectl(
+    // One gateway leads (holds the Lease and runs the autoscaler): the
+    // one killed, mid-load.
+    let holder = || {
+        let out = kubectl(
             &kubeconfig,
             &[
                 "get",
-                "pods",
+                "lease",
+                "graphene-gateway",
                 "-n",
                 gw_ns,
-                "-l",
-                "app=graphene-gateway",
                 "-o",
-                "jsonpath={.items[0].metadata.name}",
+                "jsonpath={.spec.holderIdentity}",
             ],
-        ),
-        "the gateway's pods",
-    );
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let pods = || {
+        let out = ok(
+            kubectl(
+                &kubeconfig,
+                &[
+                    "get",
+                    "pods",
+                    "-n",
+                    gw_ns,
+                    "-l",
+                    "app=graphene-gateway",
+                    "-o",
+                    "jsonpath={.items[*].metadata.name}",
+                ],
+            ),
+            "the gateway's pods",
+        );
+        out.split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let leader = util::eventually("a leader", std::time::Duration::from_secs(30), || {
+        let h = holder();
+        pods().into_iter().find(|p| h.starts_with(&format!("{p}-")))
+    });
     ok(
         kubectl(
             &kubeconfig,
             &[
                 "delete",
                 "pod",
-                pods.trim(),
+                &leader,
                 "-n",
                 gw_ns,
                 "--grace-period=0",
                 "--force",
             ],
         ),
-        "killing a gateway pod",
+        "killing the leading gateway pod",
     );
     let left = ids.iter().filter(|id| !succeeded(id)).count();
     assert!(left > 0, "the kill came too late to test anything");
+    // Another gateway takes the lead.
+    util::eventually(
+        "another gateway to lead",
+        std::time::Duration::from_secs(60),
+        || {
+            let h = holder();
+            pods()
+                .into_iter()
+                .any(|p| p != leader && h.starts_with(&format!("{p}-")))
+                .then_some(())
+        },
+    );
     let mut pending: Vec<&String> = ids.iter().collect();
     util::eventually(
         "every accepted job to succeed",

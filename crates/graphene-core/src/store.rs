@@ -1,5 +1,5 @@
 //! Where the gateway keeps functions ([`FunctionStore`]) and secrets
-//! ([`SecretStore`]).
+//! ([`SecretStore`]), and which of several gateways leads ([`Leadership`]).
 //!
 //! The gateway's registry holds every function in memory and writes each
 //! change here before it answers. On one machine that is SQLite in the
@@ -183,10 +183,31 @@ pub trait SecretStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 }
 
+/// Which gateway runs the autoscaler where several serve the same
+/// functions: one at a time, the others reporting it their load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leader {
+    /// Whether this gateway leads.
+    pub this: bool,
+    /// Where the leader takes load reports (its API's base URL); none
+    /// while nobody leads.
+    pub url: Option<String>,
+}
+
+pub trait Leadership: Send + Sync + 'static {
+    /// This gateway's name among the others.
+    fn identity(&self) -> &str;
+
+    /// Who leads now, as last seen.
+    fn current(&self) -> Leader;
+}
+
 /// The stores a gateway keeps its state in besides its state directory;
-/// each one left `None` is kept in the state database.
+/// each one left `None` is kept in the state database. Without a
+/// `leadership` the gateway is the only one and always leads.
 #[derive(Clone, Default)]
 pub struct Stores {
     pub functions: Option<std::sync::Arc<dyn FunctionStore>>,
     pub secrets: Option<std::sync::Arc<dyn SecretStore>>,
+    pub leadership: Option<std::sync::Arc<dyn Leadership>>,
 }

@@ -26,6 +26,7 @@ mod calls;
 mod error;
 mod invoke;
 mod jobs;
+mod load;
 mod metrics;
 pub mod oidc;
 pub mod proxy;
@@ -47,7 +48,7 @@ use axum::middleware;
 use axum::routing::{any, delete, get, post};
 use axum::Router;
 use graphene_core::provider::{Builder, Provider};
-use graphene_core::store::{SecretStore, Stores};
+use graphene_core::store::{Leadership, SecretStore, Stores};
 
 pub use auth::{new_token as new_admin_token, TOKEN_FILE};
 use error::ApiError;
@@ -107,6 +108,18 @@ pub struct Gateway<P> {
     limiter: access::Limiter,
     oidc: oidc::Oidc,
     admin_hash: String,
+    /// Which gateway runs the autoscaler (none: this one, alone).
+    leadership: Option<Arc<dyn Leadership>>,
+    /// Whether this gateway led at the autoscaler's last tick.
+    leading: std::sync::atomic::AtomicBool,
+    /// The other gateways' load, while this one leads.
+    loads: load::Loads,
+    /// What this gateway signs its load reports with.
+    load_key: String,
+    reporter: hyper_util::client::legacy::Client<
+        graphene_http::HttpsConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
     jobs: Arc<dyn graphene_queue::JobQueue>,
     dispatch: jobs::Dispatch,
     /// Functions stored with a spec that is not a revision yet, deployed
@@ -169,7 +182,12 @@ impl<P: Provider> Gateway<P> {
             policy: Default::default(),
             reloading: Default::default(),
             limiter: Default::default(),
+            load_key: load::key(&admin_hash),
             admin_hash,
+            leadership: stores.leadership,
+            leading: Default::default(),
+            loads: Default::default(),
+            reporter: graphene_http::client(None)?,
             declared: std::sync::Mutex::new(declared),
         });
         gw.reload_access()
@@ -228,6 +246,7 @@ impl<P: Provider> Gateway<P> {
             .route("/system/grants/{id}", delete(admin::grant_remove::<P>))
             .route("/system/audit", get(admin::audit::<P>))
             .route("/system/whoami", get(admin::whoami::<P>))
+            .route("/system/load", post(load::take::<P>))
             .route("/system/revisions/{name}", get(revisions::history::<P>))
             .route("/system/rollback/{name}", post(revisions::rollback::<P>))
             .route("/system/events", get(revisions::events::<P>))

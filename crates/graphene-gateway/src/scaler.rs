@@ -4,6 +4,10 @@
 //! (`graphene_core::autoscale`) and applies it. Replica counts are kept in
 //! the store, so a function resting at zero stays there after a restart.
 //!
+//! Where several gateways serve the same functions, only the leader decides
+//! (`load.rs`): the others report it their load each tick. Any gateway
+//! wakes a function at zero on a call, and takes manual scales.
+//!
 //! A call counts before it checks whether the function is at zero, and the
 //! autoscaler re-reads the count after lowering the desired count to zero
 //! (both sequentially consistent): either the call sees zero and wakes the
@@ -89,8 +93,25 @@ impl<P: Provider> Gateway<P> {
         tracing::info!(function = %r.id, from, to, "scaled");
     }
 
-    /// One autoscaler round over every function.
+    /// One autoscaler round over every function, on the leader; the others
+    /// report their load to it.
     async fn tick(&self) {
+        let leader = match &self.leadership {
+            Some(l) => l.current(),
+            None => graphene_core::store::Leader {
+                this: true,
+                url: None,
+            },
+        };
+        if !leader.this {
+            self.leading.store(false, SeqCst);
+            if let Some(url) = leader.url {
+                self.report_load(&url).await;
+            }
+            return;
+        }
+        // Taken over from another gateway: its counts are the cluster's.
+        let took_over = !self.leading.swap(true, SeqCst) && self.leadership.is_some();
         for r in self.registry.list(None) {
             let policy = r.scaling.policy();
             if !policy.enabled() {
@@ -102,10 +123,14 @@ impl<P: Provider> Gateway<P> {
             };
             let now = self.registry.now();
             let e = &r.scaling;
+            if took_over {
+                e.desired.store(status.desired_replicas, SeqCst);
+            }
+            let (in_flight, started) = self.loads.of(&r.id, std::time::Instant::now());
             let sample = Sample {
                 at: now,
-                in_flight: e.in_flight.load(SeqCst),
-                started: e.started.load(SeqCst),
+                in_flight: e.in_flight.load(SeqCst) + in_flight,
+                started: e.started.load(SeqCst) + started,
             };
             autoscaler.observe(&policy, sample);
             let current = e.desired.load(SeqCst);

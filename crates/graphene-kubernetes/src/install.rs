@@ -186,6 +186,28 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
             },
         }));
     }
+    // The Lease that elects the gateway running the autoscaler.
+    out.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": { "name": "graphene-lease", "namespace": o.namespace, "labels": labels },
+        "rules": [
+            { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"] },
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "resourceNames": [crate::lease::LEASE],
+                "verbs": ["get", "update"],
+            },
+        ],
+    }));
+    out.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": { "name": "graphene-lease", "namespace": o.namespace, "labels": labels },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "graphene-lease" },
+        "subjects": [{ "kind": "ServiceAccount", "name": "graphene", "namespace": o.namespace }],
+    }));
     out.push(json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -197,6 +219,9 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
         json!({ "name": "GRAPHENE_FUNCTIONS_NAMESPACE", "value": o.functions_namespaces.join(",") }),
         json!({ "name": "GRAPHENE_LISTEN", "value": format!("0.0.0.0:{PORT}") }),
         json!({ "name": "GRAPHENE_ADMIN_TOKEN_FILE", "value": format!("{ADMIN_DIR}/admin-token") }),
+        json!({ "name": "GRAPHENE_LEASE_NAMESPACE", "value": o.namespace }),
+        json!({ "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } }),
+        json!({ "name": "GRAPHENE_ADVERTISE_URL", "value": format!("http://$(POD_IP):{PORT}") }),
     ];
     if let Some(url) = &o.nats {
         env.push(json!({ "name": "GRAPHENE_QUEUE", "value": url }));
@@ -383,6 +408,8 @@ mod tests {
                 "Role",
                 "RoleBinding",
                 "NetworkPolicy",
+                "Role",
+                "RoleBinding",
                 "Secret",
                 "Deployment",
                 "Service"
@@ -393,6 +420,12 @@ mod tests {
         assert_eq!(role["metadata"]["namespace"], "graphene-fn");
         let binding = &all[5];
         assert_eq!(binding["subjects"][0]["namespace"], "graphene");
+        // In its own namespace the gateway may only hold the Lease.
+        let lease = &all[7];
+        assert_eq!(lease["metadata"]["namespace"], "graphene");
+        let rules = lease["rules"].as_array().unwrap();
+        assert!(rules.iter().all(|r| r["resources"] == json!(["leases"])));
+        assert_eq!(rules[1]["resourceNames"], json!(["graphene-gateway"]));
     }
 
     #[test]
@@ -409,10 +442,12 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+            .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
             .collect();
         assert!(env.contains(&("GRAPHENE_QUEUE", "nats://nats.graphene:4222")));
         assert!(env.contains(&("GRAPHENE_FUNCTIONS_NAMESPACE", "graphene-fn")));
+        assert!(env.contains(&("GRAPHENE_LEASE_NAMESPACE", "graphene")));
+        assert!(env.contains(&("GRAPHENE_ADVERTISE_URL", "http://$(POD_IP):8080")));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod functions;
 pub mod install;
+pub mod lease;
 pub mod manifest;
 mod pods;
 pub mod secrets;

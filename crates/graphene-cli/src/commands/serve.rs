@@ -87,6 +87,15 @@ pub struct Serve {
     /// pods pull their images with; repeat for several
     #[arg(long, env = "GRAPHENE_IMAGE_PULL_SECRETS", value_delimiter = ',')]
     pub image_pull_secret: Vec<String>,
+    /// With --provider kubernetes: the namespace of the Lease that elects
+    /// the gateway running the autoscaler [default: the first functions
+    /// namespace]
+    #[arg(long, env = "GRAPHENE_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// With --provider kubernetes: the URL other gateways reach this one at
+    /// (for their load reports while it leads) [default: the listen address]
+    #[arg(long, env = "GRAPHENE_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -127,6 +136,10 @@ impl Serve {
             Some(path) => graphene_gateway::oidc::AuthConfig::load(path)?,
             None => Default::default(),
         };
+        // Bound first: other gateways are told this address.
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .with_context(|| format!("listening on {}", self.listen))?;
         match self.provider {
             ProviderKind::Local => {
                 let (provider, builder) = LocalProvider::open(LocalConfig {
@@ -142,6 +155,7 @@ impl Serve {
                 self.serve_with(
                     state,
                     auth,
+                    listener,
                     Arc::new(provider),
                     Arc::new(builder),
                     Default::default(),
@@ -167,6 +181,15 @@ impl Serve {
                         client.clone(),
                         self.functions_namespace.clone(),
                     ))),
+                    // One gateway at a time runs the autoscaler.
+                    leadership: Some(graphene_kubernetes::lease::LeaseElection::start(
+                        client.clone(),
+                        self.lease_namespace
+                            .as_deref()
+                            .unwrap_or(&self.functions_namespace[0]),
+                        gateway_identity(),
+                        self.advertised(listener.local_addr()?),
+                    )),
                 };
                 let provider = KubernetesProvider::new(KubernetesConfig {
                     client,
@@ -180,6 +203,7 @@ impl Serve {
                 self.serve_with(
                     state,
                     auth,
+                    listener,
                     Arc::new(provider),
                     Arc::new(RegistryImages),
                     stores,
@@ -199,6 +223,7 @@ impl Serve {
         &self,
         state: PathBuf,
         auth: graphene_gateway::oidc::AuthConfig,
+        listener: tokio::net::TcpListener,
         provider: Arc<P>,
         builder: Arc<dyn graphene_core::provider::Builder>,
         stores: graphene_core::store::Stores,
@@ -244,9 +269,6 @@ impl Serve {
             .transpose()
             .context("setting up TLS")?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let listener = tokio::net::TcpListener::bind(self.listen)
-            .await
-            .with_context(|| format!("listening on {}", self.listen))?;
         let addr = listener.local_addr()?;
         let restored = gateway.restore().await;
         tracing::info!(
@@ -275,7 +297,40 @@ impl Serve {
     }
 }
 
+/// This gateway's name among others: its host's (a pod's name) and a
+/// random part, so that a restarted one is another.
+#[cfg(feature = "kubernetes")]
+fn gateway_identity() -> String {
+    let host = config::env("HOSTNAME").unwrap_or_else(|| "gateway".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!("{host}-{:x}{nanos:08x}", std::process::id())
+}
+
 impl Serve {
+    /// Where other gateways reach this one: --advertise-url, or the address
+    /// it listens on (loopback for an unspecified one).
+    #[cfg(feature = "kubernetes")]
+    fn advertised(&self, bound: std::net::SocketAddr) -> String {
+        if let Some(url) = &self.advertise_url {
+            return url.trim_end_matches('/').to_string();
+        }
+        let scheme = match self.tls_cert.is_some() || self.tls_self_signed {
+            true => "https",
+            false => "http",
+        };
+        let host = match bound.ip() {
+            ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+            ip => ip,
+        };
+        format!(
+            "{scheme}://{}",
+            std::net::SocketAddr::new(host, bound.port())
+        )
+    }
+
     /// What functions must not read even though the server's user can: its
     /// state, its keys and configuration, its per-user runtime sockets.
     fn hidden_from_functions(&self, state: &std::path::Path) -> Vec<PathBuf> {

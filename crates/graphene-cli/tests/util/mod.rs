@@ -131,8 +131,15 @@ impl Server {
             .any(|l| l.contains("sandbox=true"))
     }
 
+    /// The admin credential: the one it made, or the one it was given
+    /// with `--admin-token-file`.
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.state.join("admin-token"))
+        let given = self
+            .extra
+            .iter()
+            .position(|a| a == "--admin-token-file")
+            .map(|i| PathBuf::from(&self.extra[i + 1]));
+        std::fs::read_to_string(given.unwrap_or_else(|| self.state.join("admin-token")))
             .unwrap()
             .trim()
             .to_string()
