@@ -763,6 +763,10 @@ fn install_makes_a_least_privileged_gateway() {
     ] {
         assert!(can(verb, resource, Some(fn_ns)), "may {verb} {resource}");
     }
+    // Its own objects: tokens, grants, the audit trail.
+    for (verb, resource) in [("watch", "secrets"), ("create", "configmaps")] {
+        assert!(can(verb, resource, Some(gw_ns)), "may {verb} {resource}");
+    }
     assert!(
         can("update", "leases/graphene-gateway", Some(gw_ns)),
         "may update its Lease"
@@ -773,7 +777,7 @@ fn install_makes_a_least_privileged_gateway() {
     );
     for (verb, resource, ns) in [
         ("create", "deployments", Some(gw_ns)),
-        ("get", "secrets", Some(gw_ns)),
+        ("update", "secrets", Some(gw_ns)),
         ("get", "secrets", Some("default")),
         ("list", "nodes", None),
         ("list", "namespaces", None),
@@ -805,8 +809,9 @@ def handle(req):
 /// --push-image` builds the gateway's image of this binary, pushes it to a
 /// registry on loopback and applies two gateway replicas that use NATS for
 /// jobs; the CLI then works through the gateway's Service: a secret, `up
-/// --oci`, calls, list, describe, logs, scale, async jobs while one gateway
-/// pod is killed (no accepted job is lost), removal.
+/// --oci`, calls, list, a token and its revocation (on every gateway), the
+/// audit trail, describe, logs, scale, async jobs while the leading gateway
+/// pod is killed (no accepted job is lost, another leads), removal.
 #[test]
 fn the_installed_gateway_runs_as_pods() {
     let _one = one_at_a_time();
@@ -957,6 +962,54 @@ fn the_installed_gateway_runs_as_pods() {
     }
     let list = ok(cli(&["list", "--namespace", fn_ns]), "graphene list");
     assert!(list.contains("work"), "{list}");
+    // A token made through one gateway is every gateway's, and so is its
+    // revocation.
+    let made = ok(
+        cli(&[
+            "token",
+            "create",
+            "caller",
+            "--grant",
+            &format!("invoke:work.{fn_ns}"),
+        ]),
+        "graphene token create",
+    );
+    let api_token = made.trim().to_string();
+    let with_token = |token: &str| {
+        util::try_http(
+            "POST",
+            &format!("{url}{path}"),
+            b"t",
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+        .map(|r| r.status)
+        .unwrap_or(0)
+    };
+    util::eventually(
+        "the token to work on every gateway",
+        std::time::Duration::from_secs(30),
+        || (0..10).all(|_| with_token(&api_token) == 200).then_some(()),
+    );
+    // Only what it was granted: calls; the list shows it nothing.
+    let listed = util::try_http(
+        "GET",
+        &format!("{url}/system/functions?namespace={fn_ns}"),
+        b"",
+        &[("Authorization", &format!("Bearer {api_token}"))],
+    )
+    .unwrap();
+    assert_eq!((listed.status, listed.body.as_str()), (200, "[]"));
+    ok(cli(&["token", "revoke", "caller"]), "graphene token revoke");
+    util::eventually(
+        "the revoked token to be refused by every gateway",
+        std::time::Duration::from_secs(30),
+        || (0..10).all(|_| with_token(&api_token) == 401).then_some(()),
+    );
+    let trail = call("GET", "/system/audit", "").unwrap();
+    assert!(
+        trail.body.contains("token.create") && trail.body.contains("token.revoke"),
+        "{trail:?}"
+    );
     ok(
         cli(&["scale", "work", "--replicas", "2", "--namespace", fn_ns]),
         "graphene scale",

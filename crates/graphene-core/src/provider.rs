@@ -287,6 +287,22 @@ pub trait Provider: Send + Sync + 'static {
     /// changes nothing but the replica count.
     fn apply(&self, d: Deployment) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
+    /// Learns of `d` without changing the runtime: for a gateway that
+    /// serves a function's calls while another one (the leader) applies it.
+    /// Where one gateway drives the runtime, the same as [`Provider::apply`].
+    fn follow(&self, d: Deployment) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        self.apply(d)
+    }
+
+    /// Forgets a function without changing the runtime (the leader removes
+    /// it). Where one gateway drives the runtime, [`Provider::remove`].
+    fn forget(
+        &self,
+        function: &FunctionRef,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        self.remove(function)
+    }
+
     fn scale(
         &self,
         function: &FunctionRef,

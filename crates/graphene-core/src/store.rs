@@ -1,5 +1,6 @@
-//! Where the gateway keeps functions ([`FunctionStore`]) and secrets
-//! ([`SecretStore`]), and which of several gateways leads ([`Leadership`]).
+//! Where the gateway keeps functions ([`FunctionStore`]), secrets
+//! ([`SecretStore`]), tokens, grants and the audit trail
+//! ([`AccessStore`]), and which of several gateways leads ([`Leadership`]).
 //!
 //! The gateway's registry holds every function in memory and writes each
 //! change here before it answers. On one machine that is SQLite in the
@@ -18,7 +19,7 @@ use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::api::{FunctionDeployment, RolloutState};
+use crate::api::{AuditEntry, FunctionDeployment, RolloutState};
 use crate::names::FunctionRef;
 use crate::provider::BoxFuture;
 
@@ -183,6 +184,89 @@ pub trait SecretStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 }
 
+/// An API token as kept: its hash, never the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredToken {
+    pub name: String,
+    /// SHA-256 of the token, hex.
+    pub hash: String,
+    pub owner: String,
+    pub created_at: String,
+    /// Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+/// A grant as kept, its parts as the API writes them (the gateway parses
+/// them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredGrant {
+    pub id: String,
+    pub principal: String,
+    pub actions: Vec<String>,
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    pub created_at: String,
+    pub created_by: String,
+}
+
+/// Ticks each time someone else changes tokens or grants.
+pub type AccessChanges = std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>;
+
+/// Where API tokens, grants and the audit trail are kept: the state
+/// database on one machine; Secrets and ConfigMaps in the gateway's
+/// namespace on a cluster, so that every gateway replica knows every token.
+/// Each change is written with its audit line.
+pub trait AccessStore: Send + Sync + 'static {
+    fn tokens(&self) -> BoxFuture<'_, Result<Vec<StoredToken>, StoreError>>;
+
+    fn grants(&self) -> BoxFuture<'_, Result<Vec<StoredGrant>, StoreError>>;
+
+    /// Stores a token with the grants made to it; false when a token of
+    /// that name exists.
+    fn create_token<'a>(
+        &'a self,
+        token: &'a StoredToken,
+        grants: &'a [StoredGrant],
+        entry: &'a AuditEntry,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Removes a token and the grants made to it; false when there was none.
+    fn revoke_token<'a>(
+        &'a self,
+        name: &'a str,
+        entry: &'a AuditEntry,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    fn add_grant<'a>(
+        &'a self,
+        grant: &'a StoredGrant,
+        entry: &'a AuditEntry,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// False when there was no such grant.
+    fn remove_grant<'a>(
+        &'a self,
+        id: &'a str,
+        entry: &'a AuditEntry,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Appends a line to the audit trail.
+    fn audit<'a>(&'a self, entry: &'a AuditEntry) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The newest `limit` lines, newest first.
+    fn audit_trail(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>>;
+
+    /// Changes others make to tokens and grants (`None` where only this
+    /// gateway writes).
+    fn changes(&self) -> Option<AccessChanges>;
+}
+
 /// Which gateway runs the autoscaler where several serve the same
 /// functions: one at a time, the others reporting it their load.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -209,5 +293,6 @@ pub trait Leadership: Send + Sync + 'static {
 pub struct Stores {
     pub functions: Option<std::sync::Arc<dyn FunctionStore>>,
     pub secrets: Option<std::sync::Arc<dyn SecretStore>>,
+    pub access: Option<std::sync::Arc<dyn AccessStore>>,
     pub leadership: Option<std::sync::Arc<dyn Leadership>>,
 }

@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use graphene_core::store::{StoredGrant, StoredToken};
 use graphene_core::DEFAULT_NAMESPACE;
 use serde::{Deserialize, Serialize};
 
@@ -276,6 +277,66 @@ pub struct TokenRecord {
     pub created_at: String,
     /// Unix seconds.
     pub expires_at: Option<u64>,
+}
+
+impl TokenRecord {
+    pub fn stored(&self, hash: String) -> StoredToken {
+        StoredToken {
+            name: self.name.clone(),
+            hash,
+            owner: self.owner.clone(),
+            created_at: self.created_at.clone(),
+            expires_at: self.expires_at,
+        }
+    }
+
+    pub fn from_stored(t: &StoredToken) -> Self {
+        Self {
+            name: t.name.clone(),
+            owner: t.owner.clone(),
+            created_at: t.created_at.clone(),
+            expires_at: t.expires_at,
+        }
+    }
+}
+
+impl Grant {
+    pub fn stored(&self) -> StoredGrant {
+        StoredGrant {
+            id: self.id.clone(),
+            principal: self.principal.clone(),
+            actions: self.actions.iter().map(|a| a.name().to_string()).collect(),
+            resource: self.resource.to_string(),
+            rate: self.rate.map(|r| r.to_string()),
+            burst: self.rate.map(|r| r.burst),
+            created_at: self.created_at.clone(),
+            created_by: self.created_by.clone(),
+        }
+    }
+
+    /// A stored grant, parsed (an error names the part that does not).
+    pub fn from_stored(g: &StoredGrant) -> Result<Self, String> {
+        Ok(Self {
+            id: g.id.clone(),
+            principal: g.principal.clone(),
+            actions: g
+                .actions
+                .iter()
+                .map(|a| Action::parse(a))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("grant {}: actions: {e}", g.id))?,
+            resource: Resource::parse(&g.resource)
+                .map_err(|e| format!("grant {}: resource: {e}", g.id))?,
+            rate: g
+                .rate
+                .as_deref()
+                .map(|r| Rate::parse(r, g.burst))
+                .transpose()
+                .map_err(|e| format!("grant {}: rateLimit: {e}", g.id))?,
+            created_at: g.created_at.clone(),
+            created_by: g.created_by.clone(),
+        })
+    }
 }
 
 /// What a check decided.

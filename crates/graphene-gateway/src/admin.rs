@@ -26,8 +26,8 @@ type Gw<P> = State<Arc<Gateway<P>>>;
 impl<P: Provider> Gateway<P> {
     /// Writes an audit line for a change `who` made (the store writes the
     /// ones that go with token and grant changes itself).
-    pub(crate) fn audited(&self, who: &Identity, action: &str, target: &str, detail: String) {
-        if let Err(e) = self.store.audit(&entry(who, action, target, detail)) {
+    pub(crate) async fn audited(&self, who: &Identity, action: &str, target: &str, detail: String) {
+        if let Err(e) = self.access.audit(&entry(who, action, target, detail)).await {
             tracing::error!(error = %e, action, target, "could not write the audit trail");
         }
     }
@@ -208,16 +208,18 @@ pub async fn token_create<P: Provider>(
         ),
     };
     let audit = entry(&who, "token.create", &principal, detail);
+    let stored: Vec<_> = grants.iter().map(Grant::stored).collect();
     if !gw
-        .store
-        .create_token(&record, &crate::auth::hash(&secret), &grants, &audit)?
+        .access
+        .create_token(&record.stored(crate::auth::hash(&secret)), &stored, &audit)
+        .await?
     {
         return Err(ApiError::conflict(format!(
             "a token named {} exists; revoke it first or pick another name",
             req.name
         )));
     }
-    gw.reload_access()?;
+    gw.refresh_access().await?;
     tracing::info!(token = %req.name, by = %who.principal, "API token created");
     let mut info = token_info(&record, &grants, now_unix());
     info.token = secret;
@@ -236,10 +238,10 @@ pub async fn token_revoke<P: Provider>(
         &format!("token:{name}"),
         String::new(),
     );
-    if !gw.store.revoke_token(&name, &audit)? {
+    if !gw.access.revoke_token(&name, &audit).await? {
         return Err(ApiError::not_found(format!("no token named {name}")));
     }
-    gw.reload_access()?;
+    gw.refresh_access().await?;
     tracing::info!(token = %name, by = %who.principal, "API token revoked");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -281,9 +283,13 @@ pub async fn grant_add<P: Provider>(
             )));
         }
     }
-    gw.store
-        .add_grant(&g, &entry(&who, "grant.add", &g.principal, describe(&g)))?;
-    gw.reload_access()?;
+    gw.access
+        .add_grant(
+            &g.stored(),
+            &entry(&who, "grant.add", &g.principal, describe(&g)),
+        )
+        .await?;
+    gw.refresh_access().await?;
     tracing::info!(principal = %g.principal, grant = %describe(&g), by = %who.principal, "grant added");
     Ok((StatusCode::CREATED, Json(grant_info(&g))).into_response())
 }
@@ -298,10 +304,10 @@ pub async fn grant_remove<P: Provider>(
         return Err(ApiError::not_found(format!("no grant with id {id}")));
     };
     let audit = entry(&who, "grant.remove", &g.principal, describe(&g));
-    if !gw.store.remove_grant(&id, &audit)? {
+    if !gw.access.remove_grant(&id, &audit).await? {
         return Err(ApiError::not_found(format!("no grant with id {id}")));
     }
-    gw.reload_access()?;
+    gw.refresh_access().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -328,7 +334,7 @@ pub async fn audit<P: Provider>(
             }
         },
     };
-    Ok(Json(gw.store.audit_trail(limit)?).into_response())
+    Ok(Json(gw.access.audit_trail(limit).await?).into_response())
 }
 
 pub async fn whoami<P: Provider>(

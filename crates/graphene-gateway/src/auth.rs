@@ -18,7 +18,7 @@ use graphene_core::provider::Provider;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::access::{Action, Identity, Permit, Policy};
+use crate::access::{Action, Grant, Identity, Permit, Policy, TokenRecord};
 use crate::error::{ApiError, ApiResult};
 use crate::oidc::Rejection;
 use crate::store::Store;
@@ -144,14 +144,39 @@ impl<P: Provider> Gateway<P> {
         self.policy.read().expect("policy lock").clone()
     }
 
-    /// Rebuilds the in-memory policy from the store (after any change to
-    /// tokens, grants or functions).
+    /// Reads tokens and grants from their store again (after a change to
+    /// them, here or by another gateway) and rebuilds the policy.
+    pub(crate) async fn refresh_access(&self) -> ApiResult<()> {
+        // One at a time, so an older read never replaces a newer.
+        let _one = self.refreshing.lock().await;
+        let tokens = self.access.tokens().await?;
+        let grants = self.access.grants().await?;
+        let mut set = crate::access::Policy {
+            tokens: tokens
+                .iter()
+                .map(|t| (t.hash.clone(), TokenRecord::from_stored(t)))
+                .collect(),
+            ..Default::default()
+        };
+        for g in &grants {
+            match Grant::from_stored(g) {
+                Ok(g) => set.grants.push(g),
+                Err(e) => tracing::warn!("{e}; the grant is left out"),
+            }
+        }
+        *self.access_set.write().expect("access lock") = Arc::new(set);
+        self.reload_access()
+    }
+
+    /// Rebuilds the in-memory policy from the tokens and grants last read
+    /// and the functions (after any change to them).
     pub(crate) fn reload_access(&self) -> ApiResult<()> {
         // One reload at a time, so an older snapshot never replaces a newer.
         let _one = self.reloading.lock().expect("reload lock");
+        let set = self.access_set.read().expect("access lock").clone();
         let mut p = Policy {
-            tokens: self.store.tokens()?.into_iter().collect(),
-            grants: self.store.grants()?,
+            tokens: set.tokens.clone(),
+            grants: set.grants.clone(),
             ..Default::default()
         };
         for r in self.registry.list(None) {

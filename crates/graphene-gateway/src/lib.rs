@@ -48,7 +48,7 @@ use axum::middleware;
 use axum::routing::{any, delete, get, post};
 use axum::Router;
 use graphene_core::provider::{Builder, Provider};
-use graphene_core::store::{Leadership, SecretStore, Stores};
+use graphene_core::store::{AccessStore, Leadership, SecretStore, Stores};
 
 pub use auth::{new_token as new_admin_token, TOKEN_FILE};
 use error::ApiError;
@@ -98,8 +98,12 @@ pub const DEFAULT_JOB_RESULT_LIMIT: usize = 1 << 20;
 pub struct Gateway<P> {
     provider: Arc<P>,
     builder: Arc<dyn Builder>,
-    store: Arc<Store>,
     secrets: Arc<dyn SecretStore>,
+    access: Arc<dyn AccessStore>,
+    /// Tokens and grants as last read from `access` (a policy without
+    /// public functions), and the lock that orders their reads.
+    access_set: std::sync::RwLock<Arc<access::Policy>>,
+    refreshing: tokio::sync::Mutex<()>,
     registry: Registry,
     metrics: metrics::Metrics,
     config: GatewayConfig,
@@ -158,6 +162,9 @@ impl<P: Provider> Gateway<P> {
         let secrets = stores
             .secrets
             .unwrap_or_else(|| Arc::new(store::SqliteSecrets(store.clone())));
+        let access = stores
+            .access
+            .unwrap_or_else(|| Arc::new(store::SqliteAccess(store.clone())));
         let (registry, declared) = Registry::open(functions, config.keep_revisions)
             .await
             .map_err(|e| anyhow::anyhow!("loading functions: {e}"))?;
@@ -173,8 +180,10 @@ impl<P: Provider> Gateway<P> {
             dispatch: Default::default(),
             provider,
             builder,
-            store,
             secrets,
+            access,
+            access_set: Default::default(),
+            refreshing: Default::default(),
             registry,
             metrics: Default::default(),
             oidc: oidc::Oidc::new(&config.auth)?,
@@ -190,8 +199,9 @@ impl<P: Provider> Gateway<P> {
             reporter: graphene_http::client(None)?,
             declared: std::sync::Mutex::new(declared),
         });
-        gw.reload_access()
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        gw.refresh_access()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading tokens and grants: {}", e.message))?;
         Ok((gw, created))
     }
 
@@ -209,6 +219,7 @@ impl<P: Provider> Gateway<P> {
             self.deploy_declared(&id, spec).await;
         }
         self.follow_store();
+        self.follow_access();
         all.len()
     }
 

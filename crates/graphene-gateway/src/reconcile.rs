@@ -73,7 +73,11 @@ impl<P: Provider> Gateway<P> {
         let result = match self.deployment(r).await {
             Ok(d) => {
                 let revision = d.revision;
-                self.provider.apply(d).await.map(|()| revision)
+                match self.leads() {
+                    true => self.provider.apply(d).await,
+                    false => self.provider.follow(d).await,
+                }
+                .map(|()| revision)
             }
             Err(e) => Err(ProviderError::Invalid(e.message)),
         };
@@ -128,7 +132,11 @@ impl<P: Provider> Gateway<P> {
                 tokio::pin!(woken);
                 woken.as_mut().enable();
                 if r.removed.load(Ordering::Acquire) {
-                    match gw.provider.remove(&r.id).await {
+                    let removed = match gw.leads() {
+                        true => gw.provider.remove(&r.id).await,
+                        false => gw.provider.forget(&r.id).await,
+                    };
+                    match removed {
                         Ok(()) | Err(ProviderError::NotFound(_)) => {
                             tracing::info!(function = %r.id, "removed from the runtime");
                             gw.registry.gone(&r);
@@ -153,7 +161,13 @@ impl<P: Provider> Gateway<P> {
                     }
                     backoff = MIN_BACKOFF;
                 }
-                // Watch the rollout of what runs until it is ready.
+                // Watch the rollout of what runs until it is ready (the
+                // leader does, and records it for the others).
+                if !gw.leads() {
+                    drop(gw);
+                    woken.await;
+                    continue;
+                }
                 let d = r.desired();
                 let state = d.revision(d.revision).map(|s| s.state);
                 let wait = match state {

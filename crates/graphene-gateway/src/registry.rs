@@ -645,11 +645,14 @@ impl Registry {
 
     /// Folds in a change someone else made to the store. A change older
     /// than what the record holds (or of an earlier incarnation) is
-    /// ignored; a newer one replaces the record's revisions.
+    /// ignored; a newer one replaces the record's revisions. With
+    /// `replicas`, the stored replica count (the leader's decision) is
+    /// taken too.
     pub fn absorb(
         &self,
         _writing: &Writing<'_>,
         change: graphene_core::store::StoreChange,
+        replicas: bool,
     ) -> Absorbed {
         use graphene_core::store::StoreChange;
         let f = match change {
@@ -677,7 +680,13 @@ impl Registry {
                 (None, None) => Absorbed::Known,
             };
         };
-        if r.incarnation != f.incarnation || f.version < r.version.load(Ordering::Acquire) {
+        if r.incarnation != f.incarnation {
+            return Absorbed::Known;
+        }
+        if let (true, Some(n)) = (replicas, f.replicas) {
+            r.scaling.desired.store(n, Ordering::SeqCst);
+        }
+        if f.version < r.version.load(Ordering::Acquire) {
             return Absorbed::Known;
         }
         if let Some(spec) = declared {
@@ -918,26 +927,40 @@ mod tests {
         let w = reg.writing().await;
         // Another gateway deployed v2 (version 1 after this one's 0).
         assert!(matches!(
-            reg.absorb(&w, stored(1, "", &["v1", "v2"])),
+            reg.absorb(&w, stored(1, "", &["v1", "v2"]), false),
             Absorbed::Updated
         ));
         assert_eq!(r.desired().spec.image, "v2");
         // An older change, or one of another life of the function: ignored.
         assert!(matches!(
-            reg.absorb(&w, stored(0, "", &["v1"])),
+            reg.absorb(&w, stored(0, "", &["v1"]), false),
             Absorbed::Known
         ));
         assert!(matches!(
-            reg.absorb(&w, stored(5, "earlier", &["old"])),
+            reg.absorb(&w, stored(5, "earlier", &["old"]), false),
             Absorbed::Known
         ));
         assert_eq!(r.desired().spec.image, "v2");
+        // The leader's replica count, taken by a gateway that follows,
+        // even in a change it holds already.
+        let StoreChange::Changed(mut scaled) = stored(1, "", &["v1", "v2"]) else {
+            unreachable!()
+        };
+        scaled.replicas = Some(3);
+        let again = StoreChange::Changed(scaled);
+        assert!(matches!(
+            reg.absorb(&w, again.clone(), false),
+            Absorbed::Known
+        ));
+        assert_ne!(r.scaling.desired(), 3);
+        assert!(matches!(reg.absorb(&w, again, true), Absorbed::Known));
+        assert_eq!(r.scaling.desired(), 3);
         // A spec edited in the store, not yet a revision: the caller's.
         let StoreChange::Changed(mut edited) = stored(1, "", &["v1", "v2"]) else {
             unreachable!()
         };
         edited.spec.image = "v3".into();
-        match reg.absorb(&w, StoreChange::Changed(edited)) {
+        match reg.absorb(&w, StoreChange::Changed(edited), false) {
             Absorbed::Declared(spec) => assert_eq!(spec.image, "v3"),
             _ => panic!("an edited spec is declared"),
         }
@@ -947,15 +970,18 @@ mod tests {
             incarnation: incarnation.into(),
         };
         assert!(matches!(
-            reg.absorb(&w, removed("earlier")),
+            reg.absorb(&w, removed("earlier"), false),
             Absorbed::Known
         ));
         assert!(reg.get(&id).is_some());
-        assert!(matches!(reg.absorb(&w, removed("")), Absorbed::Removed));
+        assert!(matches!(
+            reg.absorb(&w, removed(""), false),
+            Absorbed::Removed
+        ));
         assert!(reg.get(&id).is_none() && r.removed.load(Ordering::Acquire));
         // A function this registry never held arrives whole.
         assert!(matches!(
-            reg.absorb(&w, stored(3, "", &["v1"])),
+            reg.absorb(&w, stored(3, "", &["v1"]), false),
             Absorbed::Added(_)
         ));
         drop(w);

@@ -93,6 +93,12 @@ impl<P: Provider> Gateway<P> {
         tracing::info!(function = %r.id, from, to, "scaled");
     }
 
+    /// Whether this gateway leads: runs the autoscaler, applies functions
+    /// to the runtime and records their rollouts (alone, it always does).
+    pub(crate) fn leads(&self) -> bool {
+        self.leadership.as_ref().is_none_or(|l| l.current().this)
+    }
+
     /// One autoscaler round over every function, on the leader; the others
     /// report their load to it.
     async fn tick(&self) {
@@ -110,8 +116,13 @@ impl<P: Provider> Gateway<P> {
             }
             return;
         }
-        // Taken over from another gateway: its counts are the cluster's.
-        let took_over = !self.leading.swap(true, SeqCst) && self.leadership.is_some();
+        let shared = self.leadership.is_some();
+        if !self.leading.swap(true, SeqCst) && shared {
+            // Taken over: this gateway now applies every function.
+            for r in self.registry.list(None) {
+                r.touch();
+            }
+        }
         for r in self.registry.list(None) {
             let policy = r.scaling.policy();
             if !policy.enabled() {
@@ -123,7 +134,9 @@ impl<P: Provider> Gateway<P> {
             };
             let now = self.registry.now();
             let e = &r.scaling;
-            if took_over {
+            if shared {
+                // Other gateways wake functions and scale them by hand: the
+                // runtime's count is the one to decide from.
                 e.desired.store(status.desired_replicas, SeqCst);
             }
             let (in_flight, started) = self.loads.of(&r.id, std::time::Instant::now());

@@ -14,11 +14,11 @@ use graphene_core::api::RolloutState;
 use graphene_core::names::FunctionRef;
 use graphene_core::provider::BoxFuture;
 use graphene_core::store::{
-    ChangeStream, FunctionStore, SecretStore, StoreError, StoredFunction, StoredRevision, Written,
+    AccessChanges, AccessStore, ChangeStream, FunctionStore, SecretStore, StoreError,
+    StoredFunction, StoredGrant, StoredRevision, StoredToken, Written,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::access::{Action, Grant, Rate, Resource, TokenRecord};
 pub use graphene_core::api::AuditEntry;
 
 pub struct Store {
@@ -335,18 +335,17 @@ fn audit(db: &Connection, e: &AuditEntry) -> Result<()> {
     Ok(())
 }
 
-fn put_grant(db: &Connection, g: &Grant) -> Result<()> {
-    let actions: Vec<&str> = g.actions.iter().map(|a| a.name()).collect();
+fn put_grant(db: &Connection, g: &StoredGrant) -> Result<()> {
     db.execute(
         "INSERT INTO grants (id, principal, actions, resource, rate, burst, created_at, created_by)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             g.id,
             g.principal,
-            actions.join(","),
-            g.resource.to_string(),
-            g.rate.map(|r| r.to_string()),
-            g.rate.map(|r| r.burst as i64),
+            g.actions.join(","),
+            g.resource,
+            g.rate,
+            g.burst.map(|b| b as i64),
             g.created_at,
             g.created_by
         ],
@@ -361,6 +360,10 @@ pub struct SqliteFunctions(pub Arc<Store>);
 
 /// Secrets on one machine: the secrets table, from the blocking pool.
 pub struct SqliteSecrets(pub Arc<Store>);
+
+/// Tokens, grants and the audit trail on one machine, each change in one
+/// transaction with its audit line.
+pub struct SqliteAccess(pub Arc<Store>);
 
 /// Runs `f` on the state database in the blocking pool; a failure is logged
 /// here and answered without its cause.
@@ -388,6 +391,72 @@ impl SqliteFunctions {
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> BoxFuture<'a, std::result::Result<T, StoreError>> {
         blocking(&self.0, f)
+    }
+}
+
+impl AccessStore for SqliteAccess {
+    fn tokens(&self) -> BoxFuture<'_, std::result::Result<Vec<StoredToken>, StoreError>> {
+        blocking(&self.0, |s| s.tokens())
+    }
+
+    fn grants(&self) -> BoxFuture<'_, std::result::Result<Vec<StoredGrant>, StoreError>> {
+        blocking(&self.0, |s| s.grants())
+    }
+
+    fn create_token<'a>(
+        &'a self,
+        token: &'a StoredToken,
+        grants: &'a [StoredGrant],
+        entry: &'a AuditEntry,
+    ) -> BoxFuture<'a, std::result::Result<bool, StoreError>> {
+        let (t, g, e) = (token.clone(), grants.to_vec(), entry.clone());
+        blocking(&self.0, move |s| s.create_token(&t, &g, &e))
+    }
+
+    fn revoke_token<'a>(
+        &'a self,
+        name: &'a str,
+        entry: &'a AuditEntry,
+    ) -> BoxFuture<'a, std::result::Result<bool, StoreError>> {
+        let (n, e) = (name.to_string(), entry.clone());
+        blocking(&self.0, move |s| s.revoke_token(&n, &e))
+    }
+
+    fn add_grant<'a>(
+        &'a self,
+        grant: &'a StoredGrant,
+        entry: &'a AuditEntry,
+    ) -> BoxFuture<'a, std::result::Result<(), StoreError>> {
+        let (g, e) = (grant.clone(), entry.clone());
+        blocking(&self.0, move |s| s.add_grant(&g, &e))
+    }
+
+    fn remove_grant<'a>(
+        &'a self,
+        id: &'a str,
+        entry: &'a AuditEntry,
+    ) -> BoxFuture<'a, std::result::Result<bool, StoreError>> {
+        let (id, e) = (id.to_string(), entry.clone());
+        blocking(&self.0, move |s| s.remove_grant(&id, &e))
+    }
+
+    fn audit<'a>(
+        &'a self,
+        entry: &'a AuditEntry,
+    ) -> BoxFuture<'a, std::result::Result<(), StoreError>> {
+        let e = entry.clone();
+        blocking(&self.0, move |s| s.audit(&e))
+    }
+
+    fn audit_trail(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, std::result::Result<Vec<AuditEntry>, StoreError>> {
+        blocking(&self.0, move |s| s.audit_trail(limit))
+    }
+
+    fn changes(&self) -> Option<AccessChanges> {
+        None
     }
 }
 
@@ -533,16 +602,15 @@ impl Store {
     /// False when a token of that name exists.
     pub fn create_token(
         &self,
-        t: &TokenRecord,
-        hash: &str,
-        grants: &[Grant],
+        t: &StoredToken,
+        grants: &[StoredGrant],
         entry: &AuditEntry,
     ) -> Result<bool> {
         self.with(|db| {
             let tx = db.transaction()?;
             let n = tx.execute(
                 "INSERT OR IGNORE INTO tokens (name, hash, owner, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![t.name, hash, t.owner, t.created_at, t.expires_at.map(|e| e as i64)],
+                params![t.name, t.hash, t.owner, t.created_at, t.expires_at.map(|e| e as i64)],
             )?;
             if n == 0 {
                 return Ok(false);
@@ -573,28 +641,25 @@ impl Store {
         })
     }
 
-    /// Every token by hash.
-    pub fn tokens(&self) -> Result<Vec<(String, TokenRecord)>> {
+    pub fn tokens(&self) -> Result<Vec<StoredToken>> {
         self.with(|db| {
             let mut stmt = db.prepare(
                 "SELECT hash, name, owner, created_at, expires_at FROM tokens ORDER BY name",
             )?;
             let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    TokenRecord {
-                        name: r.get(1)?,
-                        owner: r.get(2)?,
-                        created_at: r.get(3)?,
-                        expires_at: r.get::<_, Option<i64>>(4)?.map(|e| e as u64),
-                    },
-                ))
+                Ok(StoredToken {
+                    hash: r.get(0)?,
+                    name: r.get(1)?,
+                    owner: r.get(2)?,
+                    created_at: r.get(3)?,
+                    expires_at: r.get::<_, Option<i64>>(4)?.map(|e| e as u64),
+                })
             })?;
             rows.collect()
         })
     }
 
-    pub fn add_grant(&self, g: &Grant, entry: &AuditEntry) -> Result<()> {
+    pub fn add_grant(&self, g: &StoredGrant, entry: &AuditEntry) -> Result<()> {
         self.with(|db| {
             let tx = db.transaction()?;
             put_grant(&tx, g)?;
@@ -615,7 +680,7 @@ impl Store {
         })
     }
 
-    pub fn grants(&self) -> Result<Vec<Grant>> {
+    pub fn grants(&self) -> Result<Vec<StoredGrant>> {
         self.with(|db| {
             let mut stmt = db.prepare(
                 "SELECT id, principal, actions, resource, rate, burst, created_at, created_by
@@ -623,22 +688,13 @@ impl Store {
             )?;
             let rows = stmt.query_map([], |r| {
                 let actions: String = r.get(2)?;
-                let resource: String = r.get(3)?;
-                let rate: Option<String> = r.get(4)?;
-                let burst: Option<i64> = r.get(5)?;
-                Ok(Grant {
+                Ok(StoredGrant {
                     id: r.get(0)?,
                     principal: r.get(1)?,
-                    actions: actions
-                        .split(',')
-                        .map(Action::parse)
-                        .collect::<std::result::Result<_, _>>()
-                        .map_err(conversion)?,
-                    resource: Resource::parse(&resource).map_err(conversion)?,
-                    rate: rate
-                        .map(|r| Rate::parse(&r, burst.map(|b| b as u64)))
-                        .transpose()
-                        .map_err(conversion)?,
+                    actions: actions.split(',').map(str::to_string).collect(),
+                    resource: r.get(3)?,
+                    rate: r.get(4)?,
+                    burst: r.get::<_, Option<i64>>(5)?.map(|b| b as u64),
                     created_at: r.get(6)?,
                     created_by: r.get(7)?,
                 })

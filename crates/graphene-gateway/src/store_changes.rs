@@ -35,7 +35,7 @@ impl<P: Provider> Gateway<P> {
                 let Some(gw) = weak.upgrade() else { return };
                 let absorbed = {
                     let writing = gw.registry.writing().await;
-                    gw.registry.absorb(&writing, change)
+                    gw.registry.absorb(&writing, change, !gw.leads())
                 };
                 match absorbed {
                     Absorbed::Known => continue,
@@ -58,6 +58,24 @@ impl<P: Provider> Gateway<P> {
                 }
             }
             tracing::warn!("the function store's change stream ended");
+        });
+    }
+
+    /// Reads tokens and grants again whenever another gateway changes them,
+    /// until the gateway goes.
+    pub(crate) fn follow_access(self: &Arc<Self>) {
+        let Some(mut changes) = self.access.changes() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while changes.next().await.is_some() {
+                let Some(gw) = weak.upgrade() else { return };
+                if let Err(e) = gw.refresh_access().await {
+                    tracing::warn!(error = %e.message, "could not read tokens and grants again");
+                }
+            }
+            tracing::warn!("the token and grant change stream ended");
         });
     }
 

@@ -206,7 +206,7 @@ impl<P: Provider> Gateway<P> {
                 format!("revision {revision}, image {}", spec.image),
             ),
         };
-        self.audited(who, verb, &id.to_string(), detail);
+        self.audited(who, verb, &id.to_string(), detail).await;
         match new {
             true => tracing::info!(function = %id, revision, image = %spec.image, "deployed"),
             false => tracing::info!(function = %id, revision, "deployed unchanged"),
@@ -340,7 +340,8 @@ pub async fn delete<P: Provider>(
     };
     gw.removed_from_runtime(&removed).await;
     gw.reload_access()?;
-    gw.audited(&who, "function.remove", &id.to_string(), String::new());
+    gw.audited(&who, "function.remove", &id.to_string(), String::new())
+        .await;
     gw.cancel_jobs_of(&id).await;
     tracing::info!(function = %id, "removed");
     Ok(accepted())
@@ -363,7 +364,8 @@ pub async fn scale<P: Provider>(
         "function.scale",
         &id.to_string(),
         format!("{} replicas", req.replicas),
-    );
+    )
+    .await;
     tracing::info!(function = %id, replicas = req.replicas, "scaled");
     Ok(accepted())
 }
@@ -477,7 +479,8 @@ pub async fn secret_create<P: Provider>(
         "secret.create",
         &format!("{name}.{ns}"),
         String::new(),
-    );
+    )
+    .await;
     tracing::info!(secret = %name, namespace = %ns, "secret created");
     Ok(accepted())
 }
@@ -505,7 +508,8 @@ pub async fn secret_update<P: Provider>(
         "secret.update",
         &format!("{name}.{ns}"),
         String::new(),
-    );
+    )
+    .await;
     tracing::info!(secret = %name, namespace = %ns, "secret updated");
     Ok(accepted())
 }
@@ -550,7 +554,8 @@ pub async fn secret_delete<P: Provider>(
         "secret.remove",
         &format!("{name}.{ns}"),
         String::new(),
-    );
+    )
+    .await;
     tracing::info!(secret = %name, namespace = %ns, "secret removed");
     Ok(accepted())
 }

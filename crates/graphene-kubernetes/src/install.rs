@@ -186,12 +186,16 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
             },
         }));
     }
-    // The Lease that elects the gateway running the autoscaler.
+    // The gateways' own objects: tokens (Secrets), grants and the audit
+    // trail (ConfigMaps), and the Lease that elects the one running the
+    // autoscaler.
+    let own = ["get", "list", "watch", "create", "delete"];
     out.push(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": { "name": "graphene-lease", "namespace": o.namespace, "labels": labels },
+        "metadata": { "name": "graphene-gateway", "namespace": o.namespace, "labels": labels },
         "rules": [
+            { "apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": own },
             { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"] },
             {
                 "apiGroups": ["coordination.k8s.io"],
@@ -204,8 +208,8 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
     out.push(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": { "name": "graphene-lease", "namespace": o.namespace, "labels": labels },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "graphene-lease" },
+        "metadata": { "name": "graphene-gateway", "namespace": o.namespace, "labels": labels },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "graphene-gateway" },
         "subjects": [{ "kind": "ServiceAccount", "name": "graphene", "namespace": o.namespace }],
     }));
     out.push(json!({
@@ -219,7 +223,7 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
         json!({ "name": "GRAPHENE_FUNCTIONS_NAMESPACE", "value": o.functions_namespaces.join(",") }),
         json!({ "name": "GRAPHENE_LISTEN", "value": format!("0.0.0.0:{PORT}") }),
         json!({ "name": "GRAPHENE_ADMIN_TOKEN_FILE", "value": format!("{ADMIN_DIR}/admin-token") }),
-        json!({ "name": "GRAPHENE_LEASE_NAMESPACE", "value": o.namespace }),
+        json!({ "name": "GRAPHENE_GATEWAY_NAMESPACE", "value": o.namespace }),
         json!({ "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } }),
         json!({ "name": "GRAPHENE_ADVERTISE_URL", "value": format!("http://$(POD_IP):{PORT}") }),
     ];
@@ -420,12 +424,19 @@ mod tests {
         assert_eq!(role["metadata"]["namespace"], "graphene-fn");
         let binding = &all[5];
         assert_eq!(binding["subjects"][0]["namespace"], "graphene");
-        // In its own namespace the gateway may only hold the Lease.
-        let lease = &all[7];
-        assert_eq!(lease["metadata"]["namespace"], "graphene");
-        let rules = lease["rules"].as_array().unwrap();
-        assert!(rules.iter().all(|r| r["resources"] == json!(["leases"])));
-        assert_eq!(rules[1]["resourceNames"], json!(["graphene-gateway"]));
+        // In its own namespace: its objects and its Lease, nothing else.
+        let own = &all[7];
+        assert_eq!(own["metadata"]["namespace"], "graphene");
+        let rules = own["rules"].as_array().unwrap();
+        assert_eq!(rules[0]["resources"], json!(["secrets", "configmaps"]));
+        assert!(!rules[0]["verbs"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("update")));
+        assert!(rules[1..]
+            .iter()
+            .all(|r| r["resources"] == json!(["leases"])));
+        assert_eq!(rules[2]["resourceNames"], json!(["graphene-gateway"]));
     }
 
     #[test]
@@ -446,7 +457,7 @@ mod tests {
             .collect();
         assert!(env.contains(&("GRAPHENE_QUEUE", "nats://nats.graphene:4222")));
         assert!(env.contains(&("GRAPHENE_FUNCTIONS_NAMESPACE", "graphene-fn")));
-        assert!(env.contains(&("GRAPHENE_LEASE_NAMESPACE", "graphene")));
+        assert!(env.contains(&("GRAPHENE_GATEWAY_NAMESPACE", "graphene")));
         assert!(env.contains(&("GRAPHENE_ADVERTISE_URL", "http://$(POD_IP):8080")));
     }
 

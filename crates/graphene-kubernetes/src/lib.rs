@@ -6,6 +6,7 @@
 //! kube-proxy hop. Objects are written with server-side apply, so applying
 //! the same revision again changes nothing but what changed.
 
+pub mod access;
 pub mod functions;
 pub mod install;
 pub mod lease;
@@ -113,6 +114,20 @@ impl KubernetesProvider {
 
     fn deployments(&self, f: &FunctionRef) -> Api<apps::Deployment> {
         Api::namespaced(self.client.clone(), &f.namespace)
+    }
+
+    /// Keeps what calls to the function need to know of it.
+    fn learn(&self, d: &Deployment) {
+        self.functions.write().expect("functions lock").insert(
+            d.function.clone(),
+            Known {
+                revision: d.revision,
+                timeout: d.settings.timeout,
+                replicas: d.replicas,
+                workers: d.settings.workers,
+                max_replicas: d.settings.max_replicas,
+            },
+        );
     }
 
     fn known(&self, f: &FunctionRef) -> Result<Known, ProviderError> {
@@ -227,16 +242,20 @@ impl Provider for KubernetesProvider {
             .patch(&f.name, &ssa, &Patch::Apply(manifest::service(&f)))
             .await
             .map_err(kube_error)?;
-        self.functions.write().expect("functions lock").insert(
-            f,
-            Known {
-                revision: d.revision,
-                timeout: d.settings.timeout,
-                replicas: d.replicas,
-                workers: d.settings.workers,
-                max_replicas: d.settings.max_replicas,
-            },
-        );
+        self.learn(&d);
+        Ok(())
+    }
+
+    /// Another gateway leads and applies: calls are balanced over the pods
+    /// the watch finds, and nothing is written.
+    async fn follow(&self, d: Deployment) -> Result<(), ProviderError> {
+        self.check(&d)?;
+        self.learn(&d);
+        Ok(())
+    }
+
+    async fn forget(&self, f: &FunctionRef) -> Result<(), ProviderError> {
+        self.functions.write().expect("functions lock").remove(f);
         Ok(())
     }
 

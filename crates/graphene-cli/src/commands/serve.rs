@@ -87,11 +87,12 @@ pub struct Serve {
     /// pods pull their images with; repeat for several
     #[arg(long, env = "GRAPHENE_IMAGE_PULL_SECRETS", value_delimiter = ',')]
     pub image_pull_secret: Vec<String>,
-    /// With --provider kubernetes: the namespace of the Lease that elects
-    /// the gateway running the autoscaler [default: the first functions
+    /// With --provider kubernetes: the namespace of the gateways' own
+    /// objects: API tokens, grants, the audit trail and the Lease that
+    /// elects the one running the autoscaler [default: the first functions
     /// namespace]
-    #[arg(long, env = "GRAPHENE_LEASE_NAMESPACE")]
-    pub lease_namespace: Option<String>,
+    #[arg(long, env = "GRAPHENE_GATEWAY_NAMESPACE")]
+    pub gateway_namespace: Option<String>,
     /// With --provider kubernetes: the URL other gateways reach this one at
     /// (for their load reports while it leads) [default: the listen address]
     #[arg(long, env = "GRAPHENE_ADVERTISE_URL", value_name = "URL")]
@@ -168,8 +169,14 @@ impl Serve {
                 let client = KubernetesProvider::client()
                     .await
                     .map_err(anyhow::Error::msg)?;
-                // Functions and secrets live in the cluster, as Function
-                // resources and Secrets.
+                // Functions, secrets, tokens, grants and the audit trail
+                // live in the cluster.
+                let own = self
+                    .gateway_namespace
+                    .clone()
+                    .unwrap_or_else(|| self.functions_namespace[0].clone());
+                graphene_core::names::validate("namespace", &own)
+                    .map_err(|e| anyhow::anyhow!("--gateway-namespace: {e}"))?;
                 let stores = graphene_core::store::Stores {
                     functions: Some(Arc::new(
                         graphene_kubernetes::functions::ClusterFunctions::new(
@@ -181,12 +188,14 @@ impl Serve {
                         client.clone(),
                         self.functions_namespace.clone(),
                     ))),
+                    access: Some(Arc::new(graphene_kubernetes::access::ClusterAccess::new(
+                        client.clone(),
+                        &own,
+                    ))),
                     // One gateway at a time runs the autoscaler.
                     leadership: Some(graphene_kubernetes::lease::LeaseElection::start(
                         client.clone(),
-                        self.lease_namespace
-                            .as_deref()
-                            .unwrap_or(&self.functions_namespace[0]),
+                        &own,
                         gateway_identity(),
                         self.advertised(listener.local_addr()?),
                     )),
