@@ -300,6 +300,12 @@ fn bad_input_gets_clear_errors() {
         ),
         (
             "POST",
+            "/system/functions",
+            r#"{"service":"ok","image":"x","limits":{"nvidia.com/gpu":"1"}}"#,
+            "limits.nvidia.com/gpu: the local runtime does not hand out GPUs",
+        ),
+        (
+            "POST",
             "/system/secrets",
             r#"{"name":"x","value":""}"#,
             "value: must not be empty",

@@ -50,6 +50,13 @@ pub struct FunctionResources {
     pub memory: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cpu: String,
+    /// Whole GPUs (Kubernetes' and OpenFaaS' name for them).
+    #[serde(
+        rename = "nvidia.com/gpu",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub gpu: String,
 }
 
 /// An item of `GET /system/functions` and the body of

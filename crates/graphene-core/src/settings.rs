@@ -92,6 +92,8 @@ pub struct FunctionSettings {
     pub memory_limit: Option<u64>,
     /// `limits.cpu`, in thousandths of a CPU, per replica.
     pub cpu_limit: Option<u64>,
+    /// `limits.nvidia.com/gpu`: whole GPUs per replica.
+    pub gpus: u64,
     /// How asynchronous calls are retried.
     pub retry: RetryPolicy,
     /// Asynchronous calls running at once (apart from synchronous traffic).
@@ -317,6 +319,15 @@ impl FunctionSettings {
             .map(parse_cpu)
             .transpose()
             .map_err(|e| InvalidField::new("limits.cpu", e))?;
+        let gpus = match limits.gpu.trim() {
+            "" => 0,
+            n => n.parse::<u64>().map_err(|_| {
+                InvalidField::new(
+                    "limits.nvidia.com/gpu",
+                    format!("{n:?} is not a whole number of GPUs"),
+                )
+            })?,
+        };
         let defaults = RetryPolicy::default();
         let attempts = number(
             ANNOTATION_RETRY_ATTEMPTS,
@@ -395,6 +406,7 @@ impl FunctionSettings {
             public,
             memory_limit,
             cpu_limit,
+            gpus,
             retry,
             async_concurrency,
         })
@@ -490,6 +502,20 @@ mod tests {
             annotations: Some(map(annotations)),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn gpus_are_whole_numbers_in_the_api_and_stack_names() {
+        let body =
+            r#"{"service":"m","image":"m:1","limits":{"nvidia.com/gpu":"2","memory":"1Gi"}}"#;
+        let d: FunctionDeployment = serde_json::from_str(body).unwrap();
+        assert_eq!(FunctionSettings::from_deployment(&d).unwrap().gpus, 2);
+        let mut half = d.clone();
+        half.limits.as_mut().unwrap().gpu = "0.5".into();
+        let e = FunctionSettings::from_deployment(&half).unwrap_err();
+        assert!(e.to_string().contains("limits.nvidia.com/gpu"), "{e}");
+        let none = FunctionSettings::from_deployment(&deployment(&[], &[])).unwrap();
+        assert_eq!(none.gpus, 0);
     }
 
     #[test]

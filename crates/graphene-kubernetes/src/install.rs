@@ -72,7 +72,7 @@ pub fn function_crd() -> Value {
     let map = json!({ "type": "object", "additionalProperties": { "type": "string" } });
     let resources = json!({
         "type": "object",
-        "properties": { "memory": string, "cpu": string },
+        "properties": { "memory": string, "cpu": string, "nvidia.com/gpu": string },
     });
     json!({
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -152,9 +152,17 @@ pub fn node_selector(constraints: &[String]) -> Result<BTreeMap<String, String>,
     Ok(out)
 }
 
-fn quantities(memory: Option<&str>, cpu: Option<&str>) -> Option<BTreeMap<String, Quantity>> {
+fn quantities(
+    r: Option<&graphene_core::api::FunctionResources>,
+) -> Option<BTreeMap<String, Quantity>> {
+    let r = r?;
     let mut out = BTreeMap::new();
-    for (name, value) in [("memory", memory), ("cpu", cpu)] {
+    for (name, value) in [
+        ("memory", Some(r.memory.as_str())),
+        ("cpu", Some(r.cpu.as_str())),
+        // An extended resource: its request is its limit.
+        ("nvidia.com/gpu", Some(r.gpu.as_str())),
+    ] {
         if let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) {
             out.insert(name.to_string(), Quantity(v.to_string()));
         }
@@ -249,14 +257,8 @@ pub fn deployment(
         readiness_probe: Some(probe("/_/ready", 1, 2)),
         liveness_probe: Some(probe("/_/health", 10, 3)),
         resources: Some(core::ResourceRequirements {
-            limits: quantities(
-                limits.map(|l| l.memory.as_str()),
-                limits.map(|l| l.cpu.as_str()),
-            ),
-            requests: quantities(
-                requests.map(|l| l.memory.as_str()),
-                requests.map(|l| l.cpu.as_str()),
-            ),
+            limits: quantities(limits),
+            requests: quantities(requests),
             ..Default::default()
         }),
         security_context: Some(core::SecurityContext {
@@ -428,6 +430,7 @@ mod tests {
             limits: Some(FunctionResources {
                 memory: "256Mi".into(),
                 cpu: "500m".into(),
+                gpu: "1".into(),
             }),
             read_only_root_filesystem: true,
             ..Default::default()
@@ -458,6 +461,8 @@ mod tests {
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/_/ready");
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/_/health");
         assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
+        assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+        assert!(c["resources"].get("requests").is_none());
         assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);

@@ -164,6 +164,11 @@ impl LocalProvider {
     /// The deployment's local settings, and the image it runs (none for an
     /// upstream).
     fn prepare(&self, d: &Deployment) -> Result<(LocalSettings, Option<Image>), ProviderError> {
+        if d.settings.gpus > 0 {
+            return Err(ProviderError::Invalid(
+                "limits.nvidia.com/gpu: the local runtime does not hand out GPUs; run GPU functions on the Kubernetes provider (its device plugin assigns them)".into(),
+            ));
+        }
         let local = LocalSettings::from_deployment(&d.spec, d.settings.workers)
             .map_err(|e| ProviderError::Invalid(e.to_string()))?;
         if local.upstream.is_some() {
