@@ -65,6 +65,39 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Which of two gateways leads (says so in its log), and the other.
+fn leader_and_follower<'a>(
+    a: &'a util::Server,
+    b: &'a util::Server,
+) -> (&'a util::Server, &'a util::Server) {
+    let leads = |s: &util::Server| {
+        s.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("this gateway leads"))
+    };
+    util::eventually("a leader", std::time::Duration::from_secs(30), || {
+        match (leads(a), leads(b)) {
+            (true, false) => Some((a, b)),
+            (false, true) => Some((b, a)),
+            _ => None,
+        }
+    })
+}
+
+/// One field of an object (`kubectl get WHAT -o jsonpath=PATH`).
+fn field(kubeconfig: &Path, what: &[&str], path: &str) -> String {
+    let mut args = vec!["get"];
+    args.extend(what);
+    let jsonpath = format!("jsonpath={path}");
+    args.extend(["-o", &jsonpath]);
+    ok(
+        kubectl(kubeconfig, &args),
+        &format!("kubectl get {}", what.join(" ")),
+    )
+}
+
 /// Builds the suite's images with `graphene build --oci --push`; their
 /// references by digest.
 fn images(reg: &Registry) -> HashMap<Image, String> {
@@ -398,20 +431,7 @@ fn scales_up_under_load_and_a_killed_pod_is_replaced() {
     let second = util::Server::start_with(&args);
     // One of them leads and runs the autoscaler; every call goes through
     // the other, which reports its load to the leader.
-    let leads = |s: &util::Server| {
-        s.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("this gateway leads"))
-    };
-    let server = util::eventually("a leader", Duration::from_secs(30), || {
-        match (leads(&first), leads(&second)) {
-            (true, false) => Some(&second),
-            (false, true) => Some(&first),
-            _ => None,
-        }
-    });
+    let (_, server) = leader_and_follower(&first, &second);
     let work = TempDir::new("k8sload");
     let w = work.path();
     std::fs::create_dir_all(w.join("busy")).unwrap();
@@ -632,6 +652,33 @@ fn functions_are_cluster_resources_shared_by_gateways() {
         std::time::Duration::from_secs(60),
         || state().starts_with("3 ").then_some(()),
     );
+    // Scaled to zero through the gateway that follows and woken by a call
+    // through the leader: the follower serves again (it takes the leader's
+    // count) without waking it a second time.
+    let (leader, follower) = leader_and_follower(&first, &second);
+    follower.ok(&["scale", "declared", "--replicas", "0", "--namespace", ns]);
+    util::eventually("no pods", std::time::Duration::from_secs(90), || {
+        let out = kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "pods",
+                "-n",
+                ns,
+                "-l",
+                "faas_function=declared",
+                "-o",
+                "name",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+    let woken = leader.admin("POST", &path, "hi");
+    assert_eq!((woken.status, woken.body.as_str()), (200, "a"), "{woken:?}");
+    answers(follower, "a");
     // Removed with kubectl: gone from both gateways and from the cluster.
     ok(
         kubectl(&kubeconfig, &["delete", "function", "declared", "-n", ns]),
@@ -854,20 +901,10 @@ fn the_installed_gateway_runs_as_pods() {
         ),
         "the gateway's rollout",
     );
-    let image = ok(
-        kubectl(
-            &kubeconfig,
-            &[
-                "get",
-                "deployment",
-                "graphene-gateway",
-                "-n",
-                gw_ns,
-                "-o",
-                "jsonpath={.spec.template.spec.containers[0].image}",
-            ],
-        ),
-        "kubectl get deployment",
+    let image = field(
+        &kubeconfig,
+        &["deployment", "graphene-gateway", "-n", gw_ns],
+        "{.spec.template.spec.containers[0].image}",
     );
     assert!(
         image.contains("/graphene/gateway") && image.contains("@sha256:"),
@@ -888,20 +925,10 @@ fn the_installed_gateway_runs_as_pods() {
         ),
         "the admin credential",
     );
-    let ip = ok(
-        kubectl(
-            &kubeconfig,
-            &[
-                "get",
-                "service",
-                "gateway",
-                "-n",
-                gw_ns,
-                "-o",
-                "jsonpath={.spec.clusterIP}",
-            ],
-        ),
-        "the gateway Service",
+    let ip = field(
+        &kubeconfig,
+        &["service", "gateway", "-n", gw_ns],
+        "{.spec.clusterIP}",
     );
     let url = format!("http://{}:8080", ip.trim());
     let work = TempDir::new("k8spods");

@@ -134,10 +134,16 @@ impl<P: Provider> Gateway<P> {
             };
             let now = self.registry.now();
             let e = &r.scaling;
-            if shared {
-                // Other gateways wake functions and scale them by hand: the
-                // runtime's count is the one to decide from.
-                e.desired.store(status.desired_replicas, SeqCst);
+            let runtime = status.desired_replicas;
+            if shared && runtime != e.desired.load(SeqCst) {
+                // Another gateway woke the function (from zero) or scaled it
+                // by hand: the runtime's count is the one to decide from,
+                // left alone for a window as this gateway's own would be.
+                match e.desired.load(SeqCst) == 0 {
+                    true => autoscaler.changed(now),
+                    false => autoscaler.hold(now, policy.window),
+                }
+                e.desired.store(runtime, SeqCst);
             }
             let (in_flight, started) = self.loads.of(&r.id, std::time::Instant::now());
             let sample = Sample {

@@ -33,10 +33,20 @@ impl<P: Provider> Gateway<P> {
             let mut refused: HashMap<FunctionRef, FunctionDeployment> = HashMap::new();
             while let Some(change) = changes.next().await {
                 let Some(gw) = weak.upgrade() else { return };
+                let follows = !gw.leads();
+                let changed = match &change {
+                    graphene_core::store::StoreChange::Changed(f) => Some(f.id.clone()),
+                    graphene_core::store::StoreChange::Removed { .. } => None,
+                };
                 let absorbed = {
                     let writing = gw.registry.writing().await;
-                    gw.registry.absorb(&writing, change, !gw.leads())
+                    gw.registry.absorb(&writing, change, follows)
                 };
+                // A gateway that follows tells its runtime the leader's
+                // replica count (its calls need to know a function at zero).
+                if let (true, Some(r)) = (follows, changed.and_then(|id| gw.registry.get(&id))) {
+                    r.touch();
+                }
                 match absorbed {
                     Absorbed::Known => continue,
                     Absorbed::Added(r) => gw.start_reconciler(r),

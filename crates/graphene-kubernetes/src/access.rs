@@ -26,6 +26,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 
+use crate::is_code;
 use crate::manifest::{MANAGED_BY, MANAGER};
 use crate::secrets::KIND_LABEL;
 
@@ -49,10 +50,6 @@ pub struct ClusterAccess {
 
 fn unavailable(what: String) -> impl Fn(kube::Error) -> StoreError {
     move |e| StoreError::Unavailable(format!("{what}: {e}"))
-}
-
-fn is_code(e: &kube::Error, code: u16) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
 fn meta(name: String, kind: &str) -> ObjectMeta {
@@ -207,12 +204,21 @@ impl ClusterAccess {
     }
 
     async fn grant_objects(&self) -> Result<Vec<(String, StoredGrant)>, StoreError> {
+        self.records(GRANT, "grants").await
+    }
+
+    /// The records of the ConfigMaps of one kind, by object name.
+    async fn records<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        what: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
         let list = self
             .config_maps
-            .list(&of_kind(GRANT))
+            .list(&of_kind(kind))
             .await
             .map_err(unavailable(format!(
-                "reading grants in namespace {}",
+                "reading {what} in namespace {}",
                 self.namespace
             )))?;
         Ok(list
@@ -220,8 +226,8 @@ impl ClusterAccess {
             .into_iter()
             .filter_map(|cm| {
                 let name = cm.metadata.name.clone()?;
-                let g = record_of(cm.data.as_ref(), &format!("ConfigMap {name}"))?;
-                Some((name, g))
+                let record = record_of(cm.data.as_ref(), &format!("ConfigMap {name}"))?;
+                Some((name, record))
             })
             .collect())
     }
@@ -383,23 +389,8 @@ impl AccessStore for ClusterAccess {
 
     fn audit_trail(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
         Box::pin(async move {
-            let list = self
-                .config_maps
-                .list(&of_kind(AUDIT))
-                .await
-                .map_err(unavailable(format!(
-                    "reading the audit trail in namespace {}",
-                    self.namespace
-                )))?;
-            let mut lines: Vec<(String, AuditEntry)> = list
-                .items
-                .into_iter()
-                .filter_map(|cm| {
-                    let name = cm.metadata.name.clone()?;
-                    let e = record_of(cm.data.as_ref(), &format!("ConfigMap {name}"))?;
-                    Some((name, e))
-                })
-                .collect();
+            let mut lines: Vec<(String, AuditEntry)> =
+                self.records(AUDIT, "the audit trail").await?;
             lines.sort_by(|a, b| b.0.cmp(&a.0));
             Ok(lines.into_iter().take(limit).map(|(_, e)| e).collect())
         })

@@ -37,6 +37,8 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use serde::{Deserialize, Serialize};
 
+use crate::is_code;
+
 pub const GROUP: &str = "graphene.dev";
 pub const VERSION: &str = "v1";
 pub const KIND: &str = "Function";
@@ -190,10 +192,6 @@ pub struct ClusterFunctions {
 
 fn unavailable<'a>(what: &'a str, id: &'a FunctionRef) -> impl Fn(kube::Error) -> StoreError + 'a {
     move |e| StoreError::Unavailable(format!("{what} Function {id} in the cluster: {e}"))
-}
-
-fn is_code(e: &kube::Error, code: u16) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
 impl ClusterFunctions {

@@ -184,6 +184,11 @@ fn stuck(p: &PodState) -> Option<String> {
     Some(format!("{reason}: {message} {last}").trim().to_string())
 }
 
+/// Whether the API server answered with this status code.
+pub(crate) fn is_code(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
 fn kube_error(e: kube::Error) -> ProviderError {
     match &e {
         kube::Error::Api(s) if s.code == 404 => ProviderError::NotFound(s.message.clone()),

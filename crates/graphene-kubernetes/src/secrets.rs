@@ -23,6 +23,7 @@ use k8s_openapi::ByteString;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::Api;
 
+use crate::is_code;
 use crate::manifest::{MANAGED_BY, MANAGER};
 
 /// The label that makes a Secret a graphene secret, and its value.
@@ -38,10 +39,6 @@ pub struct ClusterSecrets {
 fn unavailable(what: &str, name: &str, ns: &str) -> impl Fn(kube::Error) -> StoreError {
     let what = format!("{what} secret {name} in namespace {ns}");
     move |e| StoreError::Unavailable(format!("{what}: {e}"))
-}
-
-fn is_code(e: &kube::Error, code: u16) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
 /// Whether a Secret is a graphene secret.

@@ -306,8 +306,9 @@ impl Serve {
     }
 }
 
-/// This gateway's name among others: its host's (a pod's name) and a
-/// random part, so that a restarted one is another.
+/// This gateway's name among others: its host's (a pod's name, which the
+/// tests and `kubectl get lease` read), then its process and start time,
+/// so that a restarted one is another.
 #[cfg(feature = "kubernetes")]
 fn gateway_identity() -> String {
     let host = config::env("HOSTNAME").unwrap_or_else(|| "gateway".into());
