@@ -728,6 +728,8 @@ fn install_makes_a_least_privileged_gateway() {
                 "127.0.0.1:9/graphene/gateway:test",
                 "--replicas",
                 "2",
+                // Its schemas are checked; its pod waits for a volume.
+                "--with-nats",
             ])
             .args(extra)
             .env("KUBECONFIG", &kubeconfig)
@@ -790,6 +792,22 @@ fn install_makes_a_least_privileged_gateway() {
         "kubectl get deployment",
     );
     assert_eq!(replicas.trim(), "2 /healthz");
+    let queue = field(
+        &kubeconfig,
+        &["deployment", "graphene-gateway", "-n", gw_ns],
+        "{.spec.template.spec.containers[0].env[?(@.name==\"GRAPHENE_QUEUE\")].value}",
+    );
+    assert_eq!(
+        queue.trim(),
+        format!("nats://graphene-nats.{gw_ns}.svc:4222")
+    );
+    ok(
+        kubectl(
+            &kubeconfig,
+            &["get", "statefulset", "graphene-nats", "-n", gw_ns],
+        ),
+        "the installed NATS",
+    );
     let sa = format!("system:serviceaccount:{gw_ns}:graphene");
     let can = |verb: &str, resource: &str, ns: Option<&str>| {
         let mut args = vec!["auth", "can-i", verb, resource, "--as", &sa];

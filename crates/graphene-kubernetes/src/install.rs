@@ -24,6 +24,26 @@ pub struct InstallOptions {
     pub nats: Option<String>,
     /// The admin credential every gateway replica accepts.
     pub admin_token: String,
+    /// Run NATS JetStream in the gateway's namespace from this image, for
+    /// the gateways' jobs (instead of `nats`).
+    pub nats_image: Option<String>,
+}
+
+/// The in-cluster NATS' name, and where the gateways reach it.
+const NATS_APP: &str = "graphene-nats";
+const NATS_PORT: u16 = 4222;
+
+impl InstallOptions {
+    /// The NATS URL the gateways use: the one given, or the one installed.
+    pub fn queue(&self) -> Option<String> {
+        match &self.nats_image {
+            Some(_) => Some(format!(
+                "nats://{NATS_APP}.{}.svc:{NATS_PORT}",
+                self.namespace
+            )),
+            None => self.nats.clone(),
+        }
+    }
 }
 
 /// Labels of the gateway's pods.
@@ -55,6 +75,12 @@ impl InstallOptions {
         }
         if self.image.trim().is_empty() {
             return Err("--image: the gateway's image is needed".into());
+        }
+        if self.nats.is_some() && self.nats_image.is_some() {
+            return Err(
+                "--with-nats: installs a NATS for the gateways; leave out --nats (a NATS you run)"
+                    .into(),
+            );
         }
         if let Some(url) = &self.nats {
             if !url.starts_with("nats://") {
@@ -227,7 +253,7 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
         json!({ "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } }),
         json!({ "name": "GRAPHENE_ADVERTISE_URL", "value": format!("http://$(POD_IP):{PORT}") }),
     ];
-    if let Some(url) = &o.nats {
+    if let Some(url) = o.queue() {
         env.push(json!({ "name": "GRAPHENE_QUEUE", "value": url }));
     }
     let probe = json!({ "httpGet": { "path": "/healthz", "port": PORT }, "periodSeconds": 2 });
@@ -282,7 +308,82 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
             "ports": [{ "name": "http", "port": PORT, "targetPort": PORT, "protocol": "TCP" }],
         },
     }));
+    if let Some(image) = &o.nats_image {
+        out.extend(nats(o, image));
+    }
     out
+}
+
+/// NATS JetStream for the gateways' jobs: one pod whose store is a
+/// persistent volume (jobs outlive the pod), reachable from the gateway's
+/// pods only.
+fn nats(o: &InstallOptions, image: &str) -> Vec<Value> {
+    let labels = json!({ "app": NATS_APP, MANAGED_BY: MANAGER });
+    vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": { "name": NATS_APP, "namespace": o.namespace, "labels": labels },
+            "spec": {
+                "selector": { "app": NATS_APP },
+                "ports": [{ "name": "client", "port": NATS_PORT, "targetPort": NATS_PORT, "protocol": "TCP" }],
+            },
+        }),
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": { "name": NATS_APP, "namespace": o.namespace, "labels": labels },
+            "spec": {
+                "serviceName": NATS_APP,
+                "replicas": 1,
+                "selector": { "matchLabels": { "app": NATS_APP } },
+                "template": {
+                    "metadata": { "labels": labels },
+                    "spec": {
+                        "automountServiceAccountToken": false,
+                        "enableServiceLinks": false,
+                        "securityContext": { "runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000 },
+                        "containers": [{
+                            "name": "nats",
+                            "image": image,
+                            "args": ["--jetstream", "--store_dir", "/data", "--http_port", "8222"],
+                            "ports": [
+                                { "name": "client", "containerPort": NATS_PORT, "protocol": "TCP" },
+                                { "name": "monitor", "containerPort": 8222, "protocol": "TCP" },
+                            ],
+                            "readinessProbe": { "httpGet": { "path": "/healthz?js-enabled-only=true", "port": 8222 }, "periodSeconds": 5 },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false,
+                                "readOnlyRootFilesystem": true,
+                                "capabilities": { "drop": ["ALL"] },
+                            },
+                            "volumeMounts": [{ "name": "data", "mountPath": "/data" }],
+                        }],
+                    },
+                },
+                "volumeClaimTemplates": [{
+                    "metadata": { "name": "data" },
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": { "requests": { "storage": "1Gi" } },
+                    },
+                }],
+            },
+        }),
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": { "name": NATS_APP, "namespace": o.namespace, "labels": labels },
+            "spec": {
+                "podSelector": { "matchLabels": { "app": NATS_APP } },
+                "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [{ "podSelector": { "matchLabels": { "app": GATEWAY_APP } } }],
+                    "ports": [{ "protocol": "TCP", "port": NATS_PORT }],
+                }],
+            },
+        }),
+    ]
 }
 
 /// What the gateway may do in a function namespace, and nothing more.
@@ -322,6 +423,7 @@ pub async fn apply(client: &kube::Client, manifest: &Value) -> Result<String, St
         "NetworkPolicy" => "networkpolicies",
         "Secret" => "secrets",
         "Deployment" => "deployments",
+        "StatefulSet" => "statefulsets",
         "Service" => "services",
         other => return Err(format!("no way to apply a {other}")),
     };
@@ -395,7 +497,43 @@ mod tests {
             image: "registry.local/graphene:1".into(),
             nats: Some("nats://nats.graphene:4222".into()),
             admin_token: "t0ken".into(),
+            nats_image: None,
         }
+    }
+
+    #[test]
+    fn nats_can_come_with_the_install_for_the_gateways_only() {
+        let mut o = options();
+        o.nats = None;
+        o.nats_image = Some("nats:2.10-alpine".into());
+        o.validate().unwrap();
+        let all = manifests(&o);
+        let set = all.iter().find(|m| m["kind"] == "StatefulSet").unwrap();
+        let pod = &set["spec"]["template"]["spec"];
+        assert_eq!(pod["containers"][0]["image"], "nats:2.10-alpine");
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            set["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+            "1Gi"
+        );
+        let policy = all
+            .iter()
+            .find(|m| m["kind"] == "NetworkPolicy" && m["metadata"]["name"] == "graphene-nats")
+            .unwrap();
+        assert_eq!(
+            policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app"],
+            "graphene-gateway"
+        );
+        let gateway = all.iter().find(|m| m["kind"] == "Deployment").unwrap();
+        let env = &gateway["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(env
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "GRAPHENE_QUEUE"
+                && e["value"] == "nats://graphene-nats.graphene.svc:4222"));
+        o.nats = Some("nats://elsewhere:4222".into());
+        assert!(o.validate().unwrap_err().starts_with("--with-nats"));
     }
 
     #[test]

@@ -49,8 +49,20 @@ pub struct Kubernetes {
     pub builder: Option<String>,
     /// Keep asynchronous jobs in this NATS JetStream (nats://host:port),
     /// shared by the gateway replicas
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "with_nats")]
     pub nats: Option<String>,
+    /// Install NATS JetStream in the gateway's namespace (a StatefulSet
+    /// with a 1Gi persistent volume, reachable from the gateways only) and
+    /// keep asynchronous jobs there
+    #[arg(long)]
+    pub with_nats: bool,
+    /// The image `--with-nats` runs
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        default_value = "docker.io/library/nats:2.10-alpine"
+    )]
+    pub nats_image: String,
     /// Only the Function resource definition: for a gateway run outside
     /// the cluster (`graphene serve --provider kubernetes` with a kubeconfig)
     #[arg(long)]
@@ -85,6 +97,7 @@ impl Kubernetes {
             replicas: self.replicas,
             image,
             nats: self.nats,
+            nats_image: self.with_nats.then_some(self.nats_image),
             admin_token: graphene_gateway::new_admin_token(),
         };
         options.validate().map_err(anyhow::Error::msg)?;
