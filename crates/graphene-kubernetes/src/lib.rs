@@ -403,7 +403,8 @@ impl Provider for KubernetesProvider {
         while busy.load() as u64 > known.workers
             && self.pods.ready_count(f) as u64 >= known.max_replicas
         {
-            let freed = self.pods.freed.notified();
+            let freed = self.pods.freed(f);
+            let freed = freed.notified();
             busy.withdraw();
             if tokio::time::timeout_at(brief, freed).await.is_err() {
                 return Err(ProviderError::Overloaded(

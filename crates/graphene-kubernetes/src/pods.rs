@@ -40,7 +40,7 @@ pub struct Backend {
     pub revision: u64,
     pub upstream: Upstream,
     pub in_flight: AtomicUsize,
-    /// Told when a call on any backend ends.
+    /// Told when a call on one of its function's backends ends.
     freed: Arc<Notify>,
 }
 
@@ -68,7 +68,9 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.backend.in_flight.fetch_sub(1, Ordering::AcqRel);
         if self.tell {
-            self.backend.freed.notify_waiters();
+            // One place freed: one waiter (of this function) takes it,
+            // rather than every waiter waking to find it taken.
+            self.backend.freed.notify_one();
         }
     }
 }
@@ -79,6 +81,8 @@ struct Function {
     /// Ready pods by name; kept across updates so connections and counts
     /// survive.
     backends: HashMap<String, Arc<Backend>>,
+    /// Woken once per call that ends on one of them.
+    freed: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -88,8 +92,6 @@ pub struct Pods {
     turn: AtomicUsize,
     /// Woken whenever a pod changes.
     pub changed: Notify,
-    /// Woken whenever a call ends.
-    pub freed: Arc<Notify>,
 }
 
 impl Pods {
@@ -125,7 +127,7 @@ impl Pods {
         };
         let mut all = self.functions.write().expect("pods lock");
         let entry = all.entry(f).or_default();
-        update_backend(entry, &state, &self.freed);
+        update_backend(entry, &state);
         entry.pods.insert(state.name.clone(), state);
         drop(all);
         self.changed.notify_waiters();
@@ -165,7 +167,7 @@ impl Pods {
                     .backends
                     .retain(|name, _| states.iter().any(|s| &s.name == name));
                 for s in &states {
-                    update_backend(entry, s, &self.freed);
+                    update_backend(entry, s);
                 }
             }
         }
@@ -200,6 +202,12 @@ impl Pods {
         })
     }
 
+    /// What is told, once per call, when a call on the function ends.
+    pub fn freed(&self, f: &FunctionRef) -> Arc<Notify> {
+        let all = self.functions.read().expect("pods lock");
+        all.get(f).map(|e| e.freed.clone()).unwrap_or_default()
+    }
+
     /// How many pods of the revision calls go to take calls.
     pub fn ready_count(&self, f: &FunctionRef) -> usize {
         let all = self.functions.read().expect("pods lock");
@@ -230,7 +238,7 @@ impl Pods {
 }
 
 /// A ready, live pod with an address takes calls; any other does not.
-fn update_backend(entry: &mut Function, s: &PodState, freed: &Arc<Notify>) {
+fn update_backend(entry: &mut Function, s: &PodState) {
     match (&s.ip, s.ready && !s.terminating) {
         (Some(ip), true) => {
             let keep = entry.backends.contains_key(&s.name);
@@ -241,7 +249,7 @@ fn update_backend(entry: &mut Function, s: &PodState, freed: &Arc<Notify>) {
                         revision: s.revision,
                         upstream: Upstream::new(&format!("http://{ip}:{WATCHDOG_PORT}")),
                         in_flight: AtomicUsize::new(0),
-                        freed: freed.clone(),
+                        freed: entry.freed.clone(),
                     }),
                 );
             }
