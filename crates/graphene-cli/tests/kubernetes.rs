@@ -65,6 +65,33 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Waits until the function has no pods.
+fn no_pods(kubeconfig: &Path, ns: &str, function: &str) {
+    let selector = format!("faas_function={function}");
+    util::eventually("no pods", std::time::Duration::from_secs(90), || {
+        let out = kubectl(
+            kubeconfig,
+            &["get", "pods", "-n", ns, "-l", &selector, "-o", "name"],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+}
+
+/// Waits until the function's Deployment is gone.
+fn deployment_gone(kubeconfig: &Path, ns: &str, function: &str) {
+    util::eventually(
+        "the Deployment to go",
+        std::time::Duration::from_secs(60),
+        || {
+            let out = kubectl(kubeconfig, &["get", "deployment", function, "-n", ns]);
+            (!out.status.success()).then_some(())
+        },
+    );
+}
+
 /// Which of two gateways leads (says so in its log), and the other.
 fn leader_and_follower<'a>(
     a: &'a util::Server,
@@ -331,25 +358,7 @@ fn the_gateway_runs_functions_as_pods() {
     assert!(logs.contains("hello called with bob"), "{logs}");
     // At zero, a call wakes it and is held until a pod is ready.
     server.ok(&["scale", "hello", "--replicas", "0"]);
-    util::eventually("no pods", std::time::Duration::from_secs(90), || {
-        let out = kubectl(
-            &kubeconfig,
-            &[
-                "get",
-                "pods",
-                "-n",
-                ns,
-                "-l",
-                "faas_function=hello",
-                "-o",
-                "name",
-            ],
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .is_empty()
-            .then_some(())
-    });
+    no_pods(&kubeconfig, ns, "hello");
     let woken = server.admin("POST", "/function/hello", "again");
     assert_eq!(
         (woken.status, woken.body.as_str()),
@@ -382,14 +391,7 @@ fn the_gateway_runs_functions_as_pods() {
     );
     // Removed: the Deployment goes.
     server.ok(&["rm", "hello"]);
-    util::eventually(
-        "the Deployment to go",
-        std::time::Duration::from_secs(60),
-        || {
-            let out = kubectl(&kubeconfig, &["get", "deployment", "hello", "-n", ns]);
-            (!out.status.success()).then_some(())
-        },
-    );
+    deployment_gone(&kubeconfig, ns, "hello");
     assert_eq!(server.admin("POST", "/function/hello", "x").status, 404);
 }
 
@@ -657,25 +659,7 @@ fn functions_are_cluster_resources_shared_by_gateways() {
     // count) without waking it a second time.
     let (leader, follower) = leader_and_follower(&first, &second);
     follower.ok(&["scale", "declared", "--replicas", "0", "--namespace", ns]);
-    util::eventually("no pods", std::time::Duration::from_secs(90), || {
-        let out = kubectl(
-            &kubeconfig,
-            &[
-                "get",
-                "pods",
-                "-n",
-                ns,
-                "-l",
-                "faas_function=declared",
-                "-o",
-                "name",
-            ],
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .is_empty()
-            .then_some(())
-    });
+    no_pods(&kubeconfig, ns, "declared");
     let woken = leader.admin("POST", &path, "hi");
     assert_eq!((woken.status, woken.body.as_str()), (200, "a"), "{woken:?}");
     answers(follower, "a");
@@ -691,14 +675,7 @@ fn functions_are_cluster_resources_shared_by_gateways() {
             || (server.admin("POST", &path, "hi").status == 404).then_some(()),
         );
     }
-    util::eventually(
-        "the Deployment to go",
-        std::time::Duration::from_secs(60),
-        || {
-            let out = kubectl(&kubeconfig, &["get", "deployment", "declared", "-n", ns]);
-            (!out.status.success()).then_some(())
-        },
-    );
+    deployment_gone(&kubeconfig, ns, "declared");
     let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=false"]);
 }
 
@@ -1184,14 +1161,7 @@ fn the_installed_gateway_runs_as_pods() {
     );
     // Removed: gone from the cluster.
     ok(cli(&["rm", "work", "--namespace", fn_ns]), "graphene rm");
-    util::eventually(
-        "the Deployment to go",
-        std::time::Duration::from_secs(60),
-        || {
-            let out = kubectl(&kubeconfig, &["get", "deployment", "work", "-n", fn_ns]);
-            (!out.status.success()).then_some(())
-        },
-    );
+    deployment_gone(&kubeconfig, fn_ns, "work");
     for ns in [gw_ns, fn_ns] {
         let _ = kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=false"]);
     }

@@ -26,9 +26,9 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 
-use crate::is_code;
 use crate::manifest::{MANAGED_BY, MANAGER};
 use crate::secrets::KIND_LABEL;
+use crate::{is_code, store_unavailable as unavailable};
 
 /// Audit lines kept in the cluster; older ones are removed.
 pub const AUDIT_KEPT: usize = 5000;
@@ -46,10 +46,6 @@ pub struct ClusterAccess {
     /// Tells this gateway's audit lines from others' written at the same
     /// instant.
     writer: u32,
-}
-
-fn unavailable(what: String) -> impl Fn(kube::Error) -> StoreError {
-    move |e| StoreError::Unavailable(format!("{what}: {e}"))
 }
 
 fn meta(name: String, kind: &str) -> ObjectMeta {

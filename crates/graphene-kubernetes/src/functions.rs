@@ -190,8 +190,8 @@ pub struct ClusterFunctions {
     namespaces: Vec<String>,
 }
 
-fn unavailable<'a>(what: &'a str, id: &'a FunctionRef) -> impl Fn(kube::Error) -> StoreError + 'a {
-    move |e| StoreError::Unavailable(format!("{what} Function {id} in the cluster: {e}"))
+fn unavailable(what: &str, id: &FunctionRef) -> impl Fn(kube::Error) -> StoreError {
+    crate::store_unavailable(format!("{what} Function {id} in the cluster"))
 }
 
 impl ClusterFunctions {

@@ -184,6 +184,14 @@ fn stuck(p: &PodState) -> Option<String> {
     Some(format!("{reason}: {message} {last}").trim().to_string())
 }
 
+/// A store's answer when the API server failed it: what it was doing, and
+/// why.
+pub(crate) fn store_unavailable(
+    what: String,
+) -> impl Fn(kube::Error) -> graphene_core::store::StoreError {
+    move |e| graphene_core::store::StoreError::Unavailable(format!("{what}: {e}"))
+}
+
 /// Whether the API server answered with this status code.
 pub(crate) fn is_code(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)

@@ -37,8 +37,7 @@ pub struct ClusterSecrets {
 }
 
 fn unavailable(what: &str, name: &str, ns: &str) -> impl Fn(kube::Error) -> StoreError {
-    let what = format!("{what} secret {name} in namespace {ns}");
-    move |e| StoreError::Unavailable(format!("{what}: {e}"))
+    crate::store_unavailable(format!("{what} secret {name} in namespace {ns}"))
 }
 
 /// Whether a Secret is a graphene secret.
