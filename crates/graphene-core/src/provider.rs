@@ -289,9 +289,12 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Learns of `d` without changing the runtime: for a gateway that
     /// serves a function's calls while another one (the leader) applies it.
-    /// Where one gateway drives the runtime, the same as [`Provider::apply`].
+    /// `d.secrets` is empty (the leader resolves and applies them). Only
+    /// called where several gateways share the runtime; a provider that
+    /// can be shared must implement it (the default learns nothing).
     fn follow(&self, d: Deployment) -> impl Future<Output = Result<(), ProviderError>> + Send {
-        self.apply(d)
+        let _ = d;
+        async { Ok(()) }
     }
 
     /// Forgets a function without changing the runtime (the leader removes

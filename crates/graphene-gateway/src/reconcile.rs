@@ -32,11 +32,14 @@ const WATCH_PROGRESS: Duration = Duration::from_millis(100);
 const WATCH_FAILED: Duration = Duration::from_secs(2);
 
 impl<P: Provider> Gateway<P> {
-    /// The provider's view of what the record wants: its revision, with
-    /// secrets resolved, at the desired count.
-    pub(crate) async fn deployment(&self, r: &Record) -> ApiResult<Deployment> {
+    /// The provider's view of what the record wants: its revision, at the
+    /// desired count, with secrets resolved when `with_secrets`.
+    pub(crate) async fn deployment(&self, r: &Record, with_secrets: bool) -> ApiResult<Deployment> {
         let d = r.desired();
-        let secrets = self.secrets_of(&r.id.namespace, &d.spec.secrets).await?;
+        let secrets = match with_secrets {
+            true => self.secrets_of(&r.id.namespace, &d.spec.secrets).await?,
+            false => Vec::new(),
+        };
         Ok(Deployment {
             function: r.id.clone(),
             revision: d.revision,
@@ -70,10 +73,13 @@ impl<P: Provider> Gateway<P> {
     /// it took it; the record's reconcile status says why not.
     pub(crate) async fn apply_once(&self, r: &Record) -> bool {
         let generation = r.generation.load(Ordering::Acquire);
-        let result = match self.deployment(r).await {
+        // A gateway that follows only learns the function: the leader
+        // reads its secrets and applies them.
+        let leads = self.leads();
+        let result = match self.deployment(r, leads).await {
             Ok(d) => {
                 let revision = d.revision;
-                match self.leads() {
+                match leads {
                     true => self.provider.apply(d).await,
                     false => self.provider.follow(d).await,
                 }
